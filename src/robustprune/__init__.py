@@ -1,0 +1,11 @@
+"""robustprune: make neural networks small and adversarially robust at once, and measure it honestly.
+
+Layers (arrows go down only): study -> methods -> train / sparsity / objectives -> attacks / models / data.
+See docs/contracts.md for the interfaces between them.
+"""
+
+from robustprune.errors import RobustPruneError
+
+__version__ = "0.1.0"
+
+__all__ = ["RobustPruneError", "__version__"]

@@ -1,0 +1,3 @@
+from robustprune.cli.main import main
+
+main()
