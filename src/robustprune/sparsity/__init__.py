@@ -1,0 +1,54 @@
+"""Masks on weights: groups, scores, scope, the projection onto a sparsity set, and reports.
+
+* :mod:`.groups`: what is cut together (``unstructured`` / ``kernel`` / ``filter`` / ``column``)
+  and which layers are prunable;
+* :mod:`.prune`: which groups to cut (``magnitude`` / ``random`` scores, ``local`` / ``global``
+  scope): :func:`compute_masks`;
+* :mod:`.masks`: :class:`MaskSet`, how a cut stays cut through training;
+* :mod:`.projection`: :func:`project`, the Euclidean projection used by ADMM (seed 001 Eq. 10-13);
+* :mod:`.report`: :func:`sparsity_report`, the zeros actually present;
+* :mod:`.names`: method names ``<score>-<group>-<scope>`` and the nine seed-003 methods.
+
+When to cut (one-shot, iterative schedules, ADMM) belongs to ``robustprune.methods``.
+"""
+
+from robustprune.sparsity.groups import (
+    GROUPS,
+    check_group,
+    check_keep,
+    expand_groups,
+    group_view,
+    num_groups,
+    num_keep,
+    prunable_layers,
+)
+from robustprune.sparsity.masks import MaskSet
+from robustprune.sparsity.names import PRUNING_METHODS, PruningSelection, method_names, parse_method
+from robustprune.sparsity.projection import project, project_mask
+from robustprune.sparsity.prune import SCOPES, SCORES, check_scope, check_score, compute_masks, group_scores
+from robustprune.sparsity.report import sparsity_report
+
+__all__ = [
+    "GROUPS",
+    "SCORES",
+    "SCOPES",
+    "PRUNING_METHODS",
+    "MaskSet",
+    "PruningSelection",
+    "check_group",
+    "check_keep",
+    "check_scope",
+    "check_score",
+    "compute_masks",
+    "expand_groups",
+    "group_scores",
+    "group_view",
+    "method_names",
+    "num_groups",
+    "num_keep",
+    "parse_method",
+    "project",
+    "project_mask",
+    "prunable_layers",
+    "sparsity_report",
+]
