@@ -1,0 +1,129 @@
+"""L∞ projected gradient descent (Madry et al. 2018).
+
+Two entry points share the same step:
+
+- :func:`pgd_linf` — the evaluation attack: restarts, and per sample the worst point seen
+  (a sample once misclassified keeps its first successful point; otherwise the highest loss).
+- :func:`pgd_linf_last` — the training inner maximisation: the last iterate, nothing tracked,
+  so a k-step attack costs exactly k forward + k input-gradient backward passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from robustprune.attacks._common import (
+    check_eps,
+    check_inputs,
+    check_int,
+    check_positive,
+    input_grad,
+    project_linf,
+    uniform_start,
+)
+from robustprune.attacks.losses import get_loss
+
+LossArg = str | Callable[[Tensor, Tensor], Tensor]
+
+
+def _bcast(mask: Tensor, like: Tensor) -> Tensor:
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+def pgd_linf(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    alpha: float | None = None,
+    steps: int = 10,
+    restarts: int = 1,
+    random_start: bool = True,
+    loss: LossArg = "ce",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Madry L∞ PGD with restarts; returns the worst point found per sample (detached).
+
+    Each step is one forward and one input-gradient backward of ``loss`` (``"ce"``, ``"cw"``,
+    ``"dlr"`` or a callable ``(logits, y) -> (N,)``) summed over the batch, then a signed step of
+    ``alpha`` (default ε/4; keep ``steps * alpha`` above ε) and the projection onto the ε-ball and
+    [0, 1]. The best point per sample is tracked from the logits of that same forward (the iterate
+    before the step) plus one final forward at the last iterate of each restart. A sample that is
+    misclassified keeps its first successful point; any other keeps its highest-loss point. A
+    restart starts uniformly in the ε-ball (``random_start``); without a random start all restarts
+    would coincide, so only one is run. Deterministic given ``generator``; never changes the model's
+    mode or any parameter's ``.grad``; no host synchronisation inside the loop.
+    """
+    check_inputs(x, y)
+    eps = check_eps(eps)
+    alpha = eps / 4 if alpha is None else check_positive(alpha, "alpha")
+    steps = check_int(steps, "steps", 1)
+    restarts = check_int(restarts, "restarts", 1)
+    loss_fn = get_loss(loss)
+    if not random_start:
+        restarts = 1
+
+    x = x.detach()
+    best_x = x.clone()
+    best_loss = torch.full(y.shape[:1], float("-inf"), device=x.device, dtype=x.dtype)
+    best_fooled = torch.zeros(y.shape[:1], dtype=torch.bool, device=x.device)
+
+    def update(x_cur: Tensor, logits: Tensor, loss_v: Tensor) -> None:
+        nonlocal best_x, best_loss, best_fooled
+        fooled = logits.argmax(dim=1) != y
+        replace = ~best_fooled & (fooled | (loss_v > best_loss))
+        best_x = torch.where(_bcast(replace, x_cur), x_cur, best_x)
+        best_loss = torch.where(replace, loss_v.to(best_loss.dtype), best_loss)
+        best_fooled = best_fooled | fooled
+
+    for _ in range(restarts):
+        x_adv = uniform_start(x, eps, generator) if random_start else x.clone()
+        for _ in range(steps):
+            grad, logits, loss_v = input_grad(model, x_adv, y, loss_fn)
+            update(x_adv, logits, loss_v)
+            x_adv = project_linf(x_adv + alpha * grad.sign(), x, eps)
+        with torch.no_grad():
+            logits = model(x_adv)
+            update(x_adv, logits, loss_fn(logits, y))
+    return best_x.detach()
+
+
+def pgd_linf_last(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor,
+    *,
+    eps: float,
+    alpha: float | None = None,
+    steps: int = 10,
+    random_start: bool = True,
+    loss: LossArg = "ce",
+    generator: torch.Generator | None = None,
+    x_init: Tensor | None = None,
+) -> Tensor:
+    """Madry L∞ PGD returning the last iterate, for training (detached).
+
+    Exactly ``steps`` forward + input-gradient backward passes, no tracking and no final forward.
+    ``target`` is whatever ``loss`` takes as its second argument (labels for ``"ce"``; e.g. clean
+    probabilities for TRADES' KL). The start is ``x_init`` if given (projected onto the ball),
+    else uniform in the ε-ball when ``random_start``, else ``x``.
+    """
+    eps = check_eps(eps)
+    alpha = eps / 4 if alpha is None else check_positive(alpha, "alpha")
+    steps = check_int(steps, "steps", 1)
+    loss_fn = get_loss(loss)
+    x = x.detach()
+    if x_init is not None:
+        x_adv = project_linf(x_init.detach(), x, eps)
+    elif random_start:
+        x_adv = uniform_start(x, eps, generator)
+    else:
+        x_adv = x.clone()
+    for _ in range(steps):
+        grad, _, _ = input_grad(model, x_adv, target, loss_fn)
+        x_adv = project_linf(x_adv + alpha * grad.sign(), x, eps)
+    return x_adv.detach()
