@@ -1,0 +1,60 @@
+"""Validated training configuration."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from robustprune.errors import ConfigError
+
+
+class TrainConfig(BaseModel):
+    """How to optimise: epochs, optimiser, schedule. Everything about *what* to optimise is the objective."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(10, ge=0, le=10_000)
+    batch_size: int = Field(128, ge=1, le=65_536)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.01, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0, le=1)
+    schedule: Literal["constant", "step", "cosine"] = "cosine"
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    """For the step schedule: fractions of the total epochs (0.5 = halfway) where lr *= gamma."""
+    gamma: float = Field(0.1, gt=0, le=1)
+    warmup_epochs: float = Field(0.0, ge=0)
+    seed: int = 0
+    select: Literal["val_robust", "val_clean", "last"] = "val_robust"
+    """Checkpoint selection: best validation robust accuracy, best validation clean accuracy, or the last epoch."""
+    val_size: int = Field(1000, ge=0)
+    """Validation points used for selection each epoch (from the validation split, never the test split)."""
+    val_attack_steps: int = Field(10, ge=1)
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if any(not 0 < m <= 1 for m in self.milestones):
+            raise ValueError("milestones are fractions of training in (0, 1]")
+        return self
+
+
+def validated(model_cls, data: dict, what: str):
+    """Build a pydantic model from ``data``; turn a ValidationError into a one-line ConfigError."""
+    try:
+        return model_cls(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid {what}: {format_validation_error(exc)}") from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "value"
+        msg = err.get("msg", "invalid")
+        inp = err.get("input")
+        shown = "" if isinstance(inp, dict) else f" (got {inp!r})"
+        parts.append(f"{loc}: {msg}{shown}")
+    return "; ".join(parts)

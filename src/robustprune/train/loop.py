@@ -1,0 +1,245 @@
+"""The one training loop.
+
+Every method trains through :func:`fit`; method-specific work (ADMM updates, mask refreshes, ...) plugs in
+through :class:`Hook`. Checkpoint selection uses the validation split only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustprune.attacks import pgd_linf
+from robustprune.data import Batches, Split
+from robustprune.objectives import Objective
+from robustprune.sparsity import MaskSet
+from robustprune.train.config import TrainConfig
+from robustprune.utils import make_generator
+
+
+class Hook:
+    """Per-step / per-epoch callbacks. Override what you need; all are optional."""
+
+    def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:  # noqa: D401
+        pass
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        """An extra term added to the objective's loss at each step (e.g. ADMM's ρ/2‖W − Z + U‖²)."""
+        return None
+
+    def on_step_end(self, model: nn.Module, step: int) -> None:
+        pass
+
+    def on_epoch_end(self, model: nn.Module, epoch: int, metrics: dict[str, float]) -> None:
+        pass
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    best_metric: float = float("nan")
+    selected_by: str = "last"
+    wall_time: float = 0.0
+    steps: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "history": self.history,
+            "best_epoch": self.best_epoch,
+            "best_metric": self.best_metric,
+            "selected_by": self.selected_by,
+            "wall_time": self.wall_time,
+            "steps": self.steps,
+        }
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, param_groups: Sequence[dict] | None = None):
+    params = list(param_groups) if param_groups is not None else [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=False)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """Multiplier of the base learning rate at ``step`` (0-based) out of ``total_steps``."""
+    if total_steps <= 0:
+        return 1.0
+    steps_per_epoch = total_steps / max(cfg.epochs, 1)
+    warm = cfg.warmup_epochs * steps_per_epoch
+    if warm > 0 and step < warm:
+        return (step + 1) / warm
+    t = step / total_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "step":
+        return cfg.gamma ** sum(t >= m for m in cfg.milestones)
+    # cosine annealing to zero over the post-warm-up steps
+    t = (step - warm) / max(total_steps - warm, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(max(t, 0.0), 1.0)))
+
+
+@torch.no_grad()
+def _clean_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> int:
+    correct = torch.zeros((), dtype=torch.long, device=x.device)
+    for i in range(0, len(x), batch_size):
+        correct += (model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum()
+    return int(correct)
+
+
+def evaluate_split(
+    model: nn.Module,
+    split: Split,
+    *,
+    n: int,
+    eps: float | None,
+    steps: int,
+    batch_size: int = 500,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Clean (and, with ``eps``, PGD-``steps``) accuracy on the first ``n`` points of ``split``; eval mode."""
+    was_training = model.training
+    model.eval()
+    x, y = split.x[:n], split.y[:n]
+    out = {"clean": _clean_correct(model, x, y, batch_size) / max(len(x), 1)}
+    if eps is not None and eps > 0:
+        g = make_generator(seed, x.device)
+        correct = 0
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+            xa = pgd_linf(model, xb, yb, eps=eps, steps=steps, generator=g)
+            with torch.no_grad():
+                correct += int((model(xa).argmax(1) == yb).sum())
+        out["robust"] = correct / max(len(x), 1)
+    model.train(was_training)
+    return out
+
+
+def fit(
+    model: nn.Module,
+    objective: Objective,
+    train: Split,
+    val: Split | None,
+    cfg: TrainConfig,
+    *,
+    hooks: Sequence[Hook] = (),
+    masks: MaskSet | None = None,
+    val_eps: float | None = None,
+    param_groups: Sequence[dict] | None = None,
+    augment: str | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Train ``model`` in place with ``objective`` and return the history.
+
+    - ``masks``: pruned weights are held at exactly zero (gradients masked, weights re-masked after every
+      optimiser step, so momentum and weight decay cannot revive them).
+    - Selection (``cfg.select``): the weights of the best validation epoch are restored at the end
+      (robust accuracy under PGD at ``val_eps`` for "val_robust"). The test split is never seen here.
+    - ``augment``: on-device augmentation name for the training batches (the dataset spec's ``augment``).
+    - ``param_groups``: optional optimiser parameter groups (e.g. a 10x learning rate for mask parameters);
+      each group's ``lr`` is scaled by the schedule.
+    """
+    device = train.x.device
+    model.to(device)
+    gen = make_generator(cfg.seed, device)
+    optimizer = build_optimizer(model, cfg, param_groups)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    batches = Batches(train, cfg.batch_size, shuffle=True, augment=augment, generator=gen,
+                      drop_last=len(train) >= 2 * cfg.batch_size)
+    steps_per_epoch = len(batches) if cfg.max_steps_per_epoch is None else min(len(batches), cfg.max_steps_per_epoch)
+    total = steps_per_epoch * cfg.epochs
+    if masks is not None:
+        masks = masks.to(device)
+        masks.apply(model)
+        masks.attach(model)
+    for h in hooks:
+        h.on_train_start(model, optimizer)
+
+    select = cfg.select if (val is not None and len(val) > 0 and cfg.val_size > 0) else "last"
+    if select == "val_robust" and not val_eps:
+        select = "val_clean"
+    result = TrainResult(selected_by=select)
+    best_state: dict[str, torch.Tensor] | None = None
+    best = -float("inf")
+    t0 = time.perf_counter()
+    step = 0
+    try:
+        from tqdm.auto import tqdm
+
+        for epoch in range(cfg.epochs):
+            model.train()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            seen = 0
+            bar = tqdm(total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
+                       leave=False, dynamic_ncols=True)
+            for i, (x, y) in enumerate(batches):
+                if i >= steps_per_epoch:
+                    break
+                f = lr_factor(cfg, step, total)
+                for g, lr0 in zip(optimizer.param_groups, base_lrs):
+                    g["lr"] = lr0 * f
+                out = objective(model, x, y, generator=gen)
+                loss = out.loss
+                for h in hooks:
+                    extra = h.extra_loss(model)
+                    if extra is not None:
+                        loss = loss + extra
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if masks is not None:
+                    masks.apply(model)
+                step += 1
+                for h in hooks:
+                    h.on_step_end(model, step)
+                loss_sum += out.loss.detach() * len(y)
+                correct += (out.logits.detach().argmax(1) == y).sum()
+                seen += len(y)
+                bar.update(1)
+                if cfg.progress and i % 20 == 0:
+                    bar.set_postfix(loss=f"{float(loss_sum) / max(seen, 1):.3f}")
+            bar.close()
+            metrics: dict[str, float] = {
+                "epoch": epoch + 1,
+                "train_loss": float(loss_sum) / max(seen, 1),
+                "train_acc": float(correct) / max(seen, 1),
+                "lr": optimizer.param_groups[0]["lr"],
+            }
+            if val is not None and len(val) > 0 and cfg.val_size > 0:
+                ev = evaluate_split(model, val, n=cfg.val_size, eps=val_eps if select == "val_robust" else None,
+                                    steps=cfg.val_attack_steps, seed=cfg.seed)
+                metrics["val_clean"] = ev["clean"]
+                if "robust" in ev:
+                    metrics["val_robust"] = ev["robust"]
+            result.history.append(metrics)
+            for h in hooks:
+                h.on_epoch_end(model, epoch, metrics)
+            if select != "last":
+                score = metrics[select]
+                if score > best:
+                    best = score
+                    result.best_epoch = epoch + 1
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    finally:
+        if masks is not None:
+            masks.detach()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+        result.best_metric = best
+    else:
+        result.best_epoch = cfg.epochs
+        if result.history:
+            result.best_metric = result.history[-1].get("val_clean", float("nan"))
+    if masks is not None:
+        masks.apply(model)
+    model.eval()
+    result.wall_time = time.perf_counter() - t0
+    result.steps = step
+    return result

@@ -1,0 +1,56 @@
+"""Shared fixtures: small deterministic models and data; the real Fashion-MNIST when installed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+os.environ.setdefault("ROBUSTPRUNE_DEVICE", "cpu")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def fmnist_available() -> bool:
+    if not (FMNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("real Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)")
+    return True
+
+
+def blobs(n: int = 512, seed: int = 0, classes: int = 3, shape=(1, 6, 6), sep: float = 0.35):
+    """Linearly separable images in [0, 1]: class k brightens one band of pixels."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = 0.5 + 0.05 * torch.randn((n, *shape), generator=g)
+    band = shape[-1] // classes
+    for k in range(classes):
+        x[y == k, :, :, k * band:(k + 1) * band] += sep
+    return x.clamp(0, 1), y
+
+
+class TinyConvNet(nn.Sequential):
+    def __init__(self, classes: int = 3, in_ch: int = 1, size: int = 6) -> None:
+        from robustprune.models import Normalize
+
+        super().__init__(
+            Normalize((0.5,) * in_ch, (0.25,) * in_ch),
+            nn.Conv2d(in_ch, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(8 * size * size, 16),
+            nn.ReLU(),
+            nn.Linear(16, classes),
+        )
+
+
+@pytest.fixture
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyConvNet()
