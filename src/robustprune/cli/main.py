@@ -1,0 +1,360 @@
+"""The `robustprune` command: parse, call the library, print. No logic of its own."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from robustprune.errors import ConfigError, RobustPruneError
+from robustprune.utils import parse_eps
+
+app = typer.Typer(
+    help="Make neural networks small and adversarially robust at once, and measure that robustness honestly.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: CUDA when present)")]
+DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder with the dataset's files.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def _echo(msg: str) -> None:
+    typer.echo(msg)
+
+
+class ListWhat(str, Enum):
+    datasets = "datasets"
+    models = "models"
+    methods = "methods"
+    attacks = "attacks"
+    objectives = "objectives"
+
+
+@app.command("list")
+def list_cmd(what: Annotated[ListWhat, typer.Argument(help="What to list.")]) -> None:
+    """List the registered datasets, models, methods, attacks or objectives."""
+    from robustprune.attacks import ATTACKS
+    from robustprune.data import DATASETS
+    from robustprune.methods import METHODS
+    from robustprune.models import MODELS
+    from robustprune.objectives import OBJECTIVES
+
+    reg = {"datasets": DATASETS, "models": MODELS, "methods": METHODS, "attacks": ATTACKS,
+           "objectives": OBJECTIVES}[what.value]
+    width = max((len(n) for n in reg.names()), default=0)
+    for name in reg.names():
+        desc = reg.describe(name)
+        if what == ListWhat.datasets:
+            s = reg.get(name)
+            desc = (f"{s.shape[0]}x{s.shape[1]}x{s.shape[2]}, {s.num_classes} classes, "
+                    f"default eps Linf {s.eps_linf:g}" + (f" ({s.default_dir})" if s.default_dir else ""))
+        typer.echo(f"{name:<{width}}  {desc}")
+
+
+def parse_kv(text: str, what: str, list_keys: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
+    """'pgd:eps=0.1;0.2,steps=20' -> ('pgd', {'eps': ['0.1', '0.2'], 'steps': 20}) with list_keys=('eps',)."""
+    name, _, rest = text.partition(":")
+    name = name.strip()
+    if not name:
+        raise ConfigError(f"{what} {text!r} has no name; write NAME or NAME:key=value,...")
+    kw: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        if "=" not in part:
+            raise ConfigError(f"{what} option {part!r} in {text!r} is not key=value")
+        k, v = (s.strip() for s in part.split("=", 1))
+        k = k.replace("-", "_")
+        if k in list_keys:
+            kw[k] = [e for e in v.split(";") if e]
+            continue
+        if k in ("eps", "alpha"):
+            try:
+                kw[k] = parse_eps(v)  # "8/255" or "0.1"
+            except ValueError:
+                raise ConfigError(f"{what} {k}={v!r} in {text!r} is not a number such as 0.1 or 8/255") from None
+            continue
+        low = v.lower()
+        if low in ("true", "false"):
+            kw[k] = low == "true"
+        elif low in ("none", "null"):
+            kw[k] = None
+        else:
+            try:
+                kw[k] = int(v)
+            except ValueError:
+                try:
+                    kw[k] = float(v)
+                except ValueError:
+                    kw[k] = v
+    return name, kw
+
+
+@app.command()
+def train(
+    dataset: Annotated[str, typer.Option(help="Dataset name (see `robustprune list datasets`).")] = "fashion-mnist",
+    arch: Annotated[str, typer.Option(help="Architecture (see `robustprune list models`).")] = "lenet5-caffe",
+    width: Annotated[float, typer.Option(help="Width factor of the architecture.")] = 1.0,
+    objective: Annotated[str, typer.Option(help="NAME[:key=value,...], e.g. pgd-at:eps=0.1,steps=10")] = "pgd-at",
+    epochs: int = 10,
+    batch_size: int = 128,
+    optimizer: Annotated[str, typer.Option(help="sgd or adam")] = "adam",
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    schedule: Annotated[str, typer.Option(help="constant, step or cosine")] = "cosine",
+    seed: int = 0,
+    train_limit: Annotated[Optional[int], typer.Option(help="Use only this many training images.")] = None,
+    val_size: Annotated[int, typer.Option(help="Validation images carved from the training set.")] = 5000,
+    out: Annotated[Path, typer.Option(help="Checkpoint to write (.safetensors, with a .json beside it).")] = Path(
+        "runs/model.safetensors"),
+    data_dir: DataDirOpt = None,
+    device: DeviceOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a model (natural or adversarial) and save the validation-selected checkpoint."""
+    from robustprune.checkpoint import save_checkpoint
+    from robustprune.data import load_splits
+    from robustprune.models import model_for_dataset
+    from robustprune.objectives import build_objective
+    from robustprune.train import TrainConfig, evaluate_split, fit, validated
+    from robustprune.utils import default_device, seed_everything
+
+    obj_name, obj_kw = parse_kv(objective, "objective")
+    cfg = validated(TrainConfig, dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+                                      weight_decay=weight_decay, schedule=schedule, seed=seed, progress=not quiet),
+                    "training settings")
+    dev = default_device(device)
+    splits = load_splits(dataset, data_dir=data_dir, val_size=val_size, seed=seed, device=dev, train_limit=train_limit)
+    if obj_name != "natural":
+        obj_kw.setdefault("eps", splits.spec.eps_linf)
+    obj = build_objective(obj_name, **obj_kw)
+    seed_everything(seed)
+    model = model_for_dataset(arch, splits.spec, width=width).to(dev)
+    res = fit(model, obj, splits.train, splits.val, cfg, val_eps=obj_kw.get("eps"), augment=splits.spec.augment)
+    s = splits.spec
+    meta = {"architecture": arch, "dataset": s.name, "num_classes": s.num_classes, "input_shape": list(s.shape),
+            "width": width, "mean": list(s.mean), "std": list(s.std),
+            "config": {"objective": {"name": obj_name, **obj_kw}, "train": cfg.model_dump()}, "train": res.to_dict()}
+    save_checkpoint(out, model, meta=meta)
+    ev = evaluate_split(model, splits.val, n=min(1000, len(splits.val)), eps=obj_kw.get("eps"), steps=20, seed=seed)
+    _echo(f"saved {out} (best epoch {res.best_epoch} by {res.selected_by}, {res.wall_time:.0f}s); validation: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()))
+
+
+@app.command()
+def prune(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to prune (.safetensors).")],
+    method: Annotated[str, typer.Option(help="Pruning method (see `robustprune list methods`).")] = (
+        "magnitude-unstructured-global"),
+    rate: Annotated[list[float], typer.Option(help="Compression rate(s) c (1/c of the weights remain); repeat.")] = [
+        4.0],  # noqa: B006
+    schedule: Annotated[str, typer.Option(help="iterative (halve per step) or one-shot")] = "iterative",
+    objective: Annotated[str, typer.Option(help="Fine-tuning objective NAME[:key=value,...]")] = "pgd-at",
+    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs per pruning step.")] = 1,
+    lr: float = 5e-4,
+    optimizer: str = "adam",
+    batch_size: int = 128,
+    seed: int = 0,
+    train_limit: Optional[int] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the pruned checkpoints.")] = Path("runs/pruned"),
+    data_dir: DataDirOpt = None,
+    device: DeviceOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Prune a checkpoint to one or more compression rates, fine-tuning after each step; save each target."""
+    from robustprune.checkpoint import load_checkpoint, save_checkpoint
+    from robustprune.data import load_splits
+    from robustprune.methods import get_method, iterative_prune
+    from robustprune.objectives import build_objective
+    from robustprune.sparsity import sparsity_report
+    from robustprune.train import TrainConfig, validated
+    from robustprune.utils import default_device
+
+    dev = default_device(device)
+    spec = get_method(method)
+    model, meta, masks = load_checkpoint(checkpoint, dev)
+    cfg = validated(TrainConfig, dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+                                      weight_decay=0.0, seed=seed, progress=not quiet), "fine-tuning settings")
+    splits = load_splits(meta["dataset"], data_dir=data_dir, seed=seed, device=dev, train_limit=train_limit)
+    obj_name, obj_kw = parse_kv(objective, "objective")
+    if obj_name != "natural":
+        obj_kw.setdefault("eps", splits.spec.eps_linf)
+    obj = build_objective(obj_name, **obj_kw)
+    for step in iterative_prune(model, spec, rate, objective=obj, train=splits.train, val=splits.val, cfg=cfg,
+                                val_eps=obj_kw.get("eps"), augment=splits.spec.augment, masks=masks,
+                                schedule=schedule, seed=seed):
+        if not step.is_target:
+            continue
+        path = out / f"{checkpoint.stem}-{method}-c{step.rate:g}.safetensors"
+        new_meta = {**meta, "config": {"parent": str(checkpoint), "method": method, "rate": step.rate,
+                                       "schedule": schedule, "objective": {"name": obj_name, **obj_kw},
+                                       "train": cfg.model_dump()}, "finetune_history": step.history}
+        save_checkpoint(path, model, meta=new_meta, masks=step.masks)
+        rep = sparsity_report(model)
+        _echo(f"saved {path}: c={step.rate:g}, weight sparsity {rep['weight_sparsity']:.4f}, "
+              f"val clean {step.history[-1].get('val_clean', float('nan')) if step.history else float('nan'):.3f}")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to evaluate (.safetensors).")],
+    attack: Annotated[Optional[list[str]], typer.Option(
+        help="NAME[:key=value,...] of any registered attack (see `robustprune list attacks`) with its settings; "
+             "several budgets as eps=0.05;0.1 (quote it). Repeat for several attacks. Default: pgd at the "
+             "dataset's eps.")] = None,
+    n: Annotated[int, typer.Option(help="Test points (the first n of the test split).")] = 1000,
+    batch_size: int = 500,
+    seed: int = 0,
+    db: Annotated[Optional[Path], typer.Option(help="Also append the rows (and checks) to this results database.")
+                  ] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write a RobustBench-style JSON here.")] = None,
+    transfer_from: Annotated[Optional[Path], typer.Option(
+        "--transfer-from", help="Also run every attack as a transfer attack crafted on this checkpoint.")] = None,
+    vulnerability: Annotated[bool, typer.Option(
+        "--vulnerability", help="Also measure the latent vulnerability (ANP-VS Eq. 1-2) under each budget attack.")
+    ] = False,
+    no_checks: Annotated[bool, typer.Option("--no-checks", help="Skip the sanity checks.")] = False,
+    check_n: Annotated[int, typer.Option(help="Points the sanity checks rerun attacks on.")] = 100,
+    data_dir: DataDirOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Clean and robust accuracy of a checkpoint on the test split, with sanity checks next to the numbers."""
+    from robustprune.checkpoint import load_checkpoint
+    from robustprune.data import load_splits
+    from robustprune.evaluation import evaluate_model, size_metrics
+    from robustprune.study import ResultsStore, code_version
+    from robustprune.utils import config_hash, default_device
+
+    if n < 1:
+        raise ConfigError(f"--n must be at least 1 (got {n})")
+    if check_n < 1:
+        raise ConfigError(f"--check-n must be at least 1 (got {check_n})")
+    specs = _eval_attack_configs(attack or ["pgd"])
+    dev = default_device(device)
+    model, meta, _ = load_checkpoint(checkpoint, dev)
+    source = None
+    if transfer_from is not None:
+        source, src_meta, _ = load_checkpoint(transfer_from, dev)
+        if src_meta.get("dataset") != meta.get("dataset"):
+            raise ConfigError(f"--transfer-from {transfer_from} was trained on {src_meta.get('dataset')!r}, the "
+                              f"evaluated model on {meta.get('dataset')!r}; transfer needs the same dataset")
+    splits = load_splits(meta["dataset"], data_dir=data_dir, val_size=0, device=dev, test_limit=n)
+    test = splits.test
+    spec = splits.spec
+    model_id = config_hash({"checkpoint": str(checkpoint.resolve()), "meta": meta.get("config")})
+    source_id = str(transfer_from) if transfer_from is not None else "source"
+    report = evaluate_model(model, test.x[:n], test.y[:n], specs, default_eps=spec.eps_linf,
+                            eps_by_norm={"Linf": spec.eps_linf, "L2": spec.eps_l2}, batch_size=batch_size, seed=seed,
+                            transfer_from=source, transfer_source=source_id, checks=not no_checks,
+                            check_subset=check_n, vulnerability=vulnerability, warn=False)
+    sizes = size_metrics(model, spec.shape)
+    _print_evaluation(report, sizes)
+    if json_out is not None:
+        doc = report.to_json(model=str(checkpoint), dataset=meta["dataset"], architecture=meta["architecture"],
+                             width=meta.get("width"), transfer_from=str(transfer_from) if transfer_from else None,
+                             code_version=code_version(), **sizes)
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(doc, indent=2))
+        _echo(f"wrote {json_out}")
+    if db is not None:
+        cfg = meta.get("config", {})
+        base = {"dataset": meta["dataset"], "architecture": meta["architecture"], "width": meta.get("width"),
+                "method": cfg.get("method", "unpruned"), "target_compression": float(cfg.get("rate", 1.0)),
+                "seed": seed, "model_id": model_id, "code_version": code_version(), "study": "evaluate"}
+        evaluation_id = config_hash({"attacks": [s.settings() | {"eps": list(s.eps)} for s in specs], "n": n,
+                                     "seed": seed, "transfer_from": source_id if source is not None else None})
+        with ResultsStore(db) as store:
+            store.put_results([{**base, **sizes, **r, "config_hash": config_hash([model_id, r["attack_hash"],
+                                                                                 r["eps_str"]])}
+                               for r in report.rows])
+            if report.checks:
+                store.put_checks(model_id, report.checks, evaluation_id=evaluation_id, code_version=code_version())
+        _echo(f"appended {len(report.rows)} rows" + (f" and {len(report.checks)} checks" if report.checks else "")
+              + f" to {db}")
+
+
+def _eval_attack_configs(texts: list[str]) -> list[Any]:
+    """``--attack`` texts -> validated ``AttackConfig``s (unknown attacks and settings fail here, before any work)."""
+    from robustprune.evaluation import AttackConfig
+
+    out = []
+    for a in texts:
+        name, kw = parse_kv(a, "attack", list_keys=("eps",))
+        eps = kw.pop("eps", ())
+        out.append(AttackConfig.build(name, eps, **kw))
+    return out
+
+
+def _print_evaluation(report: Any, sizes: dict[str, Any]) -> None:
+    for r in report.rows:
+        label = "clean" if r["attack"] == "clean" else f"{r['attack']} eps={r['eps_str']}" + (
+            f" ({r['norm']})" if r["norm"] not in (None, "Linf") else "")
+        _echo(f"{label:<28} {100 * r['robust_acc']:6.2f}%  (n={r['n_eval']}, {r['eval_wall_time']:.1f}s)")
+    for c in report.curves:
+        med = c["median_norm"]
+        _echo(f"{c['attack']} ({c['norm']}): median minimal norm {'inf' if med is None else f'{med:.4g}'}, "
+              f"{c['n_found']}/{c['n_points']} points broken")
+    for v in report.vulnerability:
+        _echo(f"vulnerability {v['threat']} {v['attack']} eps={v['eps_str']}: network {v['network']:.4f} ("
+              + ", ".join(f"{k} {x:.4f}" for k, x in v["layers"].items()) + ")")
+    _echo(f"sparsity {sizes['achieved_sparsity']:.4f}, params {sizes['params_nonzero']}/{sizes['params_total']} "
+          f"non-zero, FLOPs {sizes['flops_effective']}/{sizes['flops_dense']} effective/dense")
+    if not report.checks:
+        _echo("sanity checks: not run")
+    else:
+        bad = report.failed_checks
+        _echo(f"sanity checks: {len(report.checks) - len(bad)}/{len(report.checks)} passed")
+        for c in bad:
+            typer.echo(f"warning: sanity check {c['name']} failed: {c['detail']}", err=True)
+
+
+@app.command()
+def study(
+    spec_file: Annotated[Optional[Path], typer.Argument(help="YAML study file; none: the quick default study.")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder (results.sqlite, checkpoints, report).")] = Path(
+        "runs/default-study"),
+    data_dir: DataDirOpt = None,
+    device: DeviceOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run a study grid (the main job with no arguments); a second run reuses finished work."""
+    from robustprune.study import load_study_spec, run_study
+
+    spec = load_study_spec(spec_file, {"data_dir": str(data_dir) if data_dir else None})
+    _echo(f"study {spec.name!r} -> {out}")
+    outcome = run_study(spec, out, device=device, log=_echo, progress=False if quiet else None)
+    _echo(f"done in {outcome.wall_time:.0f}s: {outcome.models_trained} models trained, {outcome.models_reused} reused, "
+          f"{outcome.rows_written} result rows written")
+    for f in outcome.report_files:
+        _echo(f"report: {f}")
+
+
+@app.command()
+def report(out: Annotated[Path, typer.Argument(help="A study's output folder.")]) -> None:
+    """(Re)write the report of a study folder from its results database."""
+    from robustprune.study import write_report
+
+    for f in write_report(out):
+        _echo(f"wrote {f}")
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit status 2."""
+    try:
+        app()
+    except RobustPruneError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; finished cells are kept in the results database", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Transfer (black-box) attacks: adversarial examples crafted on a source model, evaluated on a target.
+
+Seed 000 reports robust accuracy under a black-box attack crafted on an adversarially trained full network;
+seed 001 (Table 8) transfers PGD examples from unpruned models to pruned ones. Protocol here, mirroring the
+white-box rows: the source attacks the points it classifies correctly (a point it already misclassifies is
+passed on unchanged), batch by batch with the same generator, so a transfer from a model to itself gives
+exactly its white-box robust accuracy. A point counts as robust when the target classifies it correctly both
+clean and on the transferred example. For a minimal-norm attack the transferred example at budget ε is the
+source's minimal adversarial point when its norm is <= ε, else the clean point.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from robustprune.errors import ConfigError
+from robustprune.evaluation.attack_info import (
+    EvalAttackInfo,
+    attack_info,
+    attack_kwargs,
+    info_for_spec,
+    spec_name,
+)
+from robustprune.evaluation.run import (
+    ADV_SEED_OFFSET,
+    AttackRun,
+    _attack_subset,
+    _correct,
+    _settings,
+    budgets_for,
+    clean_correct,
+)
+from robustprune.metrics.accuracy import eval_mode
+from robustprune.utils import config_hash, eps_to_str, make_generator
+
+TRANSFER_PREFIX = "transfer-"
+
+
+def _bcast(mask: Tensor, like: Tensor) -> Tensor:
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _predict_correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> Tensor:
+    return torch.cat([_correct(model, x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def transfer_attack(
+    source_model: nn.Module,
+    target_model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    attack_fn: Callable[..., Any] | str,
+    *,
+    batch_size: int = 500,
+    generator: torch.Generator | None = None,
+    per_sample: bool = False,
+    **kw: Any,
+) -> float | Tensor:
+    """Robust accuracy of ``target_model`` on examples crafted by ``attack_fn`` on ``source_model``.
+
+    ``attack_fn`` is an attack function or a registered name; ``kw`` are its settings (``eps`` included; for a
+    minimal-norm attack ``eps`` is the budget at which its points are used). ``per_sample`` returns the bool
+    mask of robust points instead of the accuracy. Both models are evaluated in eval mode (modes restored).
+    """
+    info = attack_info(attack_fn) if isinstance(attack_fn, str) else EvalAttackInfo(
+        getattr(attack_fn, "__name__", "attack"), attack_fn)
+    kw = dict(kw)
+    eps = kw.get("eps")
+    with eval_mode(source_model), eval_mode(target_model):
+        src_ok = _predict_correct(source_model, x, y, batch_size)
+        call_kw = {k: v for k, v in kw.items() if not (k == "eps" and info.min_norm)}
+        x_adv, norms = _attack_subset(info, source_model, x, y, src_ok, call_kw, generator, batch_size)
+        if norms is not None:
+            if eps is None:
+                raise ConfigError("a minimal-norm attack transfers at a budget: pass eps=...")
+            x_adv = torch.where(_bcast(norms <= float(eps), x), x_adv, x)
+        robust = _predict_correct(target_model, x, y, batch_size) & _predict_correct(target_model, x_adv, y,
+                                                                                   batch_size)
+    return robust if per_sample else float(robust.double().mean())
+
+
+def run_transfer(
+    source_model: nn.Module,
+    target_model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    attacks: Sequence[Any],
+    *,
+    default_eps: float,
+    eps_by_norm: Mapping[str, float] | None = None,
+    batch_size: int = 500,
+    seed: int = 0,
+    source_id: str = "source",
+    keep_adv: bool = False,
+) -> AttackRun:
+    """Transfer rows for every (attack, ε): attack name ``transfer-<name>``, settings with ``transfer_from``
+    (``source_id``), robust accuracy of the target (see :func:`transfer_attack`). ``keep_adv`` keeps the
+    transferred examples (the source's errors attacked too, with another generator)."""
+    t0 = time.perf_counter()
+    n = len(x)
+    with eval_mode(source_model), eval_mode(target_model):
+        tgt_clean = clean_correct(target_model, x, y, batch_size)
+        src_ok = _predict_correct(source_model, x, y, batch_size)
+        clean_acc = int(tgt_clean.sum()) / n
+        run = AttackRun(rows=[{
+            "attack": "clean", "norm": None, "eps": 0.0, "eps_str": "0", "robust_acc": clean_acc, "n_eval": n,
+            "attack_config": {}, "attack_hash": "clean", "eval_wall_time": time.perf_counter() - t0,
+        }], clean_mask=tgt_clean)
+        for spec in attacks:
+            info = info_for_spec(spec)
+            budgets = budgets_for(spec, info, default_eps, eps_by_norm)
+            name = TRANSFER_PREFIX + spec_name(spec)
+            if info.min_norm:
+                t1 = time.perf_counter()
+                kw = attack_kwargs(info, spec, None, min_norm=True)
+                x_min, norms = _attack_subset(info, source_model, x, y, src_ok, kw, make_generator(seed, x.device),
+                                              batch_size)
+                assert norms is not None
+                settings = {**_settings(kw, spec_name(spec)), "transfer_from": source_id}
+                ahash = config_hash(settings)
+                for eps in budgets:
+                    xt = torch.where(_bcast(src_ok & (norms <= eps), x), x_min, x)
+                    _add_row(run, target_model, x, y, xt, name, info, eps, settings, ahash, batch_size,
+                             time.perf_counter() - t1, keep_adv)
+                continue
+            for eps in budgets:
+                t1 = time.perf_counter()
+                kw = attack_kwargs(info, spec, eps)
+                settings = {**_settings(kw, spec_name(spec)), "transfer_from": source_id}
+                ahash = config_hash(settings)
+                xt, _ = _attack_subset(info, source_model, x, y, src_ok, kw, make_generator(seed, x.device),
+                                       batch_size)
+                if keep_adv and bool((~src_ok).any()):
+                    x_wrong, _ = _attack_subset(info, source_model, x, y, ~src_ok, kw,
+                                                make_generator(seed + ADV_SEED_OFFSET, x.device), batch_size)
+                    x_keep = torch.where(_bcast(~src_ok, x), x_wrong, xt)
+                else:
+                    x_keep = xt
+                _add_row(run, target_model, x, y, xt, name, info, eps, settings, ahash, batch_size,
+                         time.perf_counter() - t1, False)
+                if keep_adv:
+                    run.adv[(ahash, eps_to_str(eps))] = x_keep
+    for r in run.rows:
+        r["clean_acc"] = clean_acc
+    return run
+
+
+def _add_row(run: AttackRun, target: nn.Module, x: Tensor, y: Tensor, xt: Tensor, name: str, info: EvalAttackInfo,
+             eps: float, settings: dict[str, Any], ahash: str, batch_size: int, wall: float, keep_adv: bool) -> None:
+    es = eps_to_str(eps)
+    robust = run.clean_mask & _predict_correct(target, xt, y, batch_size)
+    run.correct[(ahash, es)] = robust
+    run.infos[ahash] = info
+    if keep_adv:
+        run.adv[(ahash, es)] = xt
+    run.rows.append({
+        "attack": name, "norm": info.norm, "eps": float(eps), "eps_str": es, "robust_acc": int(robust.sum()) / len(x),
+        "n_eval": len(x), "attack_config": settings, "attack_hash": ahash, "eval_wall_time": wall,
+    })

@@ -1,0 +1,154 @@
+"""Turn a study's results database into a Markdown report and a plot of robust accuracy against compression."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from robustprune.errors import RobustPruneError
+from robustprune.study.store import ResultsStore
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    m = sum(values) / len(values)
+    s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return m, s
+
+
+def _fmt(values: list[float]) -> str:
+    m, s = _mean_std(values)
+    return f"{100 * m:.1f}" + (f" ± {100 * s:.1f}" if len(values) > 1 else "")
+
+
+def aggregate(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, list[float]]]:
+    """(dataset, architecture, method, rate) -> {"clean": [...], "<attack>@<eps>": [...], "sparsity": [...]} over seeds."""
+    out: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        key = (r["dataset"], r["architecture"], r["method"], float(r["target_compression"]))
+        col = "clean" if r["attack"] == "clean" else f"{r['attack']}@{r['eps_str']}"
+        out[key][col].append(float(r["robust_acc"]))
+        if r["attack"] == "clean":
+            out[key]["sparsity"].append(float(r["achieved_sparsity"] or 0.0))
+            out[key]["flops_ratio"].append(float(r["flops_effective"] or 0) / max(float(r["flops_dense"] or 1), 1.0))
+    return out
+
+
+def _attack_columns(rows: list[dict[str, Any]]) -> list[str]:
+    seen: dict[str, float] = {}
+    for r in rows:
+        if r["attack"] != "clean":
+            seen.setdefault(f"{r['attack']}@{r['eps_str']}", (r["attack"], float(r["eps"])))
+    return sorted(seen, key=lambda k: seen[k])
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    agg = aggregate(rows)
+    cols = _attack_columns(rows)
+    lines = []
+    for (dataset, arch) in sorted({(k[0], k[1]) for k in agg}):
+        lines.append(f"### {dataset} / {arch}\n")
+        header = ["method", "c", "sparsity", "eff. FLOPs", "clean"] + cols
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "---|" * len(header))
+        keys = sorted((k for k in agg if k[0] == dataset and k[1] == arch),
+                      key=lambda k: (k[2] != "unpruned", k[2], k[3]))
+        for k in keys:
+            cells = agg[k]
+            row = [k[2], f"{k[3]:g}", f"{100 * _mean_std(cells['sparsity'])[0]:.1f}%" if cells["sparsity"] else "",
+                   f"{100 * _mean_std(cells['flops_ratio'])[0]:.1f}%" if cells["flops_ratio"] else "",
+                   _fmt(cells["clean"]) if cells["clean"] else ""]
+            row += [_fmt(cells[c]) if cells.get(c) else "" for c in cols]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_robust_vs_compression(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Seed 003 Fig. 1 style: one panel per (attack, ε) plus clean, one line per method over compression rates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    agg = aggregate(rows)
+    if not agg:
+        return None
+    panels = ["clean"] + _attack_columns(rows)
+    groups = sorted({(k[0], k[1]) for k in agg})
+    fig, axes = plt.subplots(len(groups), len(panels), figsize=(3.6 * len(panels), 3.2 * len(groups)), squeeze=False)
+    methods = sorted({k[2] for k in agg if k[2] != "unpruned"})
+    for gi, (dataset, arch) in enumerate(groups):
+        base = agg.get((dataset, arch, "unpruned", 1.0), {})
+        for pi, panel in enumerate(panels):
+            ax = axes[gi][pi]
+            for m in methods:
+                pts = sorted((k[3], _mean_std(v[panel])[0]) for k, v in agg.items()
+                             if k[0] == dataset and k[1] == arch and k[2] == m and v.get(panel))
+                if base.get(panel):
+                    pts = [(1.0, _mean_std(base[panel])[0])] + pts
+                if pts:
+                    xs, ys = zip(*pts)
+                    ax.plot(xs, [100 * y for y in ys], marker="o", ms=3, lw=1.3, label=m)
+            ax.set_xscale("log", base=2)
+            rates = sorted({k[3] for k in agg if k[0] == dataset and k[1] == arch} | {1.0})
+            ax.set_xticks(rates, [f"{r:g}" for r in rates])
+            ax.minorticks_off()
+            if base.get(panel):
+                ax.axhline(100 * _mean_std(base[panel])[0], color="0.5", ls=":", lw=1)
+            ax.set_xlabel("compression rate c")
+            ax.set_title(panel, fontsize=10)
+            if pi == 0:
+                ax.set_ylabel(f"{dataset} / {arch}\naccuracy (%)")
+            ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(out_dir: str | Path) -> list[Path]:
+    """Write ``report.md`` and ``robust_vs_compression.png`` from ``out_dir/results.sqlite``."""
+    out = Path(out_dir)
+    db = out / "results.sqlite"
+    if not db.exists():
+        raise RobustPruneError(f"no results database at {db}; run `robustprune study --out {out}` first")
+    with ResultsStore(db) as store:
+        rows = store.results()
+        spec = store.get_meta("spec", {})
+        models = store.models()
+    files: list[Path] = []
+    plot = plot_robust_vs_compression(rows, out / "robust_vs_compression.png")
+    train_time = sum(float(m["wall_time"] or 0) for m in models)  # per model: its own step(s) only
+    eval_time = sum(float(r["eval_wall_time"] or 0) for r in rows)
+    text = [f"# robustprune study: {spec.get('name', out.name)}", ""]
+    text.append("Robust accuracy (%) on the first "
+                f"{rows[0]['n_eval'] if rows else 0} test images; mean ± std over seeds where there are several. "
+                "`c` is the compression rate (1/c of prunable weights remain); sparsity counts zeros actually present "
+                "in the prunable weights; eff. FLOPs = multiply-accumulates with non-zero weights / dense.")
+    text.append("")
+    text.append(markdown_table(rows))
+    if plot:
+        text += ["", f"![robust accuracy against compression rate]({plot.name})", ""]
+    text.append(f"Models: {len(models)}; result rows: {len(rows)}; time spent training/pruning {train_time:.0f}s, "
+                f"evaluating {eval_time:.0f}s.")
+    text.append("")
+    if spec:
+        base = spec.get("base_objective", {})
+        ft = spec.get("finetune_objective", {})
+        text.append(f"Base model: {base.get('name')} ({spec.get('base_train', {}).get('epochs')} epochs); "
+                    f"fine-tuning: {ft.get('name')} ({spec.get('finetune_train', {}).get('epochs')} epoch(s) per "
+                    f"pruning step, schedule {spec.get('schedule')}). Checkpoints selected on a validation split "
+                    "carved from the training set; the test split is used only for these numbers. Kernel and filter "
+                    "methods prune convolution layers only (as in seed 003), so their sparsity over all prunable "
+                    "weights stays low where dense layers hold most weights; their effective FLOPs show the gain.")
+    md = out / "report.md"
+    md.write_text("\n".join(text) + "\n")
+    files.append(md)
+    if plot:
+        files.append(plot)
+    return files
