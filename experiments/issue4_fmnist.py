@@ -1,0 +1,317 @@
+#!/usr/bin/env python3
+"""Issue 4 on Fashion-MNIST: ADMM pruning (AdvPrune, seed 001) and PwoA (seed 004) side by side.
+
+(a) PwoA at 4x and 8x vs pruning the same robust model with CE (the same ADMM + masked fine-tuning,
+    natural cross-entropy instead of distillation + HBaR: seed 004 Tables II-IV, row L_CE);
+(b) AdvPrune irregular vs column vs filter at one rate (seed 001 Sec. 5);
+(c) lenet-mnist-w: a w_small net obtained by pruning a w_big net (AdvPrune, per-layer keep = the small
+    layer's size / the big layer's size) vs the w_small net adversarially trained from scratch with the
+    same total number of epochs (seed 001 Sec. 4.1);
+(d) training time of PwoA vs AdvPrune at the same rate and scheme (seed 004 Fig. 3).
+
+Every model is evaluated on the first --test-n test images: clean accuracy, PGD-20 (L∞, ε = --eps,
+α = ε/4, one restart) and, when the ``autoattack`` package (pyautoattack) is importable, AutoAttack
+(standard). Checkpoints are selected on the validation split (carved from training), never on test.
+Results go to --out as Markdown. Defaults aim at ~2-4 minutes per trained model on 2 CPU cores;
+``--tiny`` is a smoke test of the whole pipeline in about a minute.
+
+    python experiments/issue4_fmnist.py --out runs/issue4.md
+    python experiments/issue4_fmnist.py --tiny --out /tmp/issue4_tiny.md
+    python experiments/issue4_fmnist.py --teacher runs/issue4/teacher.safetensors --out runs/issue4.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustprune.attacks import pgd_linf
+from robustprune.checkpoint import save_checkpoint
+from robustprune.data import load_splits
+from robustprune.methods import admm_prune, advprune, load_teacher, pwoa
+from robustprune.metrics import accuracy, robust_accuracy
+from robustprune.models import model_for_dataset
+from robustprune.objectives import PGDAT, Natural
+from robustprune.sparsity import prunable_layers, sparsity_report
+from robustprune.train import TrainConfig, fit
+from robustprune.utils import seed_everything
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", required=True, help="Markdown file for the results tables")
+    p.add_argument("--workdir", default=None, help="where checkpoints and JSON go (default: next to --out)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-limit", type=int, default=10000, help="training images (after the validation split)")
+    p.add_argument("--val-size", type=int, default=1000)
+    p.add_argument("--val-n", type=int, default=500, help="validation points used for selection each epoch")
+    p.add_argument("--test-n", type=int, default=1000)
+    p.add_argument("--eps", type=float, default=0.1)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--max-steps", type=int, default=None, help="cap on steps per epoch (quick runs)")
+    p.add_argument("--parts", default="abcd", help="which experiments to run, e.g. 'ab'")
+    # teacher (a, b, d)
+    p.add_argument("--arch", default="lenet5-caffe")
+    p.add_argument("--teacher", default=None, help="robust teacher checkpoint (.safetensors); trained if omitted")
+    p.add_argument("--teacher-arch", default=None, help="architecture of a plain safetensors state dict teacher")
+    p.add_argument("--teacher-epochs", type=int, default=8)
+    p.add_argument("--teacher-lr", type=float, default=1e-3)
+    # pruning phases (shared by all methods, so the comparison is fair)
+    p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
+    p.add_argument("--admm-epochs", type=int, default=5)
+    p.add_argument("--admm-lr", type=float, default=1e-3)
+    p.add_argument("--retrain-epochs", type=int, default=3)
+    p.add_argument("--retrain-lr", type=float, default=5e-4)
+    p.add_argument("--rho", type=float, default=0.01, help="seed 004 App. B: 0.01")
+    p.add_argument("--rho-factor", type=float, default=1.35, help="seed 004 App. B: x1.35 per update")
+    p.add_argument("--rho-max", type=float, default=1.0, help="seed 004 App. B: cap 1")
+    p.add_argument("--update-every", type=int, default=25,
+                   help="Z/U update period; seed 004 uses 3 epochs of ~470 steps over 50 epochs, scaled down here")
+    p.add_argument("--update-unit", default="step", choices=["step", "epoch"])
+    p.add_argument("--pgd-steps", type=int, default=10, help="PGD steps of adversarial training")
+    # (a) PwoA
+    p.add_argument("--pwoa-rates", type=float, nargs="+", default=[4.0, 8.0])
+    p.add_argument("--pwoa-scheme", default="irregular")
+    p.add_argument("--mix-ratio", type=float, default=0.0)
+    p.add_argument("--no-hbar", action="store_true")
+    p.add_argument("--no-balance", action="store_true")
+    # (b) AdvPrune schemes
+    p.add_argument("--advprune-rate", type=float, default=4.0)
+    p.add_argument("--schemes", nargs="+", default=["irregular", "column", "filter"])
+    # (c) width
+    p.add_argument("--w-big", type=float, default=4.0)
+    p.add_argument("--w-small", type=float, default=1.0)
+    p.add_argument("--c-scheme", default="irregular")
+    p.add_argument("--tiny", action="store_true", help="smoke test: tiny data and one short epoch everywhere")
+    a = p.parse_args(argv)
+    if a.tiny:
+        a.train_limit, a.val_size, a.val_n, a.test_n = 512, 200, 100, 100
+        a.teacher_epochs, a.admm_epochs, a.retrain_epochs = 1, 1, 1
+        a.max_steps = a.max_steps or 3
+        a.update_every, a.update_unit = 1, "step"
+        a.pgd_steps = 2
+        a.pwoa_rates = a.pwoa_rates[:2]
+    return a
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def train_cfg(a: argparse.Namespace, *, epochs: int, lr: float, select: str = "val_robust") -> TrainConfig:
+    return TrainConfig(epochs=epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=lr, weight_decay=0.0,
+                       schedule="cosine", seed=a.seed, select=select, val_size=a.val_n, progress=False,
+                       max_steps_per_epoch=a.max_steps)
+
+
+def _autoattack():
+    try:
+        from autoattack import AutoAttack  # pyautoattack / the official implementation
+
+        return AutoAttack
+    except Exception:  # noqa: BLE001 -- optional dependency
+        return None
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, masks: Any = None) -> dict[str, Any]:
+    model.eval()
+    g = torch.Generator(device=x.device).manual_seed(1234)
+    out: dict[str, Any] = {
+        "clean": accuracy(model, x, y),
+        "pgd20": robust_accuracy(model, x, y, pgd_linf, eps=eps, steps=20, generator=g),
+        "aa": None,
+    }
+    aa_cls = _autoattack()
+    if aa_cls is not None:
+        adversary = aa_cls(model, norm="Linf", eps=eps, version="standard", verbose=False, device=str(x.device))
+        x_adv = adversary.run_standard_evaluation(x, y, bs=250)
+        with torch.no_grad():
+            out["aa"] = float((model(x_adv).argmax(1) == y).float().mean())
+    rep = sparsity_report(model, masks)  # zeros actually present in the Conv2d/Linear weights
+    out["params_nonzero"], out["params_prunable"] = rep["nonzero"], rep["prunable"]
+    return out
+
+
+def pct(v: Any) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
+
+
+def secs(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.1f}"
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def teacher_model(a, splits, workdir: Path) -> tuple[nn.Module, float | None]:
+    if a.teacher:
+        t = load_teacher(a.teacher, a.teacher_arch, splits.spec if a.teacher_arch else None,
+                         device=splits.train.x.device)
+        return t, None
+    torch.manual_seed(a.seed)
+    model = model_for_dataset(a.arch, splits.spec).to(splits.train.x.device)
+    t0 = time.perf_counter()
+    fit(model, PGDAT(eps=a.eps, steps=a.pgd_steps), splits.train, splits.val,
+        train_cfg(a, epochs=a.teacher_epochs, lr=a.teacher_lr), val_eps=a.eps, desc="teacher")
+    dt = time.perf_counter() - t0
+    save_checkpoint(workdir / "teacher.safetensors", model, meta={
+        "architecture": a.arch, "dataset": splits.spec.name, "num_classes": splits.spec.num_classes,
+        "input_shape": splits.spec.shape, "width": 1.0, "mean": splits.spec.mean, "std": splits.spec.std,
+        "config": {"objective": "pgd-at", "eps": a.eps, "epochs": a.teacher_epochs}})
+    return load_teacher(workdir / "teacher.safetensors", device=splits.train.x.device), dt
+
+
+def admm_kwargs(a) -> dict[str, Any]:
+    return dict(rho=a.rho, rho_factor=a.rho_factor, rho_max=a.rho_max, update_every=a.update_every,
+                update_unit=a.update_unit)
+
+
+def row_for(exp: str, method: str, scheme: str, rate: str, ev: dict, times: dict | None) -> list[Any]:
+    t = times or {}
+    return [exp, method, scheme, rate, f"{ev['params_nonzero']}/{ev['params_prunable']}", pct(ev["clean"]),
+            pct(ev["pgd20"]), pct(ev["aa"]), secs(t.get("admm")), secs(t.get("retrain")), secs(t.get("total"))]
+
+
+# ---------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    out = Path(a.out)
+    workdir = Path(a.workdir) if a.workdir else out.with_suffix("")
+    workdir.mkdir(parents=True, exist_ok=True)
+    seed_everything(a.seed)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    splits = load_splits("fashion-mnist", data_dir=a.data_dir, val_size=a.val_size, seed=a.seed,
+                         device=a.device or "cpu", train_limit=a.train_limit, test_limit=a.test_n)
+    xt, yt = splits.test.x, splits.test.y
+    log(f"train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}; eps {a.eps}; "
+        f"AutoAttack {'available' if _autoattack() else 'not installed (AA column n/a)'}")
+    headers = ["exp", "method", "scheme", "rate", "nonzero/prunable", "clean %", "PGD-20 %", "AA %",
+               "ADMM s", "retrain s", "total s"]
+    rows: list[list[Any]] = []
+    raw: dict[str, Any] = {"args": vars(a)}
+    admm_cfg = train_cfg(a, epochs=a.admm_epochs, lr=a.admm_lr, select="last")
+    retrain_cfg = train_cfg(a, epochs=a.retrain_epochs, lr=a.retrain_lr)
+    times: dict[str, dict] = {}
+
+    teacher = None
+    if set(a.parts) & set("abd"):
+        teacher, t_time = teacher_model(a, splits, workdir)
+        ev = evaluate(teacher, xt, yt, a.eps)
+        rows.append(row_for("teacher", f"PGD-{a.pgd_steps} AT ({a.arch})", "-", "1", ev,
+                            {"total": t_time} if t_time else None))
+        log(f"teacher: clean {pct(ev['clean'])} PGD-20 {pct(ev['pgd20'])}")
+
+    if "a" in a.parts or "d" in a.parts:
+        for rate in a.pwoa_rates if "a" in a.parts else [a.advprune_rate]:
+            res = pwoa(None, teacher, train=splits.train, val=splits.val, scheme=a.pwoa_scheme, rate=rate,
+                       dataset="fashion-mnist", admm_cfg=admm_cfg, retrain_cfg=retrain_cfg, use_hbar=not a.no_hbar,
+                       balance=not a.no_balance, mix_ratio=a.mix_ratio, eps=a.eps if a.mix_ratio > 0 else None,
+                       val_eps=a.eps, **admm_kwargs(a))
+            ev = evaluate(res.extras["student"], xt, yt, a.eps, res.masks)
+            rows.append(row_for("a", "PwoA" + ("" if not a.no_hbar else " (no HBaR)") +
+                                (f" mix {a.mix_ratio:g}" if a.mix_ratio else ""), a.pwoa_scheme, f"{rate:g}", ev, res.times))
+            times[f"pwoa-{rate:g}"] = res.times
+            raw[f"pwoa-{rate:g}"] = {"eval": ev, **res.to_dict()}
+            log(f"PwoA {rate:g}x: clean {pct(ev['clean'])} PGD-20 {pct(ev['pgd20'])} time {res.times['total']:.1f}s "
+                f"alpha {res.extras['alpha']:.3g} lx {res.extras['lambda_x']} ly {res.extras['lambda_y']}")
+            if "a" in a.parts:
+                model = copy.deepcopy(teacher)
+                for p_ in model.parameters():
+                    p_.requires_grad_(True)
+                res_ce = admm_prune(model, objective=Natural(), train=splits.train, val=splits.val, admm_cfg=admm_cfg,
+                                    retrain_cfg=retrain_cfg, scheme=a.pwoa_scheme, rate=rate, val_eps=a.eps,
+                                    **admm_kwargs(a))
+                ev = evaluate(model, xt, yt, a.eps, res_ce.masks)
+                rows.append(row_for("a", "ADMM + CE (no adversarial examples)", a.pwoa_scheme, f"{rate:g}", ev, res_ce.times))
+                raw[f"ce-{rate:g}"] = {"eval": ev, **res_ce.to_dict()}
+                log(f"CE {rate:g}x: clean {pct(ev['clean'])} PGD-20 {pct(ev['pgd20'])}")
+
+    if "b" in a.parts or "d" in a.parts:
+        schemes = a.schemes if "b" in a.parts else [a.pwoa_scheme]
+        for scheme in schemes:
+            model = copy.deepcopy(teacher)
+            for p_ in model.parameters():
+                p_.requires_grad_(True)
+            res = advprune(model, eps=a.eps, steps=a.pgd_steps, train=splits.train, val=splits.val, scheme=scheme,
+                           rate=a.advprune_rate, admm_cfg=admm_cfg, retrain_cfg=retrain_cfg, **admm_kwargs(a))
+            ev = evaluate(model, xt, yt, a.eps, res.masks)
+            rows.append(row_for("b", f"AdvPrune (PGD-{a.pgd_steps})", scheme, f"{a.advprune_rate:g}", ev, res.times))
+            times[f"advprune-{scheme}"] = res.times
+            raw[f"advprune-{scheme}"] = {"eval": ev, **res.to_dict()}
+            log(f"AdvPrune {scheme} {a.advprune_rate:g}x: clean {pct(ev['clean'])} PGD-20 {pct(ev['pgd20'])} "
+                f"time {res.times['total']:.1f}s")
+
+    if "c" in a.parts:
+        spec = splits.spec
+        torch.manual_seed(a.seed)
+        big = model_for_dataset("lenet-mnist-w", spec, width=a.w_big).to(xt.device)
+        t0 = time.perf_counter()
+        fit(big, PGDAT(eps=a.eps, steps=a.pgd_steps), splits.train, splits.val,
+            train_cfg(a, epochs=a.teacher_epochs, lr=a.teacher_lr), val_eps=a.eps, desc=f"w{a.w_big:g}")
+        t_big = time.perf_counter() - t0
+        ev = evaluate(big, xt, yt, a.eps)
+        rows.append(row_for("c", f"lenet-mnist-w w={a.w_big:g} (PGD-AT)", "-", "1", ev, {"total": t_big}))
+        small_ref = model_for_dataset("lenet-mnist-w", spec, width=a.w_small)
+        group = "unstructured" if a.c_scheme == "irregular" else a.c_scheme
+        big_layers, small_layers = prunable_layers(big, group), prunable_layers(small_ref, group)
+        keep = {n: min(1.0, small_layers[n].weight.numel() / m.weight.numel()) for n, m in big_layers.items()}
+        res = advprune(big, eps=a.eps, steps=a.pgd_steps, train=splits.train, val=splits.val, scheme=a.c_scheme,
+                       keep=keep, admm_cfg=admm_cfg, retrain_cfg=retrain_cfg, **admm_kwargs(a))
+        ev = evaluate(big, xt, yt, a.eps, res.masks)
+        rows.append(row_for("c", f"AdvPrune w={a.w_big:g} -> size of w={a.w_small:g}", a.c_scheme,
+                            "per layer " + ",".join(f"{1 / k:.0f}" for k in keep.values()), ev, res.times))
+        raw["c-pruned"] = {"eval": ev, "keep": keep, **res.to_dict()}
+        torch.manual_seed(a.seed)
+        small = small_ref.to(xt.device)
+        scratch_epochs = a.teacher_epochs + a.admm_epochs + a.retrain_epochs  # same epoch budget
+        t0 = time.perf_counter()
+        fit(small, PGDAT(eps=a.eps, steps=a.pgd_steps), splits.train, splits.val,
+            train_cfg(a, epochs=scratch_epochs, lr=a.teacher_lr), val_eps=a.eps, desc=f"w{a.w_small:g}")
+        ev = evaluate(small, xt, yt, a.eps)
+        rows.append(row_for("c", f"lenet-mnist-w w={a.w_small:g} from scratch ({scratch_epochs} ep)", "-", "1", ev,
+                            {"total": time.perf_counter() - t0}))
+        raw["c-scratch"] = {"eval": ev}
+        log("(c) pruned vs scratch done")
+
+    text = [f"# Issue 4 on Fashion-MNIST (eps {a.eps:g}, {len(splits.train)} train / {len(xt)} test images)", "",
+            "Accuracies on the first test images; PGD-20 L∞ with α = ε/4; AA = AutoAttack standard "
+            "(n/a: package not installed). nonzero/prunable: non-zero Conv2d/Linear weights. Times: wall seconds per "
+            "phase, including each epoch's validation (PGD-10 on --val-n points). Settings: "
+            f"`{' '.join(sys.argv[1:]) or '(defaults)'}`.", "", table(headers, rows), ""]
+    if "d" in a.parts:
+        d_rows = []
+        p_key = f"pwoa-{a.advprune_rate:g}"
+        adv_key = f"advprune-{a.pwoa_scheme}"
+        if p_key in times and adv_key in times:
+            tp, ta = times[p_key], times[adv_key]
+            d_rows.append(["PwoA", secs(tp["admm"]), secs(tp["retrain"]), secs(tp["total"]), "1.00"])
+            d_rows.append([f"AdvPrune (PGD-{a.pgd_steps})", secs(ta["admm"]), secs(ta["retrain"]), secs(ta["total"]),
+                           f"{ta['total'] / max(tp['total'], 1e-9):.2f}"])
+            text += [f"## (d) training time at {a.advprune_rate:g}x, {a.pwoa_scheme}", "",
+                     table(["method", "ADMM s", "retrain s", "total s", "x PwoA"], d_rows), ""]
+        else:
+            text += ["(d) needs a PwoA run at --advprune-rate; add it to --pwoa-rates.", ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(text))
+    (workdir / "results.json").write_text(json.dumps(raw, indent=2, default=str))
+    print("\n".join(text))
+    log(f"wrote {out} and {workdir / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
