@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from robustprune.attacks.results import MinNormResult, perturbation_norm
 from robustprune.errors import ConfigError
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -128,3 +129,92 @@ def input_grad(
         loss = loss_fn(logits, target)
         (grad,) = torch.autograd.grad(loss.sum(), x_adv)
     return grad, logits.detach(), loss.detach()
+
+
+# --------------------------------------------------------------------------- L2 pieces
+def check_radius(eps: float, name: str = "eps") -> float:
+    """A budget ≥ 0 with no upper bound (L2 radii in pixel units may exceed 1)."""
+    if isinstance(eps, Tensor):
+        if eps.numel() != 1:
+            raise ConfigError(f"{name} must be a single number, got a tensor of shape {tuple(eps.shape)}")
+        eps = float(eps)
+    try:
+        eps = float(eps)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number >= 0 (pixel units), got {eps!r}") from None
+    if not math.isfinite(eps) or eps < 0:
+        raise ConfigError(f"{name} must be a finite number >= 0 (pixel units), got {eps}")
+    return eps
+
+
+def bcast(v: Tensor, like: Tensor) -> Tensor:
+    """A per-sample ``(N,)`` tensor viewed as ``(N, 1, ..., 1)`` to broadcast against ``like``."""
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def l2_norms(t: Tensor) -> Tensor:
+    """Per-sample L2 norm ``(N,)`` of an ``(N, ...)`` tensor."""
+    return t.reshape(t.shape[0], -1).norm(dim=1)
+
+
+def normalize_l2(t: Tensor, tiny: float = 1e-12) -> Tensor:
+    """Each sample of ``t`` scaled to unit L2 norm (a zero sample stays zero)."""
+    return t / bcast(l2_norms(t).clamp_min(tiny), t)
+
+
+def project_l2(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
+    """Onto {‖x_adv − x‖₂ ≤ ε}, then clipped to [0, 1].
+
+    Clipping moves every coordinate towards ``x`` (which lies in [0, 1]), so the result stays in
+    the ball; it is feasible, though not the exact Euclidean projection onto the intersection.
+    """
+    delta = x_adv - x
+    scale = (eps / l2_norms(delta).clamp_min(1e-12)).clamp(max=1.0)
+    return torch.clamp(x + delta * bcast(scale, delta), 0.0, 1.0)
+
+
+def uniform_l2_start(x: Tensor, eps: float, generator: torch.Generator | None = None) -> Tensor:
+    """A uniform random point of the L2 ε-ball around ``x`` (radius ε·U^(1/d)), clipped to [0, 1]."""
+    direction = normalize_l2(randn_like(x, generator))
+    d = x[0].numel()
+    u = rand_like(x.new_empty(x.shape[0]), generator)
+    radius = eps * u.pow(1.0 / max(d, 1))
+    return (x + direction * bcast(radius, x)).clamp_(0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- misc
+def misclassified(logits: Tensor, y: Tensor) -> Tensor:
+    """Bool ``(N,)``: the prediction differs from ``y``."""
+    return logits.argmax(dim=1) != y
+
+
+@torch.no_grad()
+def finish_min_norm(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    x_found: Tensor,
+    found: Tensor,
+    *,
+    norm: str,
+    l0_unit: str = "pixel",
+    eps: float | None = None,
+) -> MinNormResult | Tensor:
+    """Package a minimal-norm attack's answer as a :class:`MinNormResult` (or, with ``eps``, the
+    budget attack's ``x_adv``).
+
+    Two no-grad forwards check what is returned: a sample misclassified when clean gets ``x`` and
+    norm 0; a found point is kept only if it is misclassified (norm = its actual ‖x_adv − x‖_p);
+    anything else gets ``x`` and norm ``inf``. With ``eps`` the result is
+    :meth:`MinNormResult.at_eps`: the point where its norm ≤ ε, else ``x``.
+    """
+    x = x.detach()
+    clean_bad = misclassified(model(x), y)
+    take = found & ~clean_bad
+    x_adv = torch.where(bcast(take, x), x_found.detach(), x)
+    ok = misclassified(model(x_adv), y)  # True where clean_bad too, since x_adv = x there
+    x_adv = torch.where(bcast(ok, x), x_adv, x)
+    norms = perturbation_norm(x, x_adv, norm, l0_unit=l0_unit)
+    norms = torch.where(ok, norms, torch.full_like(norms, float("inf")))
+    result = MinNormResult(x_adv=x_adv.detach(), norms=norms, norm=norm, l0_unit=l0_unit)
+    return result if eps is None else result.at_eps(x, eps)

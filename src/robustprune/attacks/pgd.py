@@ -1,9 +1,9 @@
-"""L∞ projected gradient descent (Madry et al. 2018).
-
-Two entry points share the same step:
+"""Projected gradient descent (Madry et al. 2018), L∞ and L2.
 
 - :func:`pgd_linf` — the evaluation attack: restarts, and per sample the worst point seen
   (a sample once misclassified keeps its first successful point; otherwise the highest loss).
+- :func:`pgd_l2` — the same evaluation loop in the L2 geometry; :func:`cw_linf` — ``pgd_linf``
+  on the Carlini–Wagner margin loss ("CW∞").
 - :func:`pgd_linf_last` — the training inner maximisation: the last iterate, nothing tracked,
   so a k-step attack costs exactly k forward + k input-gradient backward passes.
 """
@@ -20,8 +20,12 @@ from robustprune.attacks._common import (
     check_inputs,
     check_int,
     check_positive,
+    check_radius,
     input_grad,
+    normalize_l2,
+    project_l2,
     project_linf,
+    uniform_l2_start,
     uniform_start,
 )
 from robustprune.attacks.losses import get_loss
@@ -31,6 +35,52 @@ LossArg = str | Callable[[Tensor, Tensor], Tensor]
 
 def _bcast(mask: Tensor, like: Tensor) -> Tensor:
     return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _pgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    steps: int,
+    restarts: int,
+    random_start: bool,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    generator: torch.Generator | None,
+    start: Callable[[Tensor, float, torch.Generator | None], Tensor],
+    step: Callable[[Tensor, Tensor, Tensor], Tensor],
+) -> Tensor:
+    """The evaluation PGD loop shared by the L∞ and L2 versions (see :func:`pgd_linf`).
+
+    ``start(x, eps, generator)`` draws a random start; ``step(x_adv, grad, x)`` takes one
+    ascent step and projects it back onto the ball and [0, 1].
+    """
+    if not random_start:
+        restarts = 1
+    x = x.detach()
+    best_x = x.clone()
+    best_loss = torch.full(y.shape[:1], float("-inf"), device=x.device, dtype=x.dtype)
+    best_fooled = torch.zeros(y.shape[:1], dtype=torch.bool, device=x.device)
+
+    def update(x_cur: Tensor, logits: Tensor, loss_v: Tensor) -> None:
+        nonlocal best_x, best_loss, best_fooled
+        fooled = logits.argmax(dim=1) != y
+        replace = ~best_fooled & (fooled | (loss_v > best_loss))
+        best_x = torch.where(_bcast(replace, x_cur), x_cur, best_x)
+        best_loss = torch.where(replace, loss_v.to(best_loss.dtype), best_loss)
+        best_fooled = best_fooled | fooled
+
+    for _ in range(restarts):
+        x_adv = start(x, eps, generator) if random_start else x.clone()
+        for _ in range(steps):
+            grad, logits, loss_v = input_grad(model, x_adv, y, loss_fn)
+            update(x_adv, logits, loss_v)
+            x_adv = step(x_adv, grad, x)
+        with torch.no_grad():
+            logits = model(x_adv)
+            update(x_adv, logits, loss_fn(logits, y))
+    return best_x.detach()
 
 
 def pgd_linf(
@@ -64,32 +114,74 @@ def pgd_linf(
     steps = check_int(steps, "steps", 1)
     restarts = check_int(restarts, "restarts", 1)
     loss_fn = get_loss(loss)
-    if not random_start:
-        restarts = 1
 
-    x = x.detach()
-    best_x = x.clone()
-    best_loss = torch.full(y.shape[:1], float("-inf"), device=x.device, dtype=x.dtype)
-    best_fooled = torch.zeros(y.shape[:1], dtype=torch.bool, device=x.device)
+    def step(x_adv: Tensor, grad: Tensor, x0: Tensor) -> Tensor:
+        return project_linf(x_adv + alpha * grad.sign(), x0, eps)
 
-    def update(x_cur: Tensor, logits: Tensor, loss_v: Tensor) -> None:
-        nonlocal best_x, best_loss, best_fooled
-        fooled = logits.argmax(dim=1) != y
-        replace = ~best_fooled & (fooled | (loss_v > best_loss))
-        best_x = torch.where(_bcast(replace, x_cur), x_cur, best_x)
-        best_loss = torch.where(replace, loss_v.to(best_loss.dtype), best_loss)
-        best_fooled = best_fooled | fooled
+    return _pgd(
+        model, x, y, eps=eps, steps=steps, restarts=restarts, random_start=random_start,
+        loss_fn=loss_fn, generator=generator, start=uniform_start, step=step,
+    )
 
-    for _ in range(restarts):
-        x_adv = uniform_start(x, eps, generator) if random_start else x.clone()
-        for _ in range(steps):
-            grad, logits, loss_v = input_grad(model, x_adv, y, loss_fn)
-            update(x_adv, logits, loss_v)
-            x_adv = project_linf(x_adv + alpha * grad.sign(), x, eps)
-        with torch.no_grad():
-            logits = model(x_adv)
-            update(x_adv, logits, loss_fn(logits, y))
-    return best_x.detach()
+
+def cw_linf(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    alpha: float | None = None,
+    steps: int = 10,
+    restarts: int = 1,
+    random_start: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """CW-L∞: :func:`pgd_linf` on the Carlini–Wagner margin loss ``max_{j≠y} z_j − z_y``.
+
+    The usual "CW∞" of the robustness literature (Madry-style PGD with the CW loss), not the
+    original iterative C&W-L∞ attack. Same arguments and guarantees as :func:`pgd_linf`.
+    """
+    return pgd_linf(
+        model, x, y, eps=eps, steps=steps, restarts=restarts,
+        random_start=random_start, loss="cw", generator=generator,
+    )
+
+
+def pgd_l2(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    alpha: float | None = None,
+    steps: int = 10,
+    restarts: int = 1,
+    random_start: bool = True,
+    loss: LossArg = "ce",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """L2 PGD with restarts; returns the worst point found per sample (detached).
+
+    Like :func:`pgd_linf` with the L2 geometry: ``eps`` is the L2 radius in pixel units (any value
+    ≥ 0, e.g. 0.5 on CIFAR-10), each step moves ``alpha`` (default ε/4) along the L2-normalised
+    gradient, then projects onto the ε-ball (rescaling δ) and clips to [0, 1] (clipping only
+    shrinks δ, so the point stays in the ball). A random start is uniform in the L2 ball. Best
+    point per sample, cost, determinism and the contract are those of :func:`pgd_linf`.
+    """
+    check_inputs(x, y)
+    eps = check_radius(eps)
+    alpha = eps / 4 if alpha is None else check_positive(alpha, "alpha")
+    steps = check_int(steps, "steps", 1)
+    restarts = check_int(restarts, "restarts", 1)
+    loss_fn = get_loss(loss)
+
+    def step(x_adv: Tensor, grad: Tensor, x0: Tensor) -> Tensor:
+        return project_l2(x_adv + alpha * normalize_l2(grad), x0, eps)
+
+    return _pgd(
+        model, x, y, eps=eps, steps=steps, restarts=restarts, random_start=random_start,
+        loss_fn=loss_fn, generator=generator, start=uniform_l2_start, step=step,
+    )
 
 
 def pgd_linf_last(

@@ -1,0 +1,140 @@
+"""The attack registry: name -> function, plus what each attack measures (:class:`AttackInfo`).
+
+Two kinds of attack share one calling convention ``fn(model, x, y, *, ..., generator=None)``:
+
+- ``"budget"``: ``fn(model, x, y, *, eps, ...) -> x_adv`` — the most damaging point found inside
+  the ε-ball of ``norm`` (and [0, 1]); robust accuracy at ε = accuracy on ``x_adv``.
+- ``"min-norm"``: ``fn(model, x, y, *, ...) -> MinNormResult`` — per sample the smallest
+  adversarial perturbation found and its norm, so robust accuracy at every ε comes from one run
+  (:func:`~robustprune.attacks.results.robust_accuracy_from_norms`). Given ``eps=`` they also act
+  as budget attacks and return ``x_adv`` (the point where its norm ≤ ε, else ``x``), so every
+  registered attack can be called as a budget attack.
+
+``extra`` names the optional dependency an adapter needs (``pip install 'robustprune[EXTRA]'``);
+without it, calling the attack raises a one-line RobustPruneError that says so. L0 budgets and
+norms count pixels (all channels of one spatial location count once) unless ``l0_unit="element"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from robustprune.attacks.adapters import autoattack, bb_l0
+from robustprune.attacks.cw import cw_l2
+from robustprune.attacks.fgsm import fgsm
+from robustprune.attacks.l0 import greedy_l0
+from robustprune.attacks.pgd import cw_linf, pgd_l2, pgd_linf
+from robustprune.errors import UnknownNameError
+from robustprune.registry import Registry
+
+Norm = Literal["Linf", "L2", "L0"]
+Kind = Literal["budget", "min-norm"]
+
+
+@dataclass(frozen=True)
+class AttackInfo:
+    """What a registered attack is: its canonical ``name``, the function ``fn``, the ``norm`` its
+    budget / result is measured in (``"Linf"``, ``"L2"``, ``"L0"``: L0 counts pixels by default),
+    its ``kind`` (``"budget"`` returns ``x_adv``; ``"min-norm"`` returns a ``MinNormResult``) and
+    the optional ``extra`` it needs (``None`` for in-house attacks)."""
+
+    name: str
+    fn: Callable[..., object]
+    norm: Norm
+    kind: Kind
+    extra: str | None
+
+
+ATTACKS: Registry[Callable[..., object]] = Registry("attack")
+
+
+class _InfoTable(Mapping[str, AttackInfo]):
+    """Read-only, case-insensitive mapping name -> AttackInfo (aliases included)."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, AttackInfo] = {}
+
+    def _add(self, key: str, info: AttackInfo) -> None:
+        self._items[key.lower()] = info
+
+    def __getitem__(self, name: str) -> AttackInfo:
+        key = str(name).lower()
+        if key not in self._items:
+            raise UnknownNameError(
+                f"unknown attack {name!r}; choose one of: {', '.join(sorted(self._items))} "
+                "(see `robustprune list attacks`)"
+            )
+        return self._items[key]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"ATTACK_INFO({', '.join(sorted(self._items))})"
+
+
+ATTACK_INFO = _InfoTable()
+
+
+def register_attack(
+    name: str,
+    fn: Callable[..., object],
+    *,
+    norm: Norm,
+    kind: Kind,
+    extra: str | None = None,
+    aliases: tuple[str, ...] = (),
+    help: str | None = None,
+) -> AttackInfo:
+    """Add ``fn`` to ``ATTACKS`` (under ``name`` and its aliases) and to ``ATTACK_INFO``."""
+    if norm not in ("Linf", "L2", "L0"):
+        raise ValueError(f"norm must be Linf, L2 or L0, got {norm!r}")
+    if kind not in ("budget", "min-norm"):
+        raise ValueError(f"kind must be 'budget' or 'min-norm', got {kind!r}")
+    info = AttackInfo(name=name.lower(), fn=fn, norm=norm, kind=kind, extra=extra)
+    for key in (name, *aliases):
+        ATTACKS.add(key, fn, help=help)
+        ATTACK_INFO._add(key, info)
+    return info
+
+
+def get_attack_info(name: str) -> AttackInfo:
+    """The :class:`AttackInfo` of ``name`` (aliases resolve to the canonical entry);
+    UnknownNameError lists the choices."""
+    return ATTACK_INFO[name]
+
+
+register_attack("fgsm", fgsm, norm="Linf", kind="budget",
+                help="FGSM (L∞, one step; random_start=True for FGSM-RS)")
+register_attack("pgd", pgd_linf, norm="Linf", kind="budget", aliases=("pgd-linf",),
+                help="PGD-L∞ with restarts, worst case per sample (loss ce | cw | dlr)")
+register_attack("pgd-l2", pgd_l2, norm="L2", kind="budget",
+                help="PGD-L2 with restarts, worst case per sample (loss ce | cw | dlr)")
+register_attack("cw-linf", cw_linf, norm="Linf", kind="budget",
+                help="CW-L∞: PGD-L∞ on the Carlini-Wagner margin loss")
+register_attack("cw-l2", cw_l2, norm="L2", kind="min-norm",
+                help="Carlini-Wagner L2, minimal norm with binary search over the constant")
+register_attack("l0", greedy_l0, norm="L0", kind="min-norm",
+                help="greedy gradient-guided L0 (minimal number of pixels), then pruning")
+register_attack("autoattack", autoattack, norm="Linf", kind="budget", extra="autoattack",
+                help="official AutoAttack (pyautoattack; version standard | plus | rand | custom)")
+register_attack("bb-l0", bb_l0, norm="L0", kind="min-norm", extra="foolbox",
+                help="Brendel & Bethge L0 (foolbox 3), started from adversarial points")
+
+
+def attack_names() -> list[str]:
+    """Registered attack names (aliases included)."""
+    return ATTACKS.names()
+
+
+def get_attack(name: str) -> Callable[..., object]:
+    """The attack function registered under ``name`` (UnknownNameError lists the choices)."""
+    return ATTACKS.get(name)
