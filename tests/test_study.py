@@ -48,3 +48,30 @@ def test_tiny_study_rows_resume_and_report(tmp_path):
     more = load_study_spec(None, {**TINY, "attacks": [{"name": "pgd", "eps": [0.05, 0.1, 0.2], "steps": 5}]})
     third = run_study(more, out, log=lambda m: None)
     assert third.models_trained == 0 and third.rows_written == models
+
+
+def test_study_runs_admm_recipes_to_the_exact_rate(tmp_path):
+    spec = load_study_spec(None, {
+        **TINY, "methods": ["admm-irregular", "pwoa-filter"], "compression": [1, 4],
+        "attacks": [{"name": "pgd", "eps": [0.1], "steps": 3}],
+        "recipe": {"admm_train": {"epochs": 1, "batch_size": 100, "optimizer": "adam", "lr": 1e-3,
+                                  "weight_decay": 0, "progress": False, "select": "last", "max_steps_per_epoch": 4},
+                   "update_every": 2, "pgd_steps": 2},
+    })
+    out = tmp_path / "study"
+    first = run_study(spec, out, log=lambda m: None)
+    assert first.models_trained == 3 and first.rows_written == 3 * 2
+    with ResultsStore(out / "results.sqlite") as store:
+        rows = {(r["method"], r["attack"]): r for r in store.results()}
+        assert rows[("admm-irregular", "clean")]["achieved_sparsity"] == pytest.approx(0.75, abs=0.01)
+        assert rows[("pwoa-filter", "clean")]["scheme"] == "filter"
+        # filter pruning empties whole conv filters: a quarter of them remain in every conv layer
+        ckpt = store.get_model(rows[("pwoa-filter", "clean")]["model_id"])["checkpoint"]
+    from robustprune.checkpoint import load_checkpoint
+
+    model, _, masks = load_checkpoint(out / ckpt)
+    for name, m in masks.masks.items():
+        alive = m.flatten(1).any(1).float().mean().item()
+        assert alive == pytest.approx(0.25, abs=0.13), name
+    again = run_study(spec, out, log=lambda m: None)
+    assert again.models_trained == 0 and again.rows_written == 0

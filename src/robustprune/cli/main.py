@@ -49,8 +49,13 @@ def list_cmd(what: Annotated[ListWhat, typer.Argument(help="What to list.")]) ->
 
     reg = {"datasets": DATASETS, "models": MODELS, "methods": METHODS, "attacks": ATTACKS,
            "objectives": OBJECTIVES}[what.value]
-    width = max((len(n) for n in reg.names()), default=0)
-    for name in reg.names():
+    entries = [(name, reg) for name in reg.names()]
+    if what == ListWhat.methods:  # multi-phase recipes (ADMM, PwoA, Bayesian, HYDRA) live in their own registry
+        from robustprune.methods import RECIPES
+
+        entries += [(name, RECIPES) for name in RECIPES.names()]
+    width = max((len(n) for n, _ in entries), default=0)
+    for name, reg in entries:
         desc = reg.describe(name)
         if what == ListWhat.datasets:
             s = reg.get(name)

@@ -25,11 +25,11 @@ from torch import nn
 import robustprune
 from robustprune.checkpoint import load_checkpoint, save_checkpoint
 from robustprune.data import Split, Splits, load_splits
-from robustprune.methods import get_method, halving_schedule, iterative_prune
+from robustprune.methods import get_method, get_recipe, halving_schedule, iterative_prune
 from robustprune.models import model_for_dataset
 from robustprune.objectives import build_objective
 from robustprune.study.evaluate import evaluate_attacks, size_metrics
-from robustprune.study.spec import ObjectiveSpec, StudySpec
+from robustprune.study.spec import ObjectiveSpec, StudySpec, is_study_recipe
 from robustprune.study.store import ResultsStore
 from robustprune.train import TrainConfig, fit
 from robustprune.utils import config_hash, default_device, seed_everything
@@ -205,10 +205,13 @@ class StudyRunner:
     def _run_chain(self, store: ResultsStore, splits: Splits, arch: str, seed: int, method: str, base_id: str,
                    base_state: dict[str, torch.Tensor], row_base: dict[str, Any]) -> None:
         spec = self.spec
-        pspec = get_method(method)
         targets = [r for r in spec.compression if r > 1]
         if not targets:
             return
+        if is_study_recipe(method):
+            self._run_recipe(store, splits, arch, seed, method, base_id, base_state, row_base, targets)
+            return
+        pspec = get_method(method)
         ft_cfg = {"objective": spec.finetune_objective.model_dump(), "train": _train_cfg_dict(spec.finetune_train),
                   "limit": spec.finetune_limit}
 
@@ -285,6 +288,60 @@ class StudyRunner:
                 since_last = 0.0
                 self.outcome.models_trained += 1
                 self._evaluate(store, cid, model, splits, {**row, "target_compression": step.rate}, wall)
+
+
+    def _run_recipe(self, store: ResultsStore, splits: Splits, arch: str, seed: int, method: str, base_id: str,
+                    base_state: dict[str, torch.Tensor], row_base: dict[str, Any], targets: list[float]) -> None:
+        """ADMM recipes (AdvPrune ``admm-*``, PwoA ``pwoa-*``): each rate pruned from the base model."""
+        spec, rs = self.spec, self.spec.recipe
+        recipe = get_recipe(method)
+        eps = spec.finetune_objective.eps if spec.finetune_objective.eps is not None else splits.spec.eps_linf
+        admm_cfg = self._cfg(rs.admm_train.model_copy(update={"seed": seed}))
+        retrain_cfg = self._cfg(spec.finetune_train.model_copy(update={"seed": seed}))
+        rcfg = {"recipe": rs.model_dump(mode="json"), "retrain": _train_cfg_dict(spec.finetune_train),
+                "limit": spec.finetune_limit, "eps": eps}
+        rcfg["recipe"]["admm_train"].pop("progress", None)
+        row = {**row_base, "method": method, "scheme": recipe.scheme, "scope": "local", "score": "admm",
+               "schedule": "one-shot"}
+        ft_train = self._finetune_split(splits.train, seed)
+        admm_kw = dict(rho=rs.rho, rho_factor=rs.rho_factor, rho_max=rs.rho_max, update_every=rs.update_every,
+                       update_unit=rs.update_unit, augment=splits.spec.augment)
+        for rate in targets:
+            cid = config_hash({"kind": "recipe", "base": base_id, "method": method, "rate": rate, "cfg": rcfg})
+            rec = store.get_model(cid)
+            loaded = self._load(rec) if rec else None
+            if loaded is not None:
+                self._evaluate(store, cid, loaded[0], splits, {**row, "target_compression": rate},
+                               float(rec["wall_time"] or 0.0))
+                self.outcome.models_reused += 1
+                continue
+            self.log(f"[{splits.spec.name}/{arch}/seed {seed}] {method}: ADMM pruning to c={rate:g} from the base model")
+            model = model_for_dataset(arch, splits.spec, width=spec.width).to(self.device)
+            model.load_state_dict(base_state)
+            seed_everything(seed)
+            if recipe.family == "pwoa":
+                teacher = model_for_dataset(arch, splits.spec, width=spec.width).to(self.device)
+                teacher.load_state_dict(base_state)
+                result = recipe.run(model, teacher=teacher, train=ft_train, val=splits.val, rate=rate,
+                                    dataset=splits.spec.name, admm_cfg=admm_cfg, retrain_cfg=retrain_cfg,
+                                    tau=rs.tau, use_hbar=rs.use_hbar, mix_ratio=rs.mix_ratio, eps=eps,
+                                    pgd_steps=rs.pgd_steps, ce_weight=rs.ce_weight, val_eps=eps, **admm_kw)
+            else:
+                result = recipe.run(model, eps=eps, steps=rs.pgd_steps, train=ft_train, val=splits.val, rate=rate,
+                                    admm_cfg=admm_cfg, retrain_cfg=retrain_cfg, val_eps=eps, **admm_kw)
+            wall = float(result.times.get("total", 0.0))
+            ckpt = self.ckpt_dir / f"{cid}.safetensors"
+            summary = result.to_dict()
+            meta = self._meta(splits, arch, {"config": {"base": base_id, "method": method, "rate": rate, **rcfg},
+                                             "recipe_result": summary})
+            save_checkpoint(ckpt, model, meta=meta, masks=result.masks)
+            store.put_model({"model_id": cid, "study": spec.name, "kind": "pruned", "parent_id": base_id,
+                             "dataset": splits.spec.name, "architecture": arch, "method": method,
+                             "target_compression": rate, "seed": seed, "checkpoint": str(ckpt.relative_to(self.out)),
+                             "metrics": {"times": result.times, "cumulative_wall_time": wall},
+                             "config": {"base": base_id, "method": method, **rcfg}, "wall_time": wall})
+            self.outcome.models_trained += 1
+            self._evaluate(store, cid, model, splits, {**row, "target_compression": rate}, wall)
 
 
 def run_study(spec: StudySpec, out_dir: str | Path, *, device: str | None = None, log: Log = print,

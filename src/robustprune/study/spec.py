@@ -77,6 +77,28 @@ class AttackSpec(BaseModel):
         return {k: v for k, v in self.model_dump().items() if k != "eps" and v is not None}
 
 
+class RecipeSettings(BaseModel):
+    """ADMM recipes (seed 001 AdvPrune, seed 004 PwoA): each target rate is pruned from the base model (one-shot)
+    by an ADMM phase (``admm_train``) then masked retraining (the study's ``finetune_train``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    admm_train: TrainConfig = TrainConfig(epochs=2, batch_size=128, optimizer="adam", lr=5e-4, weight_decay=0.0,
+                                          schedule="constant", select="last", progress=True)
+    rho: float = Field(0.01, gt=0)
+    rho_factor: float = Field(1.35, ge=1)
+    rho_max: float | None = Field(1.0, gt=0)
+    update_every: int = Field(25, ge=1)
+    update_unit: Literal["step", "epoch"] = "step"
+    pgd_steps: int = Field(10, ge=1)
+    """AdvPrune's PGD steps (ε from ``finetune_objective`` or the dataset default)."""
+    tau: float | None = Field(None, gt=0)
+    """PwoA temperature (None: seed 004 Table IX, 30)."""
+    use_hbar: bool = True
+    mix_ratio: float = Field(0.0, ge=0, le=1)
+    ce_weight: float = Field(0.0, ge=0)
+
+
 class StudySpec(BaseModel):
     """The whole grid. Defaults are the quick main job on Fashion-MNIST (about 10 minutes on 2 CPU cores)."""
 
@@ -112,6 +134,8 @@ class StudySpec(BaseModel):
     finetune_limit: int | None = Field(20000, ge=10)
     """Training images per fine-tuning step (a seeded subset; None: all)."""
     attacks: tuple[AttackSpec, ...] = (AttackSpec(name="pgd", eps=(0.05, 0.1, 0.15), steps=20, restarts=1),)
+    recipe: RecipeSettings = RecipeSettings()
+    """Settings of the multi-phase recipes (``admm-*`` = AdvPrune, ``pwoa-*``) when ``methods`` names them."""
 
     @field_validator("compression")
     @classmethod
@@ -136,13 +160,30 @@ class StudySpec(BaseModel):
             DATASETS.get(d)
         for a in self.architectures:
             MODELS.get(a)
+        from robustprune.errors import UnknownNameError
+        from robustprune.methods import RECIPES
+
         for m in self.methods:
-            METHODS.get(m)
+            if m not in METHODS and not is_study_recipe(m):
+                raise UnknownNameError(
+                    f"unknown method {m!r}; choose one of: {', '.join(METHODS.names())}, or an ADMM recipe: "
+                    f"{', '.join(n for n in RECIPES.names() if n.startswith(('admm-', 'pwoa-')))} "
+                    "(see `robustprune list methods`)")
         for o in (self.base_objective, self.finetune_objective):
             OBJECTIVES.get(o.name)
         for a in self.attacks:
             ATTACKS.get(a.name)
         return self
+
+
+STUDY_RECIPE_PREFIXES = ("admm-", "pwoa-")
+
+
+def is_study_recipe(name: str) -> bool:
+    """True for the registered recipes a study runs to a target compression rate (AdvPrune, PwoA)."""
+    from robustprune.methods import RECIPES
+
+    return name in RECIPES and name.lower().startswith(STUDY_RECIPE_PREFIXES)
 
 
 def load_study_spec(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> StudySpec:
