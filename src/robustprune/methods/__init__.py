@@ -45,3 +45,25 @@ __all__ = [
     "method_names",
     "prune_once",
 ]
+from robustprune.methods.bayesian import (  # noqa: E402  registers bp/anp/anp-vs/pat-bbd in RECIPES
+    ANPObjective,
+    BayesianResult,
+    BetaBernoulliGate,
+    GatedObjective,
+    GateSet,
+    UnitGate,
+    at_vs,
+    bayesian_prune,
+    gate_param_groups,
+    insert_gates,
+    remove_gates,
+    route_gradients,
+)
+from robustprune.methods.vib import VIBGate, vib_prune  # noqa: E402  registers bp-vib, anp-vib
+from robustprune.methods.hydra import HydraResult, hydra  # noqa: E402  registers hydra
+
+__all__ += [
+    "ANPObjective", "BayesianResult", "BetaBernoulliGate", "GatedObjective", "GateSet", "HydraResult", "UnitGate",
+    "VIBGate", "at_vs", "bayesian_prune", "gate_param_groups", "hydra", "insert_gates", "remove_gates",
+    "route_gradients", "vib_prune",
+]

@@ -17,3 +17,19 @@ __all__ = [
     "predict",
     "robust_accuracy",
 ]
+from robustprune.metrics.vulnerability import (  # noqa: E402
+    LatentLayer,
+    LatentVulnerability,
+    latent_layers,
+    latent_vulnerability,
+)
+
+__all__ += ["LatentLayer", "LatentVulnerability", "latent_layers", "latent_vulnerability"]
+from robustprune.metrics.efficiency import (  # noqa: E402
+    activation_memory,
+    compare_latency,
+    efficiency_report,
+    measure_latency,
+)
+
+__all__ += ["activation_memory", "compare_latency", "efficiency_report", "measure_latency"]

@@ -25,12 +25,22 @@ from robustprune.objectives.standard import (
     build_objective,
     objective_names,
 )
+from robustprune.objectives.distill import Distillation, kd_kl  # registers "distill"
+from robustprune.objectives.hsic import (  # registers "hbar"
+    HBaR,
+    default_feature_layers,
+    gaussian_kernel,
+    hsic,
+    linear_kernel,
+)
 
 __all__ = [
     "OBJECTIVES",
     "PGDAT",
     "TRADES",
     "AdversarialObjective",
+    "Distillation",
+    "HBaR",
     "FastAT",
     "Mix",
     "Natural",
@@ -38,6 +48,20 @@ __all__ = [
     "ObjectiveOutput",
     "build_objective",
     "eval_mode",
+    "default_feature_layers",
     "forward_pair",
+    "gaussian_kernel",
+    "hsic",
+    "kd_kl",
+    "linear_kernel",
     "objective_names",
 ]
+from robustprune.objectives.vulnerability import (  # noqa: E402  registers "at-vs"
+    ATVS,
+    FeatureTap,
+    VulnerabilitySuppression,
+    forward_pair_features,
+    vulnerability_loss,
+)
+
+__all__ += ["ATVS", "FeatureTap", "VulnerabilitySuppression", "forward_pair_features", "vulnerability_loss"]

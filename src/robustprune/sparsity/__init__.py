@@ -52,3 +52,13 @@ __all__ = [
     "prunable_layers",
     "sparsity_report",
 ]
+from robustprune.sparsity.slim import (  # noqa: E402
+    SelectLinear,
+    SlimResult,
+    UnitSite,
+    slim_model,
+    supported_sites,
+    unit_sites,
+)
+
+__all__ += ["SelectLinear", "SlimResult", "UnitSite", "slim_model", "supported_sites", "unit_sites"]

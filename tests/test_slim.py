@@ -1,0 +1,107 @@
+"""Physical removal of pruned units: the slim dense model computes exactly what the masked model computes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from robustprune.errors import ConfigError
+from robustprune.methods import insert_gates
+from robustprune.metrics import activation_memory, efficiency_report, flops
+from robustprune.models import create_model
+from robustprune.sparsity import SelectLinear, slim_model, unit_sites
+from robustprune.sparsity.slim import masked_forward_hooks
+
+ARCHS = [("lenet5-caffe", 0.5), ("cnn5", 0.25), ("vgg11", 0.125)]
+
+
+def _model(name: str, width: float) -> nn.Module:
+    torch.manual_seed(0)
+    m = create_model(name, width=width)
+    with torch.no_grad():  # non-trivial BatchNorm statistics and affine parameters
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.2, 0.2)
+    return m.eval()
+
+
+@pytest.mark.parametrize("name,width", ARCHS)
+def test_slim_logits_equal_masked_logits_random_masks(name, width):
+    model = _model(name, width)
+    g = torch.Generator().manual_seed(1)
+    sites = {s.name: s for s in unit_sites(model) if s.supported}
+    assert len(sites) == len(unit_sites(model))  # every hidden layer of a sequential net is supported
+    scales = {n: (torch.rand(s.num_units, generator=g) > 0.4).float() * torch.rand(s.num_units, generator=g)
+              for n, s in sites.items()}
+    inputs = {s.consumer: (torch.rand(s.num_units * s.positions, generator=g) > 0.3).float()
+              for s in sites.values() if s.positions > 1}
+    res = slim_model(model, scales, inputs, check=False)
+    x = torch.rand(16, 1, 28, 28, generator=g)
+    handles = masked_forward_hooks(model, sites, scales, inputs)
+    try:
+        ref = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    got = res.model.eval()(x)
+    assert torch.allclose(got, ref, atol=1e-5), float((got - ref).abs().max())
+    # the units really are gone
+    for n, s in sites.items():
+        kept, total = res.units[n]
+        assert total == s.num_units and kept <= int((scales[n] != 0).sum())
+        mod = res.model.get_submodule(n)
+        assert (mod.out_channels if isinstance(mod, nn.Conv2d) else mod.out_features) == kept
+    assert flops(res.model, (1, 28, 28))["dense"] < flops(model, (1, 28, 28))["dense"]
+    assert model(x).shape == got.shape  # the original is untouched
+
+
+@pytest.mark.parametrize("name,width", ARCHS)
+def test_slim_of_gated_model_equals_gated_model(name, width):
+    model = _model(name, width)
+    gates = insert_gates(model)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for g in gates.gates:
+            g.a_uc.uniform_(-12.0, 2.0)  # a mix of pruned (E[pi] < 1e-3) and kept units with varied scales
+            g.b_uc.uniform_(-1.0, 2.0)
+    x = torch.rand(12, 1, 28, 28)
+    model.eval()
+    res = gates.slim()
+    assert torch.allclose(res.model.eval()(x), model(x), atol=1e-5)
+    assert res.unit_sparsity() > 0
+    assert not hasattr(res.model, "rp_gates")
+    if name == "lenet5-caffe":  # Appendix-2 style unit counts: conv1-conv2-fc1 inputs-fc1
+        assert res.units_string(dense=True) == "10-25-400-250"
+        assert isinstance(res.model.classifier[0], SelectLinear)
+
+
+def test_resnet_prunes_inner_convs_only_and_explains_the_rest():
+    torch.manual_seed(0)
+    model = create_model("resnet18", width=0.125).eval()
+    sites = unit_sites(model)
+    ok = [s.name for s in sites if s.supported]
+    assert ok and all(n.endswith(".conv1") for n in ok)
+    blocked = {s.name: s.reason for s in sites if not s.supported}
+    assert "residual" in blocked["layer1.0.conv2"]
+    with pytest.raises(ConfigError, match="residual"):
+        slim_model(model, {"layer1.0.conv2": torch.ones(8)})
+    scales = {n: (torch.arange(s.num_units) % 3 != 0).float() for s in sites if s.supported for n in [s.name]}
+    res = slim_model(model, scales)  # checks equivalence internally
+    assert res.max_abs_diff is not None and res.max_abs_diff < 1e-4
+    gates = insert_gates(model)
+    assert all(i.layer.endswith(".conv1") for i, _ in gates.items())
+
+
+def test_activation_memory_matches_the_anp_reference_count():
+    model = create_model("lenet5-caffe")
+    mem = activation_memory(model, (1, 28, 28))
+    # hidden feature maps: 20x24x24 + 50x8x8 + 500 (the logits are not hidden)
+    assert mem["feature_maps"] == 20 * 24 * 24 + 50 * 8 * 8 + 500
+    # ANP code (memory/utils.py, lenet_memory([20, 50, 800, 500])): im2col + kernels + dense weights
+    assert mem["anp_code"] == (25 * 576 + 500) + (500 * 64 + 25000) + (800 * 500 + 500) + (500 * 10 + 10)
+    rep = efficiency_report(model, model, (1, 28, 28))
+    assert rep["xflops"] == 1.0 and rep["memory_pct"] == 100.0 and rep["weight_sparsity"] == 0.0
