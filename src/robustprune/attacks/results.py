@@ -122,7 +122,7 @@ def robust_accuracy_from_norms(norms: Tensor | Sequence[float], eps: float) -> f
         raise ConfigError(f"eps must be >= 0, got {eps}")
     if norms_t.numel() == 0:
         return float("nan")
-    return float((norms_t > eps_f).float().mean())
+    return float((norms_t > eps_f).double().mean())
 
 
 def security_curve(norms: Tensor | Sequence[float], eps: Iterable[float]) -> list[tuple[float, float]]:

@@ -5,17 +5,15 @@ Layer: between ``metrics`` and ``study`` (imports attacks, metrics, sparsity, ch
 and ``cli`` import it).
 """
 
+from robustprune.attacks import MinNormResult, robust_accuracy_from_norms  # re-exported: defined by the attacks
 from robustprune.evaluation.attack_info import (
     DEFAULT_EVAL_STEPS,
     AttackConfig,
     EvalAttackInfo,
-    MinNormResult,
     attack_info,
     attack_kwargs,
     is_min_norm_result,
-    measured_norm,
     register_attack_info,
-    robust_accuracy_from_norms,
     robust_mask_from_norms,
     unregister_attack_info,
 )
@@ -60,7 +58,6 @@ __all__ = [
     "evaluate_model",
     "failed",
     "is_min_norm_result",
-    "measured_norm",
     "register_attack_info",
     "robust_accuracy_from_norms",
     "robust_mask_from_norms",

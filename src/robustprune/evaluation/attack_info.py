@@ -2,29 +2,29 @@
 
 The attack layer describes its attacks with ``robustprune.attacks.get_attack_info(name) -> AttackInfo(name, fn,
 norm, kind, extra)`` (norm ``"Linf" | "L2" | "L0"``, kind ``"budget" | "min-norm"``); a min-norm attack returns
-``MinNormResult(x_adv, norms)`` with ``norms = inf`` where it found no adversarial example. This module reads
-that interface when it is there and otherwise treats every registered attack as an L∞ budget attack. Attacks
-the attack layer does not describe (plug-ins, test doubles) can be described here with
-:func:`register_attack_info`.
+``MinNormResult(x_adv, norms)`` with ``norms = inf`` where it found no adversarial example. This module adds
+what the evaluation needs on top of that (the settings an attack takes, the norm its settings select, the
+keyword arguments of one run). Attacks the attack layer does not describe (plug-ins, test doubles) can be
+described here with :func:`register_attack_info`.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from robustprune.errors import ConfigError, UnknownNameError
+from robustprune.attacks import get_attack_info
+from robustprune.attacks.results import NORMS, canonical_norm
+from robustprune.errors import ConfigError
 from robustprune.utils import parse_eps
 
-NORMS = ("Linf", "L2", "L0")
 KINDS = ("budget", "min-norm")
-LEGACY_NORMS = {"fgsm": "Linf", "pgd": "Linf", "pgd-linf": "Linf"}
 DEFAULT_EVAL_STEPS = 20
 """Steps given to a budget attack with a ``steps`` setting when the user sets none (evaluation PGD >= 20 steps)."""
 
@@ -59,29 +59,6 @@ class EvalAttackInfo:
                 if k not in skip and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
-class _FallbackMinNormResult(NamedTuple):
-    """Stand-in for ``robustprune.attacks.MinNormResult`` until the attack layer provides it."""
-
-    x_adv: Tensor
-    norms: Tensor
-
-
-def _attacks_attr(name: str) -> Any:
-    import robustprune.attacks as attacks
-
-    return getattr(attacks, name, None)
-
-
-def min_norm_result_type() -> type:
-    """``robustprune.attacks.MinNormResult`` when it exists, else a NamedTuple with the same fields."""
-    return _attacks_attr("MinNormResult") or _FallbackMinNormResult
-
-
-def MinNormResult(x_adv: Tensor, norms: Tensor) -> Any:  # noqa: N802 - a constructor
-    """Build the attack layer's ``MinNormResult`` (or the stand-in)."""
-    return min_norm_result_type()(x_adv=x_adv, norms=norms)
-
-
 def is_min_norm_result(out: Any) -> bool:
     return hasattr(out, "x_adv") and hasattr(out, "norms")
 
@@ -110,22 +87,8 @@ def attack_info(name: str) -> EvalAttackInfo:
     key = str(name).lower()
     if key in _LOCAL:
         return _LOCAL[key]
-    get_info = _attacks_attr("get_attack_info")
-    if get_info is not None:
-        try:
-            info = get_info(name)
-        except (UnknownNameError, KeyError):
-            info = None
-        if info is not None:
-            norm = getattr(info, "norm", "Linf")
-            kind = getattr(info, "kind", "budget")
-            extra = getattr(info, "extra", None)
-            return EvalAttackInfo(getattr(info, "name", name), info.fn, norm, kind,
-                                  dict(extra) if isinstance(extra, Mapping) else {"extra": extra})
-    from robustprune.attacks import ATTACKS
-
-    fn = ATTACKS.get(name)  # UnknownNameError with the choices
-    return EvalAttackInfo(key, fn, LEGACY_NORMS.get(key, "Linf"), "budget", {})
+    info = get_attack_info(name)
+    return EvalAttackInfo(info.name, info.fn, info.norm, info.kind, {"extra": info.extra})
 
 
 def effective_norm(info: EvalAttackInfo, settings: Mapping[str, Any]) -> str:
@@ -133,16 +96,7 @@ def effective_norm(info: EvalAttackInfo, settings: Mapping[str, Any]) -> str:
     p = settings.get("norm")
     if p is None or "norm" not in info.params():
         return info.norm
-    canon = _attacks_attr("canonical_norm")
-    if canon is None:
-        try:
-            from robustprune.attacks.results import canonical_norm as canon
-        except ImportError:
-            canon = None
-    if canon is not None:
-        return canon(p)
-    low = str(p).strip().lower()
-    return {"linf": "Linf", "inf": "Linf", "l2": "L2", "2": "L2", "l0": "L0", "0": "L0"}.get(low, info.norm)
+    return canonical_norm(p)
 
 
 def info_for_spec(spec: Any) -> EvalAttackInfo:
@@ -155,31 +109,9 @@ def info_for_spec(spec: Any) -> EvalAttackInfo:
 # ------------------------------------------------------------------------------------------------ norms
 def robust_mask_from_norms(norms: Tensor, eps: float) -> Tensor:
     """Per sample: robust at budget ε iff its minimal adversarial norm exceeds ε (an adversarial example at
-    exactly ε lies inside the closed ε-ball). Samples misclassified when clean carry norm 0."""
+    exactly ε lies inside the closed ε-ball), the per-sample form of
+    :func:`robustprune.attacks.robust_accuracy_from_norms`. Samples misclassified when clean carry norm 0."""
     return norms > float(eps)
-
-
-def robust_accuracy_from_norms(norms: Tensor | Sequence[float], eps: float) -> float:
-    """Fraction of samples whose minimal adversarial norm exceeds ``eps`` (inf: none found)."""
-    fn = _attacks_attr("robust_accuracy_from_norms")
-    t = torch.as_tensor(norms, dtype=torch.float64) if not isinstance(norms, Tensor) else norms
-    if len(t) == 0:
-        raise ConfigError("no norms given")
-    if fn is not None:
-        return float(fn(t, eps))
-    return float(robust_mask_from_norms(t, eps).double().mean())
-
-
-def measured_norm(delta: Tensor, norm: str) -> Tensor | tuple[Tensor, Tensor]:
-    """Per-sample norm of ``delta``; for L0 both (changed elements, changed pixels)."""
-    d = delta.flatten(1)
-    if norm == "Linf":
-        return d.abs().amax(1)
-    if norm == "L2":
-        return d.norm(dim=1)
-    elems = (d != 0).sum(1).to(delta.dtype)
-    pixels = (delta != 0).any(1).flatten(1).sum(1).to(delta.dtype) if delta.dim() > 2 else elems
-    return elems, pixels
 
 
 # ------------------------------------------------------------------------------------------------ configs

@@ -34,12 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robustprune.evaluation.attack_info import (
-    EvalAttackInfo,
-    attack_info,
-    measured_norm,
-    robust_mask_from_norms,
-)
+from robustprune.attacks import perturbation_norm
+from robustprune.evaluation.attack_info import EvalAttackInfo, attack_info, robust_mask_from_norms
 from robustprune.evaluation.run import AttackRun, _attack_subset, _correct, clean_correct
 from robustprune.metrics.accuracy import eval_mode
 from robustprune.utils import eps_to_str, make_generator
@@ -298,12 +294,13 @@ def check_min_norm(model: nn.Module, x: Tensor, y: Tensor, run: AttackRun, *, ba
         with eval_mode(model):
             still = torch.cat([_correct(model, xa[i:i + batch_size], yy[i:i + batch_size])
                                for i in range(0, k, batch_size)])
-        meas = measured_norm((xa - xc).double(), info.norm)
+        xc, xa = xc.double(), xa.double()
         if info.norm == "L0":
-            elems, pixels = meas
+            elems = perturbation_norm(xc, xa, "L0", l0_unit="element")
+            pixels = perturbation_norm(xc, xa, "L0", l0_unit="pixel")
             mismatch = ((elems - rep).abs() > 0.5) & ((pixels - rep).abs() > 0.5)
         else:
-            mismatch = (meas - rep).abs() > th.min_norm_rel_tol * rep.abs() + 1e-6
+            mismatch = (perturbation_norm(xc, xa, info.norm) - rep).abs() > th.min_norm_rel_tol * rep.abs() + 1e-6
         bad = still | mismatch
         frac = int(bad.sum()) / k
         ok = frac <= th.min_norm_max_bad_frac

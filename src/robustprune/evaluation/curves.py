@@ -4,6 +4,9 @@ A minimal-norm attack returns, per sample, the smallest perturbation it found th
 (0 for a sample misclassified when clean, inf where it found none). The robust accuracy at any budget ε is then
 the fraction of samples whose norm exceeds ε (seed 003, Sec. 3.5), so one run gives the whole curve, which is
 non-increasing in ε by construction.
+
+The accuracies come from :func:`robustprune.attacks.security_curve` (``[(ε, accuracy), ...]``); this module adds
+the default ε grid, input checks and the JSON-ready summary a report stores.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from robustprune.attacks import security_curve as _accuracy_curve
 from robustprune.errors import ConfigError
-from robustprune.evaluation.attack_info import robust_mask_from_norms
 from robustprune.utils import eps_to_str
 
 
@@ -40,7 +43,8 @@ def default_eps_grid(norms: Tensor | Sequence[float], points: int = 51, extra: S
 
 
 def security_curve(norms: Tensor | Sequence[float], eps_grid: Sequence[float] | int | None = None) -> dict[str, Any]:
-    """Robust accuracy at every ε of ``eps_grid`` (sorted ascending) from per-sample minimal norms.
+    """Robust accuracy at every ε of ``eps_grid`` (sorted ascending) from per-sample minimal norms, as a report
+    stores it (the accuracies are :func:`robustprune.attacks.security_curve`'s).
 
     ``eps_grid``: the budgets, or a number of evenly spaced points (default 51) from 0 past the largest finite
     norm. Returns a JSON-able dict: ``eps``, ``eps_str``, ``robust_acc`` (non-increasing), ``n_points``,
@@ -54,7 +58,7 @@ def security_curve(norms: Tensor | Sequence[float], eps_grid: Sequence[float] | 
         grid = sorted(float(e) for e in eps_grid)
         if any(not math.isfinite(e) or e < 0 for e in grid):
             raise ConfigError("eps_grid values must be finite and >= 0")
-    acc = [float(robust_mask_from_norms(t, e).double().mean()) for e in grid]
+    acc = [a for _, a in _accuracy_curve(t, grid)]
     finite = t[torch.isfinite(t)]
     median = float(t.median()) if len(t) else math.inf
     return {

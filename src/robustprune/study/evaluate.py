@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from robustprune.evaluation.attack_info import LEGACY_NORMS as ATTACK_NORMS
 from robustprune.evaluation.attack_info import attack_kwargs
 from robustprune.evaluation.run import evaluate_attacks, size_metrics
 
-__all__ = ["ATTACK_NORMS", "attack_kwargs", "evaluate_attacks", "size_metrics"]
+__all__ = ["attack_kwargs", "evaluate_attacks", "size_metrics"]
