@@ -14,6 +14,12 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
     || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null; }
 fi
 
+# Headless Chromium for the test that opens the HTML report (only with --test).
+if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then
+  $SUDO apt-get install -y -q chromium >/dev/null \
+    || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium >/dev/null; }
+fi
+
 PY=${PYTHON:-python3}
 # torch first and pinned: 2.13.0 is the local CPU wheel (a bare `torch` requirement would pull a CUDA build).
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then

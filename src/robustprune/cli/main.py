@@ -327,13 +327,24 @@ def study(
     data_dir: DataDirOpt = None,
     device: DeviceOpt = None,
     quiet: QuietOpt = False,
+    ray: Annotated[bool, typer.Option("--ray", help="Run the cells as Ray tasks on a local Ray instance "
+                                                    "(needs the \\[ray] extra: pip install -e \".\\[ray]\").")] = False,
+    ray_address: Annotated[Optional[str], typer.Option(
+        "--ray-address", help="Run the cells as Ray tasks on this existing Ray cluster (e.g. auto, ray://host:10001)."
+    )] = None,
 ) -> None:
     """Run a study grid (the main job with no arguments); a second run reuses finished work."""
     from robustprune.study import load_study_spec, run_study
 
     spec = load_study_spec(spec_file, {"data_dir": str(data_dir) if data_dir else None})
     _echo(f"study {spec.name!r} -> {out}")
-    outcome = run_study(spec, out, device=device, log=_echo, progress=False if quiet else None)
+    command = ["robustprune", *sys.argv[1:]]
+    if ray or ray_address:
+        from robustprune.study.ray_runner import run_study_ray
+
+        outcome = run_study_ray(spec, out, address=ray_address, device=device, log=_echo, command=command)
+    else:
+        outcome = run_study(spec, out, device=device, log=_echo, progress=False if quiet else None, command=command)
     _echo(f"done in {outcome.wall_time:.0f}s: {outcome.models_trained} models trained, {outcome.models_reused} reused, "
           f"{outcome.rows_written} result rows written")
     for f in outcome.report_files:

@@ -84,13 +84,15 @@ def plot_robust_vs_compression(rows: list[dict[str, Any]], path: Path) -> Path |
         for pi, panel in enumerate(panels):
             ax = axes[gi][pi]
             for m in methods:
-                pts = sorted((k[3], _mean_std(v[panel])[0]) for k, v in agg.items()
+                pts = sorted((k[3], *_mean_std(v[panel])) for k, v in agg.items()
                              if k[0] == dataset and k[1] == arch and k[2] == m and v.get(panel))
                 if base.get(panel):
-                    pts = [(1.0, _mean_std(base[panel])[0])] + pts
+                    pts = [(1.0, *_mean_std(base[panel]))] + pts
                 if pts:
-                    xs, ys = zip(*pts)
-                    ax.plot(xs, [100 * y for y in ys], marker="o", ms=3, lw=1.3, label=m)
+                    xs, ys, sds = zip(*pts)
+                    # mean over seeds, error bars one std (zero-length with a single seed)
+                    ax.errorbar(xs, [100 * y for y in ys], yerr=[100 * s for s in sds], marker="o", ms=3, lw=1.3,
+                                capsize=2, label=m)
             ax.set_xscale("log", base=2)
             rates = sorted({k[3] for k in agg if k[0] == dataset and k[1] == arch} | {1.0})
             ax.set_xticks(rates, [f"{r:g}" for r in rates])
@@ -112,7 +114,8 @@ def plot_robust_vs_compression(rows: list[dict[str, Any]], path: Path) -> Path |
 
 
 def write_report(out_dir: str | Path) -> list[Path]:
-    """Write ``report.md`` and ``robust_vs_compression.png`` from ``out_dir/results.sqlite``."""
+    """Write ``report.md``, ``robust_vs_compression.png`` and the self-contained ``report.html`` from
+    ``out_dir/results.sqlite``."""
     out = Path(out_dir)
     db = out / "results.sqlite"
     if not db.exists():
@@ -121,6 +124,8 @@ def write_report(out_dir: str | Path) -> list[Path]:
         rows = store.results()
         spec = store.get_meta("spec", {})
         models = store.models()
+        checks = store.checks()
+        store_meta = {k: store.get_meta(k) for k in ("command", "started_at", "study_wall_time")}
     files: list[Path] = []
     plot = plot_robust_vs_compression(rows, out / "robust_vs_compression.png")
     train_time = sum(float(m["wall_time"] or 0) for m in models)  # per model: its own step(s) only
@@ -146,9 +151,72 @@ def write_report(out_dir: str | Path) -> list[Path]:
                     "carved from the training set; the test split is used only for these numbers. Kernel and filter "
                     "methods prune convolution layers only (as in seed 003), so their sparsity over all prunable "
                     "weights stays low where dense layers hold most weights; their effective FLOPs show the gain.")
+    md_extra = sweet_spot_markdown(rows)
+    if md_extra:
+        text += ["", "## Sweet spots (margin to the unpruned model, relative %; **bold** = gain)", "", md_extra]
+    command = store_meta.get("command")
+    if command:
+        text += ["", "Command: `" + " ".join(str(c) for c in command) + "`"]
     md = out / "report.md"
     md.write_text("\n".join(text) + "\n")
     files.append(md)
     if plot:
         files.append(plot)
+    from robustprune.study.html_report import write_html_report
+
+    files.append(write_html_report(out, rows=rows, models=models, checks=checks, meta=store_meta, spec=spec,
+                                   fig1=plot))
     return files
+
+
+def sweet_spots(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Seed 003 Table 2: per (dataset, architecture, method), per rate and per column (clean, attack@ε): mean/std
+    over seeds, and the relative margin (%) of the mean to the unpruned model's mean (positive: a gain)."""
+    agg = aggregate(rows)
+    cols = ["clean"] + _attack_columns(rows)
+    out = []
+    for (dataset, arch) in sorted({(k[0], k[1]) for k in agg}):
+        base = agg.get((dataset, arch, "unpruned", 1.0), {})
+        for method in sorted({k[2] for k in agg if k[0] == dataset and k[1] == arch and k[2] != "unpruned"}):
+            rates = sorted(k[3] for k in agg if k[:3] == (dataset, arch, method))
+            table = []
+            for rate in [1.0] + [r for r in rates if r != 1.0]:
+                cells = base if rate == 1.0 else agg[(dataset, arch, method, rate)]
+                row = {"rate": rate, "cells": {}}
+                for c in cols:
+                    vals = cells.get(c) or []
+                    if not vals:
+                        continue
+                    m, sd = _mean_std(vals)
+                    margin = None
+                    if rate != 1.0 and base.get(c):
+                        b = _mean_std(base[c])[0]
+                        margin = 100.0 * (m - b) / b if b > 0 else None
+                    row["cells"][c] = {"mean": m, "std": sd, "n": len(vals), "margin": margin}
+                table.append(row)
+            out.append({"dataset": dataset, "architecture": arch, "method": method, "columns": cols, "rows": table})
+    return out
+
+
+def sweet_spot_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for t in sweet_spots(rows):
+        lines.append(f"### {t['dataset']} / {t['architecture']} / {t['method']}\n")
+        lines.append("| c | " + " | ".join(t["columns"]) + " |")
+        lines.append("|" + "---|" * (1 + len(t["columns"])))
+        for r in t["rows"]:
+            cells = []
+            for c in t["columns"]:
+                cell = r["cells"].get(c)
+                if cell is None:
+                    cells.append("")
+                    continue
+                txt = f"{100 * cell['mean']:.1f}" + (f" ± {100 * cell['std']:.1f}" if cell["n"] > 1 else "")
+                if cell["margin"] is not None:
+                    txt += f" ({cell['margin']:+.1f}%)"
+                    if cell["margin"] > 0:
+                        txt = f"**{txt}**"
+                cells.append(txt)
+            lines.append(f"| {r['rate']:g} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)

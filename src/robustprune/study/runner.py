@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from torch import nn
 import robustprune
 from robustprune.checkpoint import load_checkpoint, save_checkpoint
 from robustprune.data import Split, Splits, load_splits
+from robustprune.errors import CheckpointError, RobustPruneError
 from robustprune.methods import get_method, get_recipe, halving_schedule, iterative_prune
 from robustprune.models import model_for_dataset
 from robustprune.objectives import build_objective
@@ -69,8 +71,9 @@ class StudyRunner:
     """Runs every cell of a :class:`StudySpec`, skipping cells whose results are already in the database."""
 
     def __init__(self, spec: StudySpec, out_dir: str | Path, *, device: str | None = None, log: Log = print,
-                 progress: bool | None = None) -> None:
+                 progress: bool | None = None, command: list[str] | None = None) -> None:
         self.spec = spec
+        self.command = command
         self.out = Path(out_dir)
         self.device = default_device(device)
         self.log = log
@@ -101,8 +104,12 @@ class StudyRunner:
         if not path.is_absolute():
             path = self.out / path
         if not path.exists():
+            return None  # a models row whose checkpoint is gone (deleted, or a crash before it landed): redo the cell
+        try:
+            return load_checkpoint(path, self.device)
+        except CheckpointError as exc:
+            self.log(f"  checkpoint {path.name} unreadable ({exc}); the cell is redone")
             return None
-        return load_checkpoint(path, self.device)
 
     def _finetune_split(self, train: Split, seed: int) -> Split:
         n = self.spec.finetune_limit
@@ -140,33 +147,81 @@ class StudyRunner:
                  + f", sparsity {sizes['achieved_sparsity']:.3f}")
 
     # ---- the loop ------------------------------------------------------------------------------------------
-    def run(self) -> StudyOutcome:
-        t_start = time.perf_counter()
+    def _start(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "study.json").write_text(json.dumps(self.spec.model_dump(mode="json"), indent=2))
         with ResultsStore(self.outcome.db_path) as store:
             store.set_meta("spec", self.spec.model_dump(mode="json"))
-            for dataset in self.spec.datasets:
-                for seed in self.spec.seeds:
-                    seed_everything(seed)
-                    splits = load_splits(dataset, data_dir=self.spec.data_dir, val_size=self.spec.val_size, seed=seed,
-                                         device=self.device, train_limit=self.spec.train_limit,
-                                         test_limit=self.spec.eval_n)
-                    for arch in self.spec.architectures:
-                        self._run_base_and_methods(store, splits, arch, seed)
+            store.set_meta("command", list(self.command) if self.command is not None else list(sys.argv))
+            store.set_meta("started_at", time.time())
+
+    def _finish(self, t_start: float) -> StudyOutcome:
         self.outcome.wall_time = time.perf_counter() - t_start
+        with ResultsStore(self.outcome.db_path) as store:
+            store.set_meta("study_wall_time", self.outcome.wall_time)
         from robustprune.study.report import write_report
 
         self.outcome.report_files = write_report(self.out)
         return self.outcome
 
-    def _run_base_and_methods(self, store: ResultsStore, splits: Splits, arch: str, seed: int) -> None:
+    def _splits(self, dataset: str, seed: int) -> Splits:
+        seed_everything(seed)
+        return load_splits(dataset, data_dir=self.spec.data_dir, val_size=self.spec.val_size, seed=seed,
+                           device=self.device, train_limit=self.spec.train_limit, test_limit=self.spec.eval_n)
+
+    def units(self) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, int, str]]]:
+        """The study's work units: one base cell per (dataset, architecture, seed), then one method chain per
+        (dataset, architecture, seed, method) that needs its base. The Ray runner runs each as one task."""
+        bases = [(d, a, s) for d in self.spec.datasets for s in self.spec.seeds for a in self.spec.architectures]
+        chains = [(d, a, s, m) for (d, a, s) in bases for m in self.spec.methods]
+        return bases, chains
+
+    def run(self) -> StudyOutcome:
+        t_start = time.perf_counter()
+        self._start()
+        with ResultsStore(self.outcome.db_path) as store:
+            for dataset in self.spec.datasets:
+                for seed in self.spec.seeds:
+                    splits = self._splits(dataset, seed)
+                    for arch in self.spec.architectures:
+                        base_id, model, row_base = self._run_base(store, splits, arch, seed)
+                        base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                        for method in self.spec.methods:
+                            self._run_chain(store, splits, arch, seed, method, base_id, base_state, row_base)
+        return self._finish(t_start)
+
+    def run_unit(self, dataset: str, arch: str, seed: int, method: str | None = None) -> dict[str, int]:
+        """Run one work unit (the base cell when ``method`` is None, else one method chain from the stored base
+        model) and return its counts. What the Ray runner's tasks call."""
+        with ResultsStore(self.outcome.db_path) as store:
+            splits = self._splits(dataset, seed)
+            if method is None:
+                self._run_base(store, splits, arch, seed)
+            else:
+                base_id = config_hash(self._base_cfg(splits, arch, seed))
+                rec = store.get_model(base_id)
+                loaded = self._load(rec) if rec else None
+                if loaded is None:
+                    raise RobustPruneError(f"base model {base_id} of {dataset}/{arch}/seed {seed} is not in "
+                                           f"{self.outcome.db_path}; its base task must finish first")
+                base_state = {k: v.detach().clone() for k, v in loaded[0].state_dict().items()}
+                row_base = {"dataset": splits.spec.name, "architecture": arch, "width": self.spec.width, "seed": seed}
+                self._run_chain(store, splits, arch, seed, method, base_id, base_state, row_base)
+        o = self.outcome
+        return {"models_trained": o.models_trained, "models_reused": o.models_reused, "rows_written": o.rows_written}
+
+    def _base_cfg(self, splits: Splits, arch: str, seed: int) -> dict[str, Any]:
         spec = self.spec
-        base_cfg = {
+        return {
             "kind": "base", "dataset": splits.spec.name, "architecture": arch, "width": spec.width, "seed": seed,
             "train_limit": spec.train_limit, "val_size": spec.val_size,
             "objective": spec.base_objective.model_dump(), "train": _train_cfg_dict(spec.base_train),
         }
+
+    def _run_base(self, store: ResultsStore, splits: Splits, arch: str,
+                  seed: int) -> tuple[str, nn.Module, dict[str, Any]]:
+        spec = self.spec
+        base_cfg = self._base_cfg(splits, arch, seed)
         base_id = config_hash(base_cfg)
         row_base = {"dataset": splits.spec.name, "architecture": arch, "width": spec.width, "seed": seed}
         record = store.get_model(base_id)
@@ -198,9 +253,7 @@ class StudyRunner:
         self._evaluate(store, base_id, model, splits,
                        {**row_base, "method": "unpruned", "scheme": "none", "scope": "none", "score": "none",
                         "schedule": "none", "target_compression": 1.0}, train_wall)
-        base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        for method in spec.methods:
-            self._run_chain(store, splits, arch, seed, method, base_id, base_state, row_base)
+        return base_id, model, row_base
 
     def _run_chain(self, store: ResultsStore, splits: Splits, arch: str, seed: int, method: str, base_id: str,
                    base_state: dict[str, torch.Tensor], row_base: dict[str, Any]) -> None:
@@ -208,6 +261,7 @@ class StudyRunner:
         targets = [r for r in spec.compression if r > 1]
         if not targets:
             return
+        seed_everything(seed)  # a chain's numbers do not depend on what ran before it (in-process, Ray, resume)
         if is_study_recipe(method):
             self._run_recipe(store, splits, arch, seed, method, base_id, base_state, row_base, targets)
             return
@@ -345,6 +399,7 @@ class StudyRunner:
 
 
 def run_study(spec: StudySpec, out_dir: str | Path, *, device: str | None = None, log: Log = print,
-              progress: bool | None = None) -> StudyOutcome:
-    """Run (or finish) the study ``spec`` into ``out_dir``; see :class:`StudyRunner`."""
-    return StudyRunner(spec, out_dir, device=device, log=log, progress=progress).run()
+              progress: bool | None = None, command: list[str] | None = None) -> StudyOutcome:
+    """Run (or finish) the study ``spec`` into ``out_dir``; see :class:`StudyRunner`. ``command`` (default
+    ``sys.argv``) is stored in the database's meta table and shown in the report."""
+    return StudyRunner(spec, out_dir, device=device, log=log, progress=progress, command=command).run()

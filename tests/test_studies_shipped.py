@@ -1,0 +1,51 @@
+"""The study files shipped in studies/: each validates, its attacks' settings are accepted, and default.yaml is
+exactly the main job (the StudySpec defaults)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from robustprune.study import load_study_spec, write_report
+
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+FILES = sorted(STUDIES.glob("*.yaml"))
+
+
+def test_the_shipped_files_are_there():
+    names = {p.name for p in FILES}
+    assert {"default.yaml", "seed003-pruning-face-of-adversaries.yaml", "seed001-advprune.yaml",
+            "seed004-pwoa.yaml"} <= names
+
+
+def test_default_yaml_is_the_main_job():
+    assert load_study_spec(STUDIES / "default.yaml") == load_study_spec(None)
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
+def test_every_study_file_validates(path):
+    from robustprune.evaluation import AttackConfig
+
+    spec = load_study_spec(path)
+    assert spec.methods and spec.attacks and spec.datasets and spec.architectures
+    for a in spec.attacks:  # the runner's attack settings are accepted by the attack itself
+        AttackConfig.build(a.name, a.eps, **{k: v for k, v in a.settings().items() if k != "name"})
+
+
+def test_paper_scale_files_have_the_seeds_settings():
+    s3 = load_study_spec(STUDIES / "seed003-pruning-face-of-adversaries.yaml")
+    assert set(s3.architectures) == {"vgg11", "preact-resnet8"} and s3.datasets == ("cifar10",)
+    assert len(s3.methods) == 9 and s3.compression == (1, 2, 4, 8, 16, 32, 64)
+    assert len(s3.attacks[0].eps) == 4 and len(s3.seeds) > 1
+    s3m = load_study_spec(STUDIES / "seed003-pruning-face-of-adversaries-mnist.yaml")
+    assert s3m.datasets == ("mnist",) and s3m.architectures == ("cnn5",) and len(s3m.methods) == 9
+    assert all(m.startswith("admm-") for m in load_study_spec(STUDIES / "seed001-advprune.yaml").methods)
+    assert all(m.startswith("pwoa-") for m in load_study_spec(STUDIES / "seed004-pwoa.yaml").methods)
+
+
+def test_report_of_a_folder_without_database_is_a_one_line_error(tmp_path):
+    from robustprune.errors import RobustPruneError
+
+    with pytest.raises(RobustPruneError, match="no results database"):
+        write_report(tmp_path)

@@ -1,0 +1,78 @@
+"""The Ray runner gives the same rows as the in-process runner on a tiny grid (Ray started locally here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+from robustprune.study import ResultsStore, load_study_spec, run_study
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason='ray not installed (pip install -e ".[ray]")')
+
+TINY = {
+    "name": "tiny-ray", "architectures": ["lenet-mnist-w"], "width": 4, "train_limit": 1000, "val_size": 200,
+    "eval_n": 100, "base_train": {"epochs": 1, "batch_size": 100, "optimizer": "adam", "lr": 5e-3,
+                                  "weight_decay": 0, "progress": False, "val_size": 100},
+    "finetune_train": {"epochs": 1, "batch_size": 100, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0,
+                       "progress": False, "val_size": 100},
+    "finetune_limit": 300, "methods": ["magnitude-unstructured-global", "random-filter-local"],
+    "compression": [1, 2], "attacks": [{"name": "pgd", "eps": [0.1], "steps": 3}],
+}
+KEY = ("model_id", "method", "target_compression", "attack", "eps_str", "seed")
+VALUES = ("robust_acc", "clean_acc", "achieved_sparsity", "params_nonzero", "flops_effective", "n_eval")
+
+
+def _rows(out):
+    with ResultsStore(out / "results.sqlite") as store:
+        return {tuple(r[k] for k in KEY): {k: r[k] for k in VALUES} for r in store.results()}
+
+
+@needs_ray
+@pytest.mark.usefixtures("fmnist_available")
+def test_ray_runner_gives_the_in_process_rows(tmp_path, monkeypatch):
+    import ray
+
+    from robustprune.study.ray_runner import run_study_ray
+
+    monkeypatch.setenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    spec = load_study_spec(None, TINY)
+    local = run_study(spec, tmp_path / "local", log=lambda m: None)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"ROBUSTPRUNE_DEVICE": os.environ.get("ROBUSTPRUNE_DEVICE", "cpu"),
+                                       "OMP_NUM_THREADS": "1"}})
+    try:
+        remote = run_study_ray(spec, tmp_path / "ray", log=lambda m: None)
+        again = run_study_ray(spec, tmp_path / "ray", log=lambda m: None)
+    finally:
+        ray.shutdown()
+    n_models = 1 + 2
+    assert local.models_trained == remote.models_trained == n_models
+    assert remote.rows_written == local.rows_written == n_models * 2
+    assert again.models_trained == 0 and again.rows_written == 0 and again.models_reused == n_models
+    a, b = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
+    assert a.keys() == b.keys() and len(a) == n_models * 2
+    for k in a:
+        assert a[k] == pytest.approx(b[k], abs=1e-6), k
+    assert (tmp_path / "ray" / "report.html").exists()
+
+
+def test_ray_missing_is_a_one_line_error(monkeypatch):
+    import builtins
+
+    from robustprune.errors import ConfigError
+    from robustprune.study import ray_runner
+
+    real = builtins.__import__
+
+    def no_ray(name, *a, **k):
+        if name == "ray":
+            raise ImportError("no ray")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(ConfigError, match=r"\[ray\]"):
+        ray_runner._import_ray()
