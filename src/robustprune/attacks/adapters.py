@@ -136,6 +136,8 @@ def autoattack(
     if version not in AA_VERSIONS:
         raise ConfigError(f"autoattack version must be one of {', '.join(AA_VERSIONS)}, got {version!r}")
     attacks: list[str] | None = None
+    if isinstance(attacks_to_run, str):  # from the CLI: "apgd-ce+apgd-t" (or spaces)
+        attacks_to_run = attacks_to_run.replace("+", " ").split()
     if version == "custom":
         if not attacks_to_run:
             raise ConfigError(
