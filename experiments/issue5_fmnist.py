@@ -10,7 +10,9 @@ Methods (every pruning / fine-tuning phase starts from the same standard-trained
   beta = 1/3; ``--at-beta 0`` gives Madry's PGD-AT);
 * AT-VS -- AT + lambda * vulnerability (Eq. 4);
 * ANP -- masks on the adversarial loss, weights on the same clean/adversarial mix (Eq. 6);
-* ANP-VS -- ANP + lambda * vulnerability on the weights;
+* ANP-VS -- ANP + lambda * vulnerability on the weights (ANP and ANP-VS use their own KL scale ``--anp-gamma``,
+  default 2: at BP's gamma 4 the adversarially trained masks prune every unit within this short budget, see the
+  option's help; ANP-VS's lambda is ``--anp-lam``, default 0.1, for the same reason);
 * HYDRA -- from the AT network: score optimisation (weights frozen, PGD-AT), then fine-tuning; per-layer keep
   fraction chosen so that HYDRA keeps as many prunable weights as the slim ANP network (``--hydra-keep``
   overrides).
@@ -88,10 +90,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hydra-prune-epochs", type=int, default=1)
     p.add_argument("--hydra-ft-epochs", type=int, default=1)
     p.add_argument("--hydra-keep", type=float, default=None, help="per-layer keep fraction (default: match ANP)")
-    p.add_argument("--gamma", type=float, default=4.0, help="KL scale (App. C: 1, 4, 8, 10, 12 for LeNet-5)")
+    p.add_argument("--gamma", type=float, default=4.0, help="KL scale of BP (App. C: 1, 4, 8, 10, 12 for LeNet-5)")
+    p.add_argument("--anp-gamma", type=float, default=2.0,
+                   help="KL scale of ANP / ANP-VS. At --gamma 4 they collapse in this short budget (every unit "
+                        "pruned): the gated network starts nearly dead (a_uc = -1: E[pi] = 0.24 per layer) and the "
+                        "masks, seeing only the adversarial loss, get no signal to revive it before the KL shuts the "
+                        "units; a 234-step (3-epoch) calibration gave collapse at gamma >= 3, 42%% unit sparsity at "
+                        "2, 15%% at 1")
+    p.add_argument("--anp-lam", type=float, default=0.1,
+                   help="vulnerability weight of ANP-VS (--lam is AT-VS's). At 1.0, from the nearly dead gated start, "
+                        "the weights' V term (whose trivial minimiser is all-zero features) outweighs the vanishing "
+                        "CE gradient and kills the network within 40 steps even at gamma 2")
+    p.add_argument("--mask-lr-factor", type=float, default=10.0, help="mask learning rate / weight learning rate")
     p.add_argument("--beta", type=float, default=1 / 3, help="clean weight of the weights' loss (reference: 1/3)")
     p.add_argument("--at-beta", type=float, default=None, help="clean weight of AT / AT-VS (default: --beta)")
-    p.add_argument("--lam", type=float, default=1.0, help="vulnerability suppression weight (AT-VS, ANP-VS)")
+    p.add_argument("--lam", type=float, default=1.0, help="vulnerability suppression weight of AT-VS")
     p.add_argument("--a-uc-init", type=float, default=-1.0, help="initial a_uc of the gates (reference: -1)")
     p.add_argument("--vib", action="store_true", help="also BP (VIB) and ANP (VIB) rows (seed 000 App. B)")
     p.add_argument("--vib-gamma", type=float, default=0.005,
@@ -204,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         m = copy.deepcopy(std)
         res = timed(name, lambda: bayesian_prune(
             m, method, train=train, val=val, cfg=prune_cfg(a, a.seed + 3), eps=a.eps,
-            gamma=a.gamma if gate == "bbd" else a.vib_gamma, beta=a.beta, lam=a.lam if method == "anp-vs" else None,
-            steps=a.train_steps, gate=gate, gate_kwargs=gate_kw if gate == "bbd" else None))
+            gamma=(a.gamma if method == "bp" else a.anp_gamma) if gate == "bbd" else a.vib_gamma, beta=a.beta,
+            lam=a.anp_lam if method == "anp-vs" else None, steps=a.train_steps, gate=gate,
+            gate_kwargs=gate_kw if gate == "bbd" else None, mask_lr_factor=a.mask_lr_factor))
         bayes[name] = res
         models[name] = m
         log(f"{name}: units {res.units_string()} of {res.units_string(dense=True)} ({info[name]['train_s']:.0f}s)")
@@ -327,10 +341,12 @@ def write_outputs(a: argparse.Namespace, info: dict[str, dict[str, Any]], lat: d
         "",
         f"Train {a.train_limit} images (validation {a.val_size}, {a.val_n} used per epoch for selection), test "
         f"{a.test_n}. L-inf eps = {a.eps:g}; training PGD-{a.train_steps}, evaluation PGD-{a.eval_steps} "
-        f"(step eps/4, random start). KL scale gamma = {a.gamma:g} (/N = {a.train_limit}), beta = {a.beta:.3g}, "
-        f"AT beta = {a.at_beta:.3g}, lambda = {a.lam:g}, gate a_uc init = {a.a_uc_init:g}. Adam, lr {a.lr:g} "
-        f"(cosine, best validation epoch); BP/ANP/ANP-VS weights {a.prune_lr:g}, masks {10 * a.prune_lr:g} "
-        f"(constant, last epoch); batch {a.batch_size}."
+        f"(step eps/4, random start). KL scale gamma = {a.gamma:g} for BP, {a.anp_gamma:g} for ANP/ANP-VS "
+        f"(/N = {a.train_limit}), beta = {a.beta:.3g}, "
+        f"AT beta = {a.at_beta:.3g}, lambda = {a.lam:g} (AT-VS) / {a.anp_lam:g} (ANP-VS), gate a_uc init = "
+        f"{a.a_uc_init:g}. Adam, lr {a.lr:g} "
+        f"(cosine, best validation epoch); BP/ANP/ANP-VS weights {a.prune_lr:g}, masks "
+        f"{a.mask_lr_factor * a.prune_lr:g} (constant, last epoch); batch {a.batch_size}."
         + (f" VIB rows: gamma = {a.vib_gamma:g}." if a.vib else "")
         + f" Epochs: standard {a.std_epochs}, AT/AT-VS {a.at_epochs}, BP/ANP/ANP-VS {a.prune_epochs}, "
         f"HYDRA {a.hydra_prune_epochs}+{a.hydra_ft_epochs}"

@@ -242,3 +242,39 @@ def test_vib_gate_kl_and_test_mask():
     gate.train()
     s = gate.sample_scale(20000)
     assert torch.allclose(s.mean(0), gate.mu, atol=0.05)
+
+
+def test_a_layer_whose_units_all_fall_below_the_threshold_keeps_its_most_likely_unit():
+    gate = BetaBernoulliGate(5)
+    with torch.no_grad():
+        gate.a_uc.copy_(torch.tensor([-10.0, -9.0, -7.0, -10.0, -8.0]))  # every E[pi] < 1e-3
+    e = gate.expected_pi()
+    assert bool((e < 1e-3).all())
+    s = gate.test_scale()
+    assert torch.equal(s != 0, torch.tensor([False, False, True, False, False]))  # argmax E[pi] only
+    assert torch.allclose(s[2], e[2]) and int(gate.keep().sum()) == 1
+    # not triggered when some unit is above the threshold
+    with torch.no_grad():
+        gate.a_uc[0] = 2.0
+    assert torch.equal(gate.keep(), torch.tensor([True, False, False, False, False]))
+    # VIB: the unit with the smallest log alpha
+    vib = VIBGate(3)
+    with torch.no_grad():
+        vib.mu.copy_(torch.tensor([0.1, 0.2, 0.05]))
+        vib.log_sigma2.copy_(torch.tensor([0.0, 0.0, 0.0]))  # log alpha > 0 for all
+    assert torch.equal(vib.keep(), torch.tensor([False, True, False]))
+
+
+def test_fully_pruned_gated_lenet_slims_to_one_unit_per_layer():
+    torch.manual_seed(0)
+    model = create_model("lenet5-caffe", width=0.5).eval()
+    gates = insert_gates(model)
+    with torch.no_grad():
+        for g in gates.gates:  # the collapse of an over-regularised ANP run: every E[pi] below the threshold
+            g.a_uc.uniform_(-12.0, -9.0)
+    assert all(k == 1 for _, k, _ in gates.units())
+    x = torch.rand(8, 1, 28, 28)
+    res = gates.slim(example=x[:2])  # no zero-width layer; logits checked equal inside
+    assert torch.allclose(res.model.eval()(x), model(x), atol=1e-5)
+    for name, (kept, _total) in res.units.items():
+        assert kept >= 1

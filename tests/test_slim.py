@@ -105,3 +105,27 @@ def test_activation_memory_matches_the_anp_reference_count():
     assert mem["anp_code"] == (25 * 576 + 500) + (500 * 64 + 25000) + (800 * 500 + 500) + (500 * 10 + 10)
     rep = efficiency_report(model, model, (1, 28, 28))
     assert rep["xflops"] == 1.0 and rep["memory_pct"] == 100.0 and rep["weight_sparsity"] == 0.0
+
+
+def test_slim_never_builds_a_zero_width_layer():
+    model = _model("lenet5-caffe", 0.5)
+    sites = {s.name: s for s in unit_sites(model) if s.supported}
+    scales = {n: torch.zeros(s.num_units) for n, s in sites.items()}  # every unit of every layer pruned
+    res = slim_model(model, scales)  # checks equivalence internally
+    x = torch.rand(4, 1, 28, 28)
+    handles = masked_forward_hooks(model, sites, scales, {})
+    try:
+        ref = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    assert torch.allclose(res.model.eval()(x), ref, atol=1e-5)
+    for n in sites:
+        mod = res.model.get_submodule(n)
+        assert (mod.out_channels if isinstance(mod, nn.Conv2d) else mod.out_features) == 1
+    # a conv layer with kept units whose flattened features are all dropped downstream keeps one unit too
+    conv = [n for n, s in sites.items() if s.positions > 1][0]
+    site = sites[conv]
+    res = slim_model(model, {conv: torch.ones(site.num_units)},
+                     {site.consumer: torch.zeros(site.num_units * site.positions)})
+    assert res.model.get_submodule(conv).out_channels == 1

@@ -14,8 +14,10 @@ series term vanishes for beta = 1)::
 ``pi = (1 - u^(1/b))^(1/a)`` (inverse CDF, ``u ~ U(0, 1)``, one draw per unit and forward pass) and a relaxed
 Bernoulli mask per example ``z = sigmoid((logit(pi) + logit(v)) / tau)`` (``v ~ U(0, 1)``, ``tau = 0.1``, Eq. 9).
 At test time the mask is deterministic, ``E[pi_k] = b_k B(1 + 1/a_k, b_k)``, and units with ``E[pi_k] < 1e-3`` are
-pruned (set to exactly 0). ``a = softplus(a_uc)``, ``b = softplus(b_uc)`` with the reference initialisation
-``a_uc = -1``, ``b_uc = 0.5413`` (``b = 1``) and the reference clamps.
+pruned (set to exactly 0) -- except that a layer always keeps at least one unit: when all its units fall below
+the threshold, the one with the largest ``E[pi_k]`` stays (:func:`keep_at_least_one`; as magnitude pruning keeps
+at least one group per layer), so no layer is removed whole. ``a = softplus(a_uc)``, ``b = softplus(b_uc)`` with
+the reference initialisation ``a_uc = -1``, ``b_uc = 0.5413`` (``b = 1``) and the reference clamps.
 
 **Where the gates go.** :func:`insert_gates` leaves the model's ``forward`` untouched: each gate is applied by a
 forward hook on the layer (or on the BatchNorm right after it, so a pruned unit is exactly zero before the
@@ -133,6 +135,20 @@ class UnitGate(nn.Module):
         return f"units={self.num_units}" + (", frozen" if self.frozen else "")
 
 
+def keep_at_least_one(keep: Tensor, score: Tensor) -> Tensor:
+    """``keep`` (bool per unit), or, when it keeps nothing, only the unit with the largest ``score``.
+
+    The rule of every gate's test-time mask (and the same as magnitude pruning, which keeps at least one group per
+    layer): a gated layer keeps at least one unit, so a too strong sparsity pressure (e.g. a large KL scale gamma)
+    thins a layer down to its most important unit instead of removing it -- a zero-width layer would cut the
+    network and cannot be built by :func:`robustprune.sparsity.slim.slim_model`."""
+    if keep.numel() == 0 or bool(keep.any()):
+        return keep
+    out = torch.zeros_like(keep)
+    out[int(torch.argmax(score.detach()))] = True
+    return out
+
+
 def kumaraswamy_beta_kl(a: Tensor, b: Tensor, prior_alpha: float) -> Tensor:
     """Closed-form ``KL[Kumaraswamy(a, b) || Beta(prior_alpha, 1)]`` per element (module docstring)."""
     return ((a - prior_alpha) / a * (-EULER_GAMMA - torch.digamma(b) - 1.0 / b)
@@ -175,8 +191,12 @@ class BetaBernoulliGate(UnitGate):
         return kumaraswamy_mean(a, b)
 
     def test_scale(self) -> Tensor:
+        """``E[pi_k]`` where ``E[pi_k] >= threshold``, else 0 -- but never 0 for every unit: when all of a layer's
+        units fall below the threshold, the one with the largest ``E[pi]`` is kept (:func:`keep_at_least_one`),
+        so a layer is never removed whole and slimming never builds a zero-width layer."""
         e = self.expected_pi()
-        return torch.where(e >= self.threshold, e, torch.zeros_like(e))
+        keep = keep_at_least_one(e >= self.threshold, e)
+        return torch.where(keep, e, torch.zeros_like(e))
 
     def sample_pi(self) -> Tensor:
         a, b = self.ab()
@@ -596,6 +616,15 @@ def bayesian_prune(
     checkpoint selection on the validation split (default ``eps``; BP selects on clean accuracy). ``gate``:
     "bbd" or "vib" (:mod:`robustprune.methods.vib`). ``scheme`` is accepted for the recipe registry (units are
     filters/neurons: "filter").
+
+    Calibration (ANP / ANP-VS from a standard-trained network): with the reference gate initialisation
+    (``a_uc = -1``, ``E[pi] = 0.24``, training masks keeping ~24% of each layer's units) the gated network starts
+    nearly dead (logits ~0, CE ~ log C). BP revives it through the clean CE, which reaches the masks; under ANP the
+    masks see only ``CE(x_adv)`` (examples crafted against non-robust weights) and the KL, and ANP-VS's ``lam V``
+    pushes the weights towards all-zero features (V's trivial minimiser), so a ``gamma`` / ``lam`` that BP tolerates
+    can prune every unit before the weights recover in a short run (Fashion-MNIST LeNet-5, 234 steps: collapse at
+    gamma >= 3 or at lam = 1; see experiments/issue5_fmnist.py). A collapsed layer still keeps its most likely
+    unit (:func:`keep_at_least_one`).
     """
     m = _check_method(method)
     if scheme is not None and str(scheme).lower() not in ("filter", "unit", "structured"):

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from robustprune.errors import ConfigError
 from robustprune.methods.admm import RECIPES, RecipeSpec
-from robustprune.methods.bayesian import BayesianResult, UnitGate, bayesian_prune
+from robustprune.methods.bayesian import BayesianResult, UnitGate, bayesian_prune, keep_at_least_one
 
 VIB_EPS = 1e-8
 
@@ -59,7 +59,9 @@ class VIBGate(UnitGate):
         return 0.5 * torch.log1p(self.mu.pow(2) / (self.log_sigma2.exp() + VIB_EPS)) * self.positions
 
     def test_scale(self) -> Tensor:
-        keep = self.log_alpha() < self.threshold
+        log_alpha = self.log_alpha()
+        # never prune a whole layer: when every unit is above the threshold, keep the one with the smallest log alpha
+        keep = keep_at_least_one(log_alpha < self.threshold, -log_alpha)
         return torch.where(keep, self.mu, torch.zeros_like(self.mu))
 
     def sample_scale(self, batch: int) -> Tensor:

@@ -393,6 +393,14 @@ def slim_model(
         t = in_scales.get(site.consumer)
         if t is not None:
             keep = keep & (t.view(site.num_units, site.positions) != 0).any(dim=1)
+        if site.num_units and not bool(keep.any()):
+            # never build a zero-width layer: a layer whose units are all pruned keeps one (its factor, 0 when it
+            # is pruned, is folded in below, so it outputs exactly what the masked layer does)
+            score = s.abs().to(torch.float32)
+            if t is not None:
+                score = score * t.view(site.num_units, site.positions).abs().sum(dim=1).to(torch.float32)
+            keep = torch.zeros_like(keep)
+            keep[int(torch.argmax(score))] = True
         prod = mods[name]
         dev = prod.weight.device
         s_d, keep_d = s.to(dev), keep.to(dev)
@@ -427,7 +435,7 @@ def slim_model(
         nz = t_kept != 0
         total = model.get_submodule(name).in_features
         inputs[name] = (int(nz.sum()), total)
-        if bool(nz.all()):
+        if bool(nz.all()) or not bool(nz.any()):  # nothing to drop, or all dropped: keep the (zeroed) columns
             continue
         idx = torch.nonzero(nz).flatten()
         new = SelectLinear(idx, lin.out_features, bias=lin.bias is not None, device=lin.weight.device,
