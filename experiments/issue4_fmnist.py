@@ -112,12 +112,14 @@ def train_cfg(a: argparse.Namespace, *, epochs: int, lr: float, select: str = "v
 
 
 def _autoattack():
+    """The library's AutoAttack adapter when the extra is installed (pip install -e ".[autoattack]"), else None."""
     try:
-        from autoattack import AutoAttack  # pyautoattack / the official implementation
-
-        return AutoAttack
-    except Exception:  # noqa: BLE001 -- optional dependency
+        import pyautoattack  # noqa: F401 -- the official implementation, packaged
+    except ImportError:
         return None
+    from robustprune.attacks import get_attack_info
+
+    return get_attack_info("autoattack").fn
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, masks: Any = None) -> dict[str, Any]:
@@ -130,8 +132,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, mas
     }
     aa_cls = _autoattack()
     if aa_cls is not None:
-        adversary = aa_cls(model, norm="Linf", eps=eps, version="standard", verbose=False, device=str(x.device))
-        x_adv = adversary.run_standard_evaluation(x, y, bs=250)
+        x_adv = aa_cls(model, x, y, eps=eps, version="standard", batch_size=250)
         with torch.no_grad():
             out["aa"] = float((model(x_adv).argmax(1) == y).float().mean())
     rep = sparsity_report(model, masks)  # zeros actually present in the Conv2d/Linear weights
