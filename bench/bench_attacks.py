@@ -25,45 +25,17 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from robustprune.attacks import pgd_linf, pgd_linf_last
-from robustprune.utils import default_device, parse_eps
 
-
-class SmallConv(nn.Module):
-    """A small CIFAR-sized conv net with BatchNorm (the same as bench_pgd_step.py)."""
-
-    def __init__(self, in_channels: int = 3, num_classes: int = 10) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.BatchNorm2d(128), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )
-        self.head = nn.Linear(128, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-def build_model(name: str, shape: tuple[int, int, int], classes: int) -> nn.Module:
-    if name == "smallconv":
-        return SmallConv(shape[0], classes)
-    from robustprune.models import create_model
-
-    return create_model(name, num_classes=classes, in_channels=shape[0], input_size=shape[1])
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_data_args, add_run_args, header, setup, time_fn  # noqa: E402
 
 
 def naive_pgd(model, x, y, eps, alpha, steps, generator):
@@ -112,19 +84,6 @@ def variants(model, x, y, eps, alpha, steps, generator) -> tuple[dict[str, Calla
     return runs, missing
 
 
-def time_fn(fn, iters: int, warmup: int, device: torch.device) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    out = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 LABELS = {
     "a_ours": "(a)  robustprune pgd_linf (tracks worst)",
     "a_ours_last": "(a') robustprune pgd_linf_last (last iterate)",
@@ -137,32 +96,15 @@ LABELS = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smallconv", help="smallconv (defined here) or a robustprune.models name")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--iters", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds over the variants")
-    ap.add_argument("--device", default="auto")
+    add_run_args(ap, iters=10, warmup=2, rounds=2, rounds_help="interleaved rounds over the variants")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
-    ap.add_argument("--shape", default="3,32,32", help="C,H,W of the synthetic batch")
-    ap.add_argument("--classes", type=int, default=10)
-    ap.add_argument("--eps", default="8/255")
-    ap.add_argument("--seed", type=int, default=0)
+    add_data_args(ap)
     args = ap.parse_args()
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = default_device(None if args.device == "auto" else args.device)
-    shape = tuple(int(s) for s in args.shape.split(","))
-    eps = parse_eps(args.eps)
-    alpha = eps / 4
-    torch.manual_seed(args.seed)
-    model = build_model(args.model, shape, args.classes).to(device).eval()
-    g = torch.Generator(device=device)
-    g.manual_seed(args.seed)
-    x = torch.rand(args.batch, *shape, generator=g, device=device)
-    y = torch.randint(0, args.classes, (args.batch,), generator=g, device=device)
+    device, eps, alpha, model, g, x, y = setup(args)
+    model = model.eval()
 
     # each variant gets its own copy of the model (the naive loop writes .grad)
     runs: dict[str, Callable[[], object]] = {}
@@ -180,9 +122,7 @@ def main() -> None:
             times[name] += time_fn(fn, args.iters, args.warmup, device)
 
     med = {k: statistics.median(v) for k, v in times.items()}
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device={dev_name} model={args.model} batch={args.batch} steps={args.steps} "
-          f"iters={args.iters}x{args.rounds} eps={args.eps} torch={torch.__version__}")
+    print(header(args, device))
     for k, label in LABELS.items():
         if k in med:
             print(f"{label:48s} median {med[k] * 1e3:9.2f} ms  {args.batch / med[k]:10.1f} img/s  "
