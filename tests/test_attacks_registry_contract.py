@@ -415,3 +415,13 @@ def test_missing_extra_is_a_one_line_error(monkeypatch, name, kwargs, module, ex
         get_attack(name)(model, x, y, **kwargs)
     msg = str(err.value)
     assert "\n" not in msg and f"pip install 'robustprune[{extra}]'" in msg and name in msg
+
+
+def test_cw_linf_is_pgd_with_the_cw_loss_and_honours_every_setting():
+    model = relu_net()
+    x, y = torch.rand(6, 1, 3, 4), torch.randint(0, 5, (6,))
+    for alpha in (0.005, 0.04):
+        kw = dict(eps=0.1, alpha=alpha, steps=3, restarts=2)
+        got = get_attack("cw-linf")(model, x, y, generator=gen(3), **kw)
+        want = get_attack("pgd")(model, x, y, loss="cw", generator=gen(3), **kw)
+        assert torch.equal(got, want), alpha

@@ -142,7 +142,7 @@ def cw_linf(
     original iterative C&W-L∞ attack. Same arguments and guarantees as :func:`pgd_linf`.
     """
     return pgd_linf(
-        model, x, y, eps=eps, steps=steps, restarts=restarts,
+        model, x, y, eps=eps, alpha=alpha, steps=steps, restarts=restarts,
         random_start=random_start, loss="cw", generator=generator,
     )
 
