@@ -7,7 +7,10 @@
 (c) lenet-mnist-w: a w_small net obtained by pruning a w_big net (AdvPrune, per-layer keep = the small
     layer's size / the big layer's size) vs the w_small net adversarially trained from scratch with the
     same total number of epochs (seed 001 Sec. 4.1);
-(d) training time of PwoA vs AdvPrune at the same rate and scheme (seed 004 Fig. 3).
+(d) training time of PwoA vs AdvPrune at the same rate and scheme (seed 004 Fig. 3);
+(e) seed 004 Table II ablation at --advprune-rate (4x) with --pwoa-scheme (irregular) pruning of the same
+    teacher: CE (ADMM + masked retraining with natural cross-entropy), CE+HBaR (HBaR around natural CE in
+    both phases, Table IX MNIST lambdas), KD (PwoA without HBaR) and KD+HBaR (PwoA).
 
 Every model is evaluated on the first --test-n test images: clean accuracy, PGD-20 (L∞, ε = --eps,
 α = ε/4, one restart) and, when the ``autoattack`` package (pyautoattack) is importable, AutoAttack
@@ -37,9 +40,10 @@ from robustprune.attacks import pgd_linf
 from robustprune.checkpoint import save_checkpoint
 from robustprune.data import load_splits
 from robustprune.methods import admm_prune, advprune, load_teacher, pwoa
+from robustprune.methods.pwoa import table_ix
 from robustprune.metrics import accuracy, robust_accuracy
 from robustprune.models import model_for_dataset
-from robustprune.objectives import PGDAT, Natural
+from robustprune.objectives import PGDAT, HBaR, Natural
 from robustprune.sparsity import prunable_layers, sparsity_report
 from robustprune.train import TrainConfig, fit
 from robustprune.utils import seed_everything
@@ -187,6 +191,25 @@ def row_for(exp: str, method: str, scheme: str, rate: str, ev: dict, times: dict
             pct(ev["pgd20"]), pct(ev["aa"]), secs(t.get("admm")), secs(t.get("retrain")), secs(t.get("total"))]
 
 
+def run_pwoa(a, teacher, splits, rate: float, admm_cfg: TrainConfig, retrain_cfg: TrainConfig, *,
+             use_hbar: bool, mix_ratio: float):
+    """PwoA (``use_hbar=False``: distillation only) on a copy of ``teacher``; returns the ADMMResult."""
+    return pwoa(None, teacher, train=splits.train, val=splits.val, scheme=a.pwoa_scheme, rate=rate,
+                dataset="fashion-mnist", admm_cfg=admm_cfg, retrain_cfg=retrain_cfg, use_hbar=use_hbar,
+                balance=not a.no_balance, mix_ratio=mix_ratio, eps=a.eps if mix_ratio > 0 else None,
+                val_eps=a.eps, **admm_kwargs(a))
+
+
+def run_ce(a, teacher, splits, rate: float, admm_cfg: TrainConfig, retrain_cfg: TrainConfig, objective: Any):
+    """ADMM + masked retraining of a copy of ``teacher`` with ``objective`` in both phases; (model, result)."""
+    model = copy.deepcopy(teacher)
+    for p_ in model.parameters():
+        p_.requires_grad_(True)
+    res = admm_prune(model, objective=objective, train=splits.train, val=splits.val, admm_cfg=admm_cfg,
+                     retrain_cfg=retrain_cfg, scheme=a.pwoa_scheme, rate=rate, val_eps=a.eps, **admm_kwargs(a))
+    return model, res
+
+
 # ---------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
@@ -209,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, dict] = {}
 
     teacher = None
-    if set(a.parts) & set("abd"):
+    if set(a.parts) & set("abde"):
         teacher, t_time = teacher_model(a, splits, workdir)
         ev = evaluate(teacher, xt, yt, a.eps)
         rows.append(row_for("teacher", f"PGD-{a.pgd_steps} AT ({a.arch})", "-", "1", ev,
@@ -218,10 +241,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if "a" in a.parts or "d" in a.parts:
         for rate in a.pwoa_rates if "a" in a.parts else [a.advprune_rate]:
-            res = pwoa(None, teacher, train=splits.train, val=splits.val, scheme=a.pwoa_scheme, rate=rate,
-                       dataset="fashion-mnist", admm_cfg=admm_cfg, retrain_cfg=retrain_cfg, use_hbar=not a.no_hbar,
-                       balance=not a.no_balance, mix_ratio=a.mix_ratio, eps=a.eps if a.mix_ratio > 0 else None,
-                       val_eps=a.eps, **admm_kwargs(a))
+            res = run_pwoa(a, teacher, splits, rate, admm_cfg, retrain_cfg, use_hbar=not a.no_hbar,
+                           mix_ratio=a.mix_ratio)
             ev = evaluate(res.extras["student"], xt, yt, a.eps, res.masks)
             rows.append(row_for("a", "PwoA" + ("" if not a.no_hbar else " (no HBaR)") +
                                 (f" mix {a.mix_ratio:g}" if a.mix_ratio else ""), a.pwoa_scheme, f"{rate:g}", ev, res.times))
@@ -230,12 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"PwoA {rate:g}x: clean {pct(ev['clean'])} PGD-20 {pct(ev['pgd20'])} time {res.times['total']:.1f}s "
                 f"alpha {res.extras['alpha']:.3g} lx {res.extras['lambda_x']} ly {res.extras['lambda_y']}")
             if "a" in a.parts:
-                model = copy.deepcopy(teacher)
-                for p_ in model.parameters():
-                    p_.requires_grad_(True)
-                res_ce = admm_prune(model, objective=Natural(), train=splits.train, val=splits.val, admm_cfg=admm_cfg,
-                                    retrain_cfg=retrain_cfg, scheme=a.pwoa_scheme, rate=rate, val_eps=a.eps,
-                                    **admm_kwargs(a))
+                model, res_ce = run_ce(a, teacher, splits, rate, admm_cfg, retrain_cfg, Natural())
                 ev = evaluate(model, xt, yt, a.eps, res_ce.masks)
                 rows.append(row_for("a", "ADMM + CE (no adversarial examples)", a.pwoa_scheme, f"{rate:g}", ev, res_ce.times))
                 raw[f"ce-{rate:g}"] = {"eval": ev, **res_ce.to_dict()}
@@ -287,6 +303,25 @@ def main(argv: list[str] | None = None) -> int:
                             {"total": time.perf_counter() - t0}))
         raw["c-scratch"] = {"eval": ev}
         log("(c) pruned vs scratch done")
+
+    if "e" in a.parts:
+        rate = a.advprune_rate
+        t9 = table_ix("fashion-mnist")
+        for name in ("CE", "CE+HBaR", "KD", "KD+HBaR"):
+            if name.startswith("CE"):
+                obj: Any = Natural()
+                if name == "CE+HBaR":
+                    obj = HBaR(obj, lambda_x=t9["lambda_x"], lambda_y=t9["lambda_y"])
+                model, res = run_ce(a, teacher, splits, rate, admm_cfg, retrain_cfg, obj)
+            else:
+                res = run_pwoa(a, teacher, splits, rate, admm_cfg, retrain_cfg, use_hbar=name == "KD+HBaR",
+                               mix_ratio=0.0)
+                model = res.extras["student"]
+            ev = evaluate(model, xt, yt, a.eps, res.masks)
+            rows.append(row_for("e", f"Table II {name}", a.pwoa_scheme, f"{rate:g}", ev, res.times))
+            raw[f"e-{name}"] = {"eval": ev, **res.to_dict()}
+            log(f"(e) {name} {rate:g}x: clean {pct(ev['clean'])} PGD-20 {pct(ev['pgd20'])} AA {pct(ev['aa'])} "
+                f"time {res.times['total']:.1f}s")
 
     text = [f"# Issue 4 on Fashion-MNIST (eps {a.eps:g}, {len(splits.train)} train / {len(xt)} test images)", "",
             "Accuracies on the first test images; PGD-20 L∞ with α = ε/4; AA = AutoAttack standard "
