@@ -31,12 +31,22 @@ from robustprune.evaluation.checks import (
 from robustprune.evaluation.curves import default_eps_grid, security_curve
 from robustprune.evaluation.pipeline import JSON_FORMAT, EvaluationReport, SanityCheckWarning, evaluate_model
 from robustprune.evaluation.run import AttackRun, clean_correct, evaluate_attacks, run_attacks, size_metrics
-from robustprune.evaluation.transfer import TRANSFER_PREFIX, run_transfer, transfer_attack
+from robustprune.evaluation.transfer import (
+    TRANSFER_PREFIX,
+    TransferExamples,
+    apply_transfer,
+    craft_transfer,
+    run_transfer,
+    transfer_attack,
+)
 
 __all__ = [
     "DEFAULT_EVAL_STEPS",
     "JSON_FORMAT",
     "TRANSFER_PREFIX",
+    "TransferExamples",
+    "apply_transfer",
+    "craft_transfer",
     "AttackConfig",
     "AttackRun",
     "CheckThresholds",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -84,6 +85,106 @@ def transfer_attack(
     return robust if per_sample else float(robust.double().mean())
 
 
+@dataclass
+class TransferExamples:
+    """Adversarial examples crafted once on a source model, to be applied to any number of targets.
+
+    ``items``: one entry per (attack, ε): ``(name, info, eps, settings, attack_hash, x_transfer, x_keep)`` where
+    ``x_transfer`` holds the source's adversarial points on the points it classifies correctly (others unchanged)
+    and ``x_keep`` additionally the source's errors attacked (only with ``keep_adv``; else ``x_transfer``).
+    ``wall[i]``: seconds the source attack of item ``i`` took."""
+
+    items: list[tuple[str, EvalAttackInfo, float, dict[str, Any], str, Tensor, Tensor]] = field(default_factory=list)
+    wall: list[float] = field(default_factory=list)
+
+
+def craft_transfer(
+    source_model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    attacks: Sequence[Any],
+    *,
+    default_eps: float,
+    eps_by_norm: Mapping[str, float] | None = None,
+    batch_size: int = 500,
+    seed: int = 0,
+    source_id: str = "source",
+    keep_adv: bool = False,
+) -> TransferExamples:
+    """Craft the transfer examples of every (attack, ε) on ``source_model`` (see :func:`run_transfer`)."""
+    out = TransferExamples()
+    with eval_mode(source_model):
+        src_ok = _predict_correct(source_model, x, y, batch_size)
+        for spec in attacks:
+            info = info_for_spec(spec)
+            budgets = budgets_for(spec, info, default_eps, eps_by_norm)
+            name = TRANSFER_PREFIX + spec_name(spec)
+            if info.min_norm:
+                t1 = time.perf_counter()
+                kw = attack_kwargs(info, spec, None, min_norm=True)
+                x_min, norms = _attack_subset(info, source_model, x, y, src_ok, kw, make_generator(seed, x.device),
+                                              batch_size)
+                assert norms is not None
+                settings = {**_settings(kw, spec_name(spec)), "transfer_from": source_id}
+                ahash = config_hash(settings)
+                wall = (time.perf_counter() - t1) / max(len(budgets), 1)
+                for eps in budgets:
+                    xt = torch.where(_bcast(src_ok & (norms <= eps), x), x_min, x)
+                    out.items.append((name, info, float(eps), settings, ahash, xt, xt))
+                    out.wall.append(wall)
+                continue
+            for eps in budgets:
+                t1 = time.perf_counter()
+                kw = attack_kwargs(info, spec, eps)
+                settings = {**_settings(kw, spec_name(spec)), "transfer_from": source_id}
+                ahash = config_hash(settings)
+                xt, _ = _attack_subset(info, source_model, x, y, src_ok, kw, make_generator(seed, x.device),
+                                       batch_size)
+                x_keep = xt
+                if keep_adv and bool((~src_ok).any()):
+                    x_wrong, _ = _attack_subset(info, source_model, x, y, ~src_ok, kw,
+                                                make_generator(seed + ADV_SEED_OFFSET, x.device), batch_size)
+                    x_keep = torch.where(_bcast(~src_ok, x), x_wrong, xt)
+                out.items.append((name, info, float(eps), settings, ahash, xt, x_keep))
+                out.wall.append(time.perf_counter() - t1)
+    return out
+
+
+def apply_transfer(
+    target_model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    examples: TransferExamples,
+    *,
+    batch_size: int = 500,
+    keep_adv: bool = False,
+    skip: Callable[[str, str], bool] | None = None,
+) -> AttackRun:
+    """Transfer rows of ``target_model`` for every crafted (attack, ε) in ``examples`` (one forward pass each);
+    the wall time of a row is the source attack's plus the target's forward. ``skip(attack_hash, eps_str)``
+    leaves a row out."""
+    t0 = time.perf_counter()
+    n = len(x)
+    with eval_mode(target_model):
+        tgt_clean = clean_correct(target_model, x, y, batch_size)
+        clean_acc = int(tgt_clean.sum()) / n
+        run = AttackRun(rows=[{
+            "attack": "clean", "norm": None, "eps": 0.0, "eps_str": "0", "robust_acc": clean_acc, "n_eval": n,
+            "attack_config": {}, "attack_hash": "clean", "eval_wall_time": time.perf_counter() - t0,
+        }], clean_mask=tgt_clean)
+        for (name, info, eps, settings, ahash, xt, x_keep), wall in zip(examples.items, examples.wall):
+            if skip is not None and skip(ahash, eps_to_str(eps)):
+                continue
+            t1 = time.perf_counter()
+            _add_row(run, target_model, x, y, xt, name, info, eps, settings, ahash, batch_size, 0.0, False)
+            run.rows[-1]["eval_wall_time"] = wall + time.perf_counter() - t1
+            if keep_adv:
+                run.adv[(ahash, eps_to_str(eps))] = x_keep
+    for r in run.rows:
+        r["clean_acc"] = clean_acc
+    return run
+
+
 def run_transfer(
     source_model: nn.Module,
     target_model: nn.Module,
@@ -100,54 +201,11 @@ def run_transfer(
 ) -> AttackRun:
     """Transfer rows for every (attack, ε): attack name ``transfer-<name>``, settings with ``transfer_from``
     (``source_id``), robust accuracy of the target (see :func:`transfer_attack`). ``keep_adv`` keeps the
-    transferred examples (the source's errors attacked too, with another generator)."""
-    t0 = time.perf_counter()
-    n = len(x)
-    with eval_mode(source_model), eval_mode(target_model):
-        tgt_clean = clean_correct(target_model, x, y, batch_size)
-        src_ok = _predict_correct(source_model, x, y, batch_size)
-        clean_acc = int(tgt_clean.sum()) / n
-        run = AttackRun(rows=[{
-            "attack": "clean", "norm": None, "eps": 0.0, "eps_str": "0", "robust_acc": clean_acc, "n_eval": n,
-            "attack_config": {}, "attack_hash": "clean", "eval_wall_time": time.perf_counter() - t0,
-        }], clean_mask=tgt_clean)
-        for spec in attacks:
-            info = info_for_spec(spec)
-            budgets = budgets_for(spec, info, default_eps, eps_by_norm)
-            name = TRANSFER_PREFIX + spec_name(spec)
-            if info.min_norm:
-                t1 = time.perf_counter()
-                kw = attack_kwargs(info, spec, None, min_norm=True)
-                x_min, norms = _attack_subset(info, source_model, x, y, src_ok, kw, make_generator(seed, x.device),
-                                              batch_size)
-                assert norms is not None
-                settings = {**_settings(kw, spec_name(spec)), "transfer_from": source_id}
-                ahash = config_hash(settings)
-                for eps in budgets:
-                    xt = torch.where(_bcast(src_ok & (norms <= eps), x), x_min, x)
-                    _add_row(run, target_model, x, y, xt, name, info, eps, settings, ahash, batch_size,
-                             time.perf_counter() - t1, keep_adv)
-                continue
-            for eps in budgets:
-                t1 = time.perf_counter()
-                kw = attack_kwargs(info, spec, eps)
-                settings = {**_settings(kw, spec_name(spec)), "transfer_from": source_id}
-                ahash = config_hash(settings)
-                xt, _ = _attack_subset(info, source_model, x, y, src_ok, kw, make_generator(seed, x.device),
-                                       batch_size)
-                if keep_adv and bool((~src_ok).any()):
-                    x_wrong, _ = _attack_subset(info, source_model, x, y, ~src_ok, kw,
-                                                make_generator(seed + ADV_SEED_OFFSET, x.device), batch_size)
-                    x_keep = torch.where(_bcast(~src_ok, x), x_wrong, xt)
-                else:
-                    x_keep = xt
-                _add_row(run, target_model, x, y, xt, name, info, eps, settings, ahash, batch_size,
-                         time.perf_counter() - t1, False)
-                if keep_adv:
-                    run.adv[(ahash, eps_to_str(eps))] = x_keep
-    for r in run.rows:
-        r["clean_acc"] = clean_acc
-    return run
+    transferred examples (the source's errors attacked too, with another generator). To attack many targets
+    with the same source, call :func:`craft_transfer` once and :func:`apply_transfer` per target."""
+    examples = craft_transfer(source_model, x, y, attacks, default_eps=default_eps, eps_by_norm=eps_by_norm,
+                              batch_size=batch_size, seed=seed, source_id=source_id, keep_adv=keep_adv)
+    return apply_transfer(target_model, x, y, examples, batch_size=batch_size, keep_adv=keep_adv)
 
 
 def _add_row(run: AttackRun, target: nn.Module, x: Tensor, y: Tensor, xt: Tensor, name: str, info: EvalAttackInfo,
