@@ -129,3 +129,32 @@ def test_slim_never_builds_a_zero_width_layer():
     res = slim_model(model, {conv: torch.ones(site.num_units)},
                      {site.consumer: torch.zeros(site.num_units * site.positions)})
     assert res.model.get_submodule(conv).out_channels == 1
+
+
+@pytest.mark.parametrize("name,width", ARCHS)
+def test_fold_gates_keeps_the_architecture_and_the_logits(name, width):
+    from robustprune.methods import fold_gates
+    from robustprune.sparsity import prunable_layers
+
+    model = _model(name, width)
+    plain_keys = set(create_model(name, width=width).state_dict())
+    gates = insert_gates(model)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for g in gates.gates:
+            g.a_uc.uniform_(-12.0, 2.0)
+            g.b_uc.uniform_(-1.0, 2.0)
+    x = torch.rand(12, 1, 28, 28)
+    model.eval()
+    folded, masks = fold_gates(model)
+    assert set(folded.state_dict()) == plain_keys  # same architecture, loadable as a plain checkpoint
+    assert torch.allclose(folded.eval()(x), model(x), atol=1e-5)
+    assert masks and set(masks) <= set(prunable_layers(folded))  # keyed by module, as MaskSet / checkpoints
+    for key, mask in masks.items():
+        w = folded.get_submodule(key).weight
+        assert mask.shape == w.shape
+        assert bool((w[~mask] == 0).all())  # a masked-out weight is exactly zero
+    scales = gates.output_scales()
+    for layer, s in scales.items():
+        rows = masks[layer].flatten(1).any(1)
+        assert torch.equal(rows, s != 0)  # a removed unit's whole row is masked, a kept one is not

@@ -54,6 +54,7 @@ from robustprune.methods.bayesian import (  # noqa: E402  registers bp/anp/anp-v
     UnitGate,
     at_vs,
     bayesian_prune,
+    fold_gates,
     gate_param_groups,
     insert_gates,
     remove_gates,
@@ -64,6 +65,6 @@ from robustprune.methods.hydra import HydraResult, hydra  # noqa: E402  register
 
 __all__ += [
     "ANPObjective", "BayesianResult", "BetaBernoulliGate", "GatedObjective", "GateSet", "HydraResult", "UnitGate",
-    "VIBGate", "at_vs", "bayesian_prune", "gate_param_groups", "hydra", "insert_gates", "remove_gates",
+    "VIBGate", "at_vs", "bayesian_prune", "fold_gates", "gate_param_groups", "hydra", "insert_gates", "remove_gates",
     "route_gradients", "vib_prune",
 ]

@@ -58,7 +58,14 @@ from robustprune.errors import ConfigError
 from robustprune.methods.admm import RECIPES, RecipeSpec
 from robustprune.objectives import Natural, ObjectiveOutput, PGDAT, forward_pair
 from robustprune.objectives.vulnerability import ATVS, forward_pair_features, vs_sources
-from robustprune.sparsity.slim import SlimResult, UnitSite, example_input, slim_model, unit_sites
+from robustprune.sparsity.slim import (
+    SlimResult,
+    UnitSite,
+    example_input,
+    fold_unit_scales,
+    slim_model,
+    unit_sites,
+)
 from robustprune.train import TrainConfig, TrainResult, fit
 from robustprune.utils import make_generator
 
@@ -435,6 +442,16 @@ class GateSet:
         (:func:`robustprune.sparsity.slim.slim_model` with the test-time masks folded in)."""
         return slim_model(self.plain_copy(), self.output_scales(), self.input_scales(), example=example,
                           check=check, atol=atol)
+
+
+def fold_gates(model: nn.Module, *, example: Tensor | None = None, check: bool = True,
+               atol: float = 1e-5) -> tuple[nn.Module, dict[str, Tensor]]:
+    """The gated ``model`` (eval mode: test-time masks) as a plain model of the same architecture, with the masks
+    folded into the weights and pruned units' weights exactly zero, plus the weight masks
+    (:func:`robustprune.sparsity.slim.fold_unit_scales`); what a study stores as the pruned checkpoint."""
+    gates = GateSet(model)
+    return fold_unit_scales(gates.plain_copy(), gates.output_scales(), gates.input_scales(), example=example,
+                            check=check, atol=atol)
 
 
 def gate_param_groups(model: nn.Module, gates: GateSet, lr: float, factor: float = 10.0,

@@ -56,9 +56,10 @@ from robustprune.sparsity.slim import (  # noqa: E402
     SelectLinear,
     SlimResult,
     UnitSite,
+    fold_unit_scales,
     slim_model,
     supported_sites,
     unit_sites,
 )
 
-__all__ += ["SelectLinear", "SlimResult", "UnitSite", "slim_model", "supported_sites", "unit_sites"]
+__all__ += ["SelectLinear", "SlimResult", "UnitSite", "fold_unit_scales", "slim_model", "supported_sites", "unit_sites"]
