@@ -51,10 +51,11 @@ def test_ray_runner_gives_the_in_process_rows(tmp_path, monkeypatch):
         ray.shutdown()
     n_models = 1 + 2
     assert local.models_trained == remote.models_trained == n_models
-    assert remote.rows_written == local.rows_written == n_models * 2
+    n_rows = n_models * 2 + (n_models - 1)  # clean + 1 budget each, + 1 transfer row per pruned model
+    assert remote.rows_written == local.rows_written == n_rows
     assert again.models_trained == 0 and again.rows_written == 0 and again.models_reused == n_models
     a, b = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
-    assert a.keys() == b.keys() and len(a) == n_models * 2
+    assert a.keys() == b.keys() and len(a) == n_rows
     for k in a:
         assert a[k] == pytest.approx(b[k], abs=1e-6), k
     assert (tmp_path / "ray" / "report.html").exists()

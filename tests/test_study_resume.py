@@ -29,7 +29,7 @@ TINY = {
     "compression": [1, 2, 4], "attacks": [{"name": "pgd", "eps": [0.05, 0.1], "steps": 5}],
 }
 N_MODELS = 1 + 2 * 2          # base + 2 methods x 2 rates
-N_ROWS = N_MODELS * (1 + 2)   # clean + 2 budgets per model
+N_ROWS = N_MODELS * (1 + 2) + (N_MODELS - 1) * 2   # clean + 2 budgets per model; 2 transfer rows per pruned one
 
 
 def _env() -> dict[str, str]:
@@ -103,6 +103,8 @@ def test_sigkill_mid_study_then_rerun_finishes_exactly(tmp_path):
     with ResultsStore(db) as store:
         rows = store.results()
         models = store.models()
+    print(f"resume: killed with {rows_before}/{N_ROWS} rows and {len(models_before)}/{N_MODELS} models stored; "
+          f"the rerun trained {trained}, reused {reused}, wrote {written} rows; now {len(rows)} rows")
     assert len(rows) == N_ROWS
     keys = [(r["model_id"], r["attack_hash"], r["eps_str"]) for r in rows]
     assert len(set(keys)) == N_ROWS
@@ -110,11 +112,11 @@ def test_sigkill_mid_study_then_rerun_finishes_exactly(tmp_path):
     assert len(cells) == N_ROWS
     assert {(r["method"], r["target_compression"]) for r in rows} == {
         ("unpruned", 1.0), *((mm, c) for mm in TINY["methods"] for c in (2.0, 4.0))}
-    # every model has its row, its checkpoint and exactly its three result rows
+    # every model has its row, its checkpoint and exactly its result rows (3, + 2 transfer rows when pruned)
     assert len(models) == N_MODELS and len({m["model_id"] for m in models}) == N_MODELS
     for mod in models:
         assert (out / mod["checkpoint"]).exists() and (out / mod["checkpoint"]).with_suffix(".json").exists()
-        assert sum(r["model_id"] == mod["model_id"] for r in rows) == 3
+        assert sum(r["model_id"] == mod["model_id"] for r in rows) == (3 if mod["kind"] == "base" else 5)
     # finished models were reused, not retrained: their checkpoints' rows are untouched
     assert models_before <= {m["model_id"] for m in models}
 
@@ -131,7 +133,7 @@ def test_models_row_without_checkpoint_and_checkpoint_without_row_are_redone(tmp
     spec = load_study_spec(None, {**TINY, "methods": ["magnitude-unstructured-global"], "compression": [1, 2]})
     out = tmp_path / "study"
     first = run_study(spec, out, log=lambda m: None)
-    assert first.models_trained == 2 and first.rows_written == 6
+    assert first.models_trained == 2 and first.rows_written == 6 + 2
     with ResultsStore(out / "results.sqlite") as store:
         base, pruned = sorted(store.models(), key=lambda m: m["kind"])
         (out / base["checkpoint"]).unlink()                          # row, no checkpoint
@@ -139,7 +141,7 @@ def test_models_row_without_checkpoint_and_checkpoint_without_row_are_redone(tmp
     second = run_study(spec, out, log=lambda m: None)
     assert second.models_trained == 2 and second.rows_written == 0
     with ResultsStore(out / "results.sqlite") as store:
-        assert len(store.results()) == 6 and len(store.models()) == 2
+        assert len(store.results()) == 8 and len(store.models()) == 2
         assert all((out / m["checkpoint"]).exists() for m in store.models())
     # a corrupt checkpoint is treated like a missing one
     (out / base["checkpoint"]).write_bytes(b"not a safetensors file")

@@ -31,10 +31,16 @@ def _import_ray() -> Any:
 
 
 def _unit(spec_json: dict[str, Any], out_dir: str, device: str | None, dataset: str, arch: str, seed: int,
-          method: str | None) -> dict[str, Any]:
-    """One Ray task: run one work unit in the worker process and return its counts and log lines."""
+          method: str | None, threads: int | None = None) -> dict[str, Any]:
+    """One Ray task: run one work unit in the worker process and return its counts and log lines. ``threads``:
+    torch's intra-op thread count (the driver's), so that CPU float reductions run in the same order as
+    in-process and the rows are bit-identical (Ray workers otherwise start torch with 1 thread)."""
+    import torch
+
     from robustprune.study.spec import StudySpec as _Spec
 
+    if threads is not None:
+        torch.set_num_threads(int(threads))
     lines: list[str] = []
     runner = StudyRunner(_Spec.model_validate(spec_json), out_dir, device=device, log=lines.append, progress=False)
     counts = runner.run_unit(dataset, arch, seed, method)
@@ -42,10 +48,15 @@ def _unit(spec_json: dict[str, Any], out_dir: str, device: str | None, dataset: 
 
 
 def run_study_ray(spec: StudySpec, out_dir: str | Path, *, address: str | None = None, device: str | None = None,
-                  log: Log = print, command: list[str] | None = None, num_cpus: int | None = None) -> StudyOutcome:
+                  log: Log = print, command: list[str] | None = None, num_cpus: int | None = None,
+                  threads: int | None = None) -> StudyOutcome:
     """Run (or finish) ``spec`` into ``out_dir`` with every work unit as a Ray task; see the module docstring.
     ``address`` None starts a local Ray instance (``num_cpus`` caps it); else it joins that cluster ("auto" too).
-    Tasks ask for one GPU each when the cluster has GPUs, else one CPU."""
+    Tasks ask for one GPU each when the cluster has GPUs, else one CPU. ``threads``: torch threads per task (None:
+    the driver's ``torch.get_num_threads()``, which makes the rows identical to the in-process runner's on the same
+    machine; pass 1 to avoid oversubscribing the CPUs when many tasks run at once)."""
+    import torch
+
     ray = _import_ray()
     out = Path(out_dir).resolve()
     runner = StudyRunner(spec, out, device=device, log=log, command=command)
@@ -68,7 +79,8 @@ def run_study_ray(spec: StudySpec, out_dir: str | Path, *, address: str | None =
             f"({'1 GPU' if gpus >= 1 else '1 CPU'} each) on {ray.cluster_resources().get('CPU', 0):g} CPUs, "
             f"{gpus:g} GPUs")
         for wave in ([(d, a, s, None) for d, a, s in bases], chains):
-            futures = [task.remote(spec_json, str(out), dev, d, a, s, m) for d, a, s, m in wave]
+            n_threads = threads if threads is not None else torch.get_num_threads()
+            futures = [task.remote(spec_json, str(out), dev, d, a, s, m, n_threads) for d, a, s, m in wave]
             for res in ray.get(futures):
                 for line in res["log"]:
                     log(line)

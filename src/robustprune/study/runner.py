@@ -31,8 +31,9 @@ from robustprune.methods import get_method, get_recipe, halving_schedule, iterat
 from robustprune.models import model_for_dataset
 from robustprune.objectives import build_objective
 from robustprune.study.evaluate import evaluate_attacks, size_metrics
-from robustprune.study.spec import ObjectiveSpec, StudySpec, is_study_recipe
+from robustprune.study.spec import LEARNED_RATE, ObjectiveSpec, StudySpec, is_learned_rate_recipe, is_study_recipe
 from robustprune.study.store import ResultsStore
+from robustprune.sparsity import MaskSet
 from robustprune.train import TrainConfig, fit
 from robustprune.utils import config_hash, default_device, seed_everything
 
@@ -119,31 +120,101 @@ class StudyRunner:
         idx = torch.randperm(len(train), generator=g)[:n].to(train.x.device)
         return Split(x=train.x[idx], y=train.y[idx])
 
+    def _vuln_key(self, splits: Splits) -> tuple[Any, str, float] | None:
+        """(attack spec, attack hash, ε) whose examples the vulnerability is measured on: the first L∞ budget
+        attack, at the dataset's ε when it is one of its budgets, else at its middle budget."""
+        from robustprune.evaluation.attack_info import attack_kwargs, info_for_spec, spec_name
+        from robustprune.evaluation.run import _settings, budgets_for
+
+        for a in self.spec.attacks:
+            info = info_for_spec(a)
+            if info.min_norm or info.norm != "Linf":
+                continue
+            budgets = sorted(budgets_for(a, info, splits.spec.eps_linf, None))
+            eps = splits.spec.eps_linf if any(abs(b - splits.spec.eps_linf) < 1e-12 for b in budgets) \
+                else budgets[len(budgets) // 2]
+            return a, config_hash(_settings(attack_kwargs(info, a, eps), spec_name(a))), float(eps)
+        return None
+
+    def _transfer_examples(self, base_id: str, base_state: dict[str, torch.Tensor], splits: Splits, arch: str,
+                           seed: int):
+        """Every budget attack's examples crafted once on the unpruned base model (cached per base model)."""
+        from robustprune.evaluation.transfer import craft_transfer
+
+        cache = self.__dict__.setdefault("_transfer_cache", {})
+        if base_id not in cache:
+            source = model_for_dataset(arch, splits.spec, width=self.spec.width).to(self.device)
+            source.load_state_dict(base_state)
+            test = splits.test
+            n = min(self.spec.eval_n, len(test))
+            t0 = time.perf_counter()
+            cache[base_id] = craft_transfer(source, test.x[:n], test.y[:n], self.spec.attacks,
+                                            default_eps=splits.spec.eps_linf, batch_size=self.spec.eval_batch_size,
+                                            seed=seed, source_id=base_id, keep_adv=self.spec.vulnerability)
+            self.log(f"  transfer examples crafted on the base model {base_id} in {time.perf_counter() - t0:.0f}s")
+        return cache[base_id]
+
     def _evaluate(self, store: ResultsStore, model_id: str, model: nn.Module, splits: Splits, base: dict[str, Any],
-                  train_wall: float) -> None:
+                  train_wall: float, source: tuple[str, dict[str, torch.Tensor]] | None = None) -> None:
+        """Clean and white-box rows of every attack; with ``source`` = (base id, base state) and ``transfer``,
+        black-box rows from the base model; vulnerability (white / black); the row-based sanity checks."""
+        from robustprune.evaluation.checks import check_input_gradients, check_monotone, check_transfer
+        from robustprune.evaluation.run import run_attacks
+        from robustprune.evaluation.transfer import TRANSFER_PREFIX, apply_transfer
+        from robustprune.metrics.vulnerability import latent_vulnerability
+        from robustprune.utils import eps_to_str
+
+        spec = self.spec
         test = splits.test
-        n = min(self.spec.eval_n, len(test))
-        rows = evaluate_attacks(
-            model, test.x[:n], test.y[:n], self.spec.attacks, default_eps=splits.spec.eps_linf,
-            batch_size=self.spec.eval_batch_size, seed=base["seed"],
-            skip=lambda ah, es: store.has_result(model_id, ah, es),
+        n = min(spec.eval_n, len(test))
+        x, y = test.x[:n], test.y[:n]
+        vkey = self._vuln_key(splits) if spec.vulnerability else None
+        v_hash, v_es = (vkey[1], eps_to_str(vkey[2])) if vkey else ("", "")
+        need_white = vkey is not None and not store.has_vulnerability(model_id, "white", v_hash, v_es)
+        run = run_attacks(
+            model, x, y, spec.attacks, default_eps=splits.spec.eps_linf, batch_size=spec.eval_batch_size,
+            seed=base["seed"], keep_adv=need_white,
+            skip=lambda ah, es: store.has_result(model_id, ah, es) and not (need_white and (ah, es) == (v_hash, v_es)),
         )
+        rows = list(run.rows)
+        if need_white and (v_hash, v_es) in run.adv:
+            v = latent_vulnerability(model, x, run.adv[(v_hash, v_es)], batch_size=spec.eval_batch_size)
+            store.put_vulnerability(model_id, "white", v_hash, v_es, network=v.network, layers=v.layers,
+                                    features={k: t.tolist() for k, t in v.features.items()}, n_points=v.n)
+        if source is not None and spec.transfer:
+            examples = self._transfer_examples(source[0], source[1], splits, base["architecture"], base["seed"])
+            t_hash = next((it[4] for it in examples.items if vkey and it[0] == TRANSFER_PREFIX + vkey[0].name
+                           and eps_to_str(it[2]) == v_es and config_hash({k: v for k, v in it[3].items()
+                                                                         if k != "transfer_from"}) == v_hash), None)
+            need_black = t_hash is not None and not store.has_vulnerability(model_id, "black", t_hash, v_es)
+            trun = apply_transfer(model, x, y, examples, batch_size=spec.eval_batch_size, keep_adv=need_black)
+            rows += trun.rows[1:]
+            if need_black and (t_hash, v_es) in trun.adv:
+                v = latent_vulnerability(model, x, trun.adv[(t_hash, v_es)], batch_size=spec.eval_batch_size)
+                store.put_vulnerability(model_id, "black", t_hash, v_es, network=v.network, layers=v.layers,
+                                        features={k: t.tolist() for k, t in v.features.items()}, n_points=v.n)
         sizes = size_metrics(model, splits.spec.shape)
         full = []
         for r in rows:
-            if r["attack"] == "clean" and store.has_result(model_id, "clean", "0"):
-                continue
-            row = {**base, **sizes, **r, "model_id": model_id, "study": self.spec.name, "code_version": code_version(),
+            if store.has_result(model_id, r["attack_hash"], r["eps_str"]):
+                continue  # already stored (a resumed cell, or a budget re-attacked only for its examples)
+            row = {**base, **sizes, **r, "model_id": model_id, "study": spec.name, "code_version": code_version(),
                    "train_wall_time": train_wall}
             row["config_hash"] = config_hash({"model": model_id, "attack": r["attack_hash"], "eps": r["eps_str"]})
             full.append(row)
         if len(full) > 0:
             store.put_results(full)
             self.outcome.rows_written += len(full)
+            # sanity checks from the rows (cheap): eps monotone, white-box <= transfer, non-zero input gradients
+            stored = store.results("model_id = ?", (model_id,))
+            checks = check_monotone(stored) + check_transfer(stored)
+            checks.append(check_input_gradients(model, x[:256], y[:256], batch_size=spec.eval_batch_size))
+            store.put_checks(model_id, checks, evaluation_id="study", code_version=code_version())
         attacked = [r for r in full if r["attack"] != "clean"]
         summary = ", ".join(f"{r['attack']}@{r['eps_str']} {r['robust_acc']:.3f}" for r in attacked)
-        self.log(f"  evaluated {base['method']} c={base['target_compression']:g}: clean {rows[0]['clean_acc']:.3f}"
-                 + (f", {summary}" if summary else " (robust rows already stored)")
+        rate = base["target_compression"]
+        self.log(f"  evaluated {base['method']} c={'learned' if rate == 0 else f'{rate:g}'}: "
+                 f"clean {rows[0]['clean_acc']:.3f}" + (f", {summary}" if summary else " (robust rows already stored)")
                  + f", sparsity {sizes['achieved_sparsity']:.3f}")
 
     # ---- the loop ------------------------------------------------------------------------------------------
@@ -154,6 +225,10 @@ class StudyRunner:
             store.set_meta("spec", self.spec.model_dump(mode="json"))
             store.set_meta("command", list(self.command) if self.command is not None else list(sys.argv))
             store.set_meta("started_at", time.time())
+            done = len(store.results())
+        plan = self.plan()
+        self.log(f"study {self.spec.name}: {plan['models']} models ({plan['base_models']} base), {plan['rows']} result "
+                 f"rows; {done} rows already in {self.outcome.db_path}")
 
     def _finish(self, t_start: float) -> StudyOutcome:
         self.outcome.wall_time = time.perf_counter() - t_start
@@ -175,6 +250,33 @@ class StudyRunner:
         bases = [(d, a, s) for d in self.spec.datasets for s in self.spec.seeds for a in self.spec.architectures]
         chains = [(d, a, s, m) for (d, a, s) in bases for m in self.spec.methods]
         return bases, chains
+
+    def plan(self) -> dict[str, int]:
+        """The grid's size before anything runs: base models (one per dataset/architecture/seed), pruned models
+        (per base: one per method and target rate; one per Bayesian recipe, whose rate is learned), and result rows
+        (per model: clean + every attack budget; per pruned model also one transfer row per budget)."""
+        from robustprune.data import get_spec
+        from robustprune.evaluation.attack_info import info_for_spec
+        from robustprune.evaluation.run import budgets_for
+
+        spec = self.spec
+        per_base = 0
+        for m in spec.methods:
+            if is_learned_rate_recipe(m):
+                per_base += 1
+            elif is_study_recipe(m):
+                per_base += len(spec.recipe_rates())
+            else:
+                per_base += len([r for r in spec.compression if r > 1])
+        bases = pruned = rows = 0
+        for d in spec.datasets:
+            eps = get_spec(d).eps_linf
+            budgets = sum(len(budgets_for(a, info_for_spec(a), eps, None)) for a in spec.attacks)
+            n = len(spec.architectures) * len(spec.seeds)
+            bases += n
+            pruned += n * per_base
+            rows += n * (1 + budgets) + n * per_base * (1 + budgets * (2 if spec.transfer else 1))
+        return {"base_models": bases, "pruned_models": pruned, "models": bases + pruned, "rows": rows}
 
     def run(self) -> StudyOutcome:
         t_start = time.perf_counter()
@@ -258,12 +360,17 @@ class StudyRunner:
     def _run_chain(self, store: ResultsStore, splits: Splits, arch: str, seed: int, method: str, base_id: str,
                    base_state: dict[str, torch.Tensor], row_base: dict[str, Any]) -> None:
         spec = self.spec
+        seed_everything(seed)  # a chain's numbers do not depend on what ran before it (in-process, Ray, resume)
+        if is_learned_rate_recipe(method):
+            self._run_bayesian(store, splits, arch, seed, method, base_id, base_state, row_base)
+            return
+        if is_study_recipe(method):
+            rates = spec.recipe_rates()
+            if rates:
+                self._run_recipe(store, splits, arch, seed, method, base_id, base_state, row_base, rates)
+            return
         targets = [r for r in spec.compression if r > 1]
         if not targets:
-            return
-        seed_everything(seed)  # a chain's numbers do not depend on what ran before it (in-process, Ray, resume)
-        if is_study_recipe(method):
-            self._run_recipe(store, splits, arch, seed, method, base_id, base_state, row_base, targets)
             return
         pspec = get_method(method)
         ft_cfg = {"objective": spec.finetune_objective.model_dump(), "train": _train_cfg_dict(spec.finetune_train),
@@ -292,7 +399,8 @@ class StudyRunner:
                     break
                 m, _, mk = loaded
                 cumulative = float(rec["metrics"].get("cumulative_wall_time", rec["wall_time"] or 0.0))
-                self._evaluate(store, cell_id(rate), m, splits, {**row, "target_compression": rate}, cumulative)
+                self._evaluate(store, cell_id(rate), m, splits, {**row, "target_compression": rate}, cumulative,
+                               source=(base_id, base_state))
                 self.outcome.models_reused += 1
                 model.load_state_dict(m.state_dict())
                 start_rate, masks, done_wall = rate, mk, cumulative
@@ -308,7 +416,8 @@ class StudyRunner:
                 loaded = self._load(rec) if rec else None
                 if loaded is not None:
                     self._evaluate(store, cell_id(job[0]), loaded[0], splits, {**row, "target_compression": job[0]},
-                                   float(rec["metrics"].get("cumulative_wall_time", rec["wall_time"] or 0.0)))
+                                   float(rec["metrics"].get("cumulative_wall_time", rec["wall_time"] or 0.0)),
+                                   source=(base_id, base_state))
                     self.outcome.models_reused += 1
                     continue
                 model.load_state_dict(base_state)
@@ -341,7 +450,8 @@ class StudyRunner:
                                  "wall_time": since_last})
                 since_last = 0.0
                 self.outcome.models_trained += 1
-                self._evaluate(store, cid, model, splits, {**row, "target_compression": step.rate}, wall)
+                self._evaluate(store, cid, model, splits, {**row, "target_compression": step.rate}, wall,
+                               source=(base_id, base_state))
 
 
     def _run_recipe(self, store: ResultsStore, splits: Splits, arch: str, seed: int, method: str, base_id: str,
@@ -366,7 +476,7 @@ class StudyRunner:
             loaded = self._load(rec) if rec else None
             if loaded is not None:
                 self._evaluate(store, cid, loaded[0], splits, {**row, "target_compression": rate},
-                               float(rec["wall_time"] or 0.0))
+                               float(rec["wall_time"] or 0.0), source=(base_id, base_state))
                 self.outcome.models_reused += 1
                 continue
             self.log(f"[{splits.spec.name}/{arch}/seed {seed}] {method}: ADMM pruning to c={rate:g} from the base model")
@@ -395,7 +505,71 @@ class StudyRunner:
                              "metrics": {"times": result.times, "cumulative_wall_time": wall},
                              "config": {"base": base_id, "method": method, **rcfg}, "wall_time": wall})
             self.outcome.models_trained += 1
-            self._evaluate(store, cid, model, splits, {**row, "target_compression": rate}, wall)
+            self._evaluate(store, cid, model, splits, {**row, "target_compression": rate}, wall,
+                           source=(base_id, base_state))
+
+
+    def _run_bayesian(self, store: ResultsStore, splits: Splits, arch: str, seed: int, method: str, base_id: str,
+                      base_state: dict[str, torch.Tensor], row_base: dict[str, Any]) -> None:
+        """Seed 000 recipes (ANP, ANP-VS, BP, PAT, VIB): gates inserted into the base model, weights and masks
+        trained with ``recipe.bayes_train``; the test-time masks are folded into a plain checkpoint of the same
+        architecture (pruned units exactly zero, masks stored). The rate is learned: ``target_compression`` 0."""
+        from robustprune.methods import fold_gates
+
+        spec, rs = self.spec, self.spec.recipe
+        recipe = get_recipe(method)
+        kind = getattr(recipe.fn, "keywords", {}).get("method", "")
+        eps = spec.finetune_objective.eps if spec.finetune_objective.eps is not None else splits.spec.eps_linf
+        bcfg = {"train": _train_cfg_dict(rs.bayes_train), "gamma": rs.gamma, "beta": rs.beta,
+                "vs_lambda": rs.vs_lambda if kind == "anp-vs" else None,
+                "gate_init": rs.gate_init if method.endswith("-bbd") else None, "pgd_steps": rs.pgd_steps,
+                "mask_lr_factor": rs.mask_lr_factor,
+                "limit": spec.finetune_limit, "eps": eps}
+        cid = config_hash({"kind": "bayesian", "base": base_id, "method": method, "cfg": bcfg})
+        row = {**row_base, "method": method, "scheme": "filter", "scope": "learned", "score": "bayesian",
+               "schedule": "one-shot", "target_compression": LEARNED_RATE}
+        rec = store.get_model(cid)
+        loaded = self._load(rec) if rec else None
+        if loaded is not None:
+            self._evaluate(store, cid, loaded[0], splits, row, float(rec["wall_time"] or 0.0),
+                           source=(base_id, base_state))
+            self.outcome.models_reused += 1
+            return
+        self.log(f"[{splits.spec.name}/{arch}/seed {seed}] {method}: learning unit masks on the base model "
+                 f"({rs.bayes_train.epochs} epoch(s), gamma {rs.gamma:g})")
+        model = model_for_dataset(arch, splits.spec, width=spec.width).to(self.device)
+        model.load_state_dict(base_state)
+        seed_everything(seed)
+        kw: dict[str, Any] = dict(train=self._finetune_split(splits.train, seed), val=splits.val,
+                                  cfg=self._cfg(rs.bayes_train.model_copy(update={"seed": seed})), eps=eps,
+                                  gamma=rs.gamma, beta=rs.beta, steps=rs.pgd_steps, val_eps=eps,
+                                  augment=splits.spec.augment, mask_lr_factor=rs.mask_lr_factor)
+        if bcfg["vs_lambda"] is not None:
+            kw["lam"] = bcfg["vs_lambda"]
+        if bcfg["gate_init"] is not None:
+            kw["gate_kwargs"] = {"a_uc_init": bcfg["gate_init"]}
+        t0 = time.perf_counter()
+        result = recipe.run(model, **kw)
+        folded, fmasks = fold_gates(model, example=splits.train.x[:2])
+        masks = MaskSet(fmasks)
+        wall = time.perf_counter() - t0
+        ckpt = self.ckpt_dir / f"{cid}.safetensors"
+        summary = {"units": result.units, "unit_sparsity": result.unit_sparsity, "kl_scale": result.kl_scale,
+                   "phases": {k: v.to_dict() for k, v in result.phases.items()}}
+        save_checkpoint(ckpt, folded, meta=self._meta(splits, arch, {"config": {"base": base_id, "method": method,
+                                                                               **bcfg}, "recipe_result": summary}),
+                        masks=masks)
+        store.put_model({"model_id": cid, "study": spec.name, "kind": "pruned", "parent_id": base_id,
+                         "dataset": splits.spec.name, "architecture": arch, "method": method,
+                         "target_compression": LEARNED_RATE, "seed": seed,
+                         "checkpoint": str(ckpt.relative_to(self.out)),
+                         "metrics": {"units": result.units, "unit_sparsity": result.unit_sparsity,
+                                     "cumulative_wall_time": wall},
+                         "config": {"base": base_id, "method": method, **bcfg}, "wall_time": wall})
+        self.outcome.models_trained += 1
+        self.log(f"  {method}: units kept {result.units_string()} of {result.units_string(dense=True)} "
+                 f"(unit sparsity {result.unit_sparsity:.2f}) in {wall:.0f}s")
+        self._evaluate(store, cid, folded, splits, row, wall, source=(base_id, base_state))
 
 
 def run_study(spec: StudySpec, out_dir: str | Path, *, device: str | None = None, log: Log = print,

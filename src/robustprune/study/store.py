@@ -1,6 +1,6 @@
 """The results database (SQLite): the single source of truth of a study.
 
-Two tables:
+Tables (``checks`` and ``vulnerability`` are described beside their columns below):
 
 ``models``  one row per finished model cell (a trained base model or a pruned + fine-tuned model), keyed by the
             hash of the config that made it; reused when the same cell comes up again.
@@ -84,6 +84,19 @@ CHECK_COLUMNS: dict[str, str] = {
     "created_at": "REAL",
 }
 """Table ``checks`` (created on first use): the sanity checks of evaluations, one row per (model, evaluation, check)."""
+
+VULNERABILITY_COLUMNS: dict[str, str] = {
+    "model_id": "TEXT NOT NULL",
+    "threat": "TEXT NOT NULL",            # white | black (transfer from the unpruned base model)
+    "attack_hash": "TEXT NOT NULL",       # the result rows' attack whose examples were measured
+    "eps_str": "TEXT NOT NULL",
+    "network": "REAL",                    # V of the network (seed 000 Eq. 2)
+    "layers": "TEXT",                     # JSON {layer: V_l}
+    "features": "TEXT",                   # JSON {layer: [V per channel / unit]} (the histograms)
+    "n_points": "INTEGER",
+    "created_at": "REAL",
+}
+"""Table ``vulnerability`` (created on first use): latent vulnerability of a model under one attack's examples."""
 
 
 class ResultsStore:
@@ -219,6 +232,37 @@ class ResultsStore:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+
+    # ---- latent vulnerability -----------------------------------------------------------------------------
+    def _create_vulnerability(self) -> None:
+        cols = ", ".join(f"{k} {v}" for k, v in VULNERABILITY_COLUMNS.items())
+        self._db.execute(f"CREATE TABLE IF NOT EXISTS vulnerability (id INTEGER PRIMARY KEY AUTOINCREMENT, {cols}, "
+                         "UNIQUE(model_id, threat, attack_hash, eps_str))")
+
+    def has_vulnerability(self, model_id: str, threat: str, attack_hash: str, eps_str: str) -> bool:
+        self._create_vulnerability()
+        row = self._db.execute("SELECT 1 FROM vulnerability WHERE model_id = ? AND threat = ? AND attack_hash = ? "
+                               "AND eps_str = ? LIMIT 1", (model_id, threat, attack_hash, eps_str)).fetchone()
+        return row is not None
+
+    def put_vulnerability(self, model_id: str, threat: str, attack_hash: str, eps_str: str, *, network: float,
+                          layers: dict[str, float], features: dict[str, list[float]], n_points: int) -> None:
+        """Insert (or replace) one measurement (a single statement: atomic)."""
+        self._create_vulnerability()
+        self._db.execute(
+            "INSERT OR REPLACE INTO vulnerability (model_id, threat, attack_hash, eps_str, network, layers, features, "
+            "n_points, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (model_id, threat, attack_hash, eps_str, float(network), json.dumps(layers), json.dumps(features),
+             int(n_points), time.time()))
+
+    def vulnerabilities(self) -> list[dict[str, Any]]:
+        """Every stored measurement, oldest first, with ``layers`` / ``features`` decoded."""
+        self._create_vulnerability()
+        rows = [dict(r) for r in self._db.execute("SELECT * FROM vulnerability ORDER BY id")]
+        for r in rows:
+            r["layers"] = json.loads(r["layers"]) if r["layers"] else {}
+            r["features"] = json.loads(r["features"]) if r["features"] else {}
+        return rows
 
     def checks(self, model_id: str | None = None) -> list[dict[str, Any]]:
         """Stored sanity checks (of one model, or all), oldest first; ``passed`` as bool (None: undecided)."""
