@@ -49,3 +49,22 @@ def test_report_of_a_folder_without_database_is_a_one_line_error(tmp_path):
 
     with pytest.raises(RobustPruneError, match="no results database"):
         write_report(tmp_path)
+
+
+def test_grid_expansion_counts_of_the_shipped_files():
+    """Shared work: one base model per dataset/architecture/seed, one pruned model per method and rate (one per
+    Bayesian recipe), every model evaluated under every attack budget (+ transfer rows for pruned models)."""
+    from robustprune.study.runner import StudyRunner
+
+    spec = load_study_spec(STUDIES / "seed003-pruning-face-of-adversaries.yaml")
+    n_base = len(spec.datasets) * len(spec.architectures) * len(spec.seeds)
+    rates = len([r for r in spec.compression if r > 1])
+    budgets = sum(len(a.eps) for a in spec.attacks)
+    plan = StudyRunner(spec, "/nonexistent").plan()
+    assert plan["base_models"] == n_base == 2 * 5
+    assert plan["pruned_models"] == n_base * 9 * rates == 10 * 9 * 6
+    per_pruned = 1 + budgets * (2 if spec.transfer else 1)
+    assert plan["rows"] == n_base * (1 + budgets) + plan["pruned_models"] * per_pruned
+
+    main = StudyRunner(load_study_spec(STUDIES / "default.yaml"), "/nonexistent").plan()
+    assert main == StudyRunner(load_study_spec(None), "/nonexistent").plan()

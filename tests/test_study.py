@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from robustprune.study import ResultsStore, load_study_spec, run_study
 
@@ -24,12 +25,31 @@ def test_tiny_study_rows_resume_and_report(tmp_path):
     out = tmp_path / "study"
     first = run_study(spec, out, log=lambda m: None)
     models = 1 + 2 * 2
+    # every model: clean + 2 white-box budgets; every pruned model also 2 transfer rows (from the base model)
+    n_rows = models * 3 + (models - 1) * 2
+    from robustprune.study.runner import StudyRunner
+
+    # grid expansion: the plan printed before anything runs counts exactly what the run writes
+    assert StudyRunner(spec, out).plan() == {"base_models": 1, "pruned_models": 4, "models": models, "rows": n_rows}
     assert first.models_trained == models
-    assert first.rows_written == models * (1 + 2)
+    assert first.rows_written == n_rows
     with ResultsStore(out / "results.sqlite") as store:
         rows = store.results()
-    assert len(rows) == models * 3
+        vulns = store.vulnerabilities()
+        checks = store.checks()
+    assert len(rows) == n_rows
     by = {(r["method"], r["target_compression"], r["attack"], r["eps_str"]): r for r in rows}
+    assert not any(r["attack"].startswith("transfer-") for r in rows if r["method"] == "unpruned")
+    # vulnerability at the dataset's eps (0.1): white-box for every model, black-box for the pruned ones
+    assert sorted(v["threat"] for v in vulns) == ["black"] * (models - 1) + ["white"] * models
+    assert {v["eps_str"] for v in vulns} == {"0.1"}
+    for v in vulns:
+        assert v["network"] == pytest.approx(sum(v["layers"].values()) / len(v["layers"]))
+        for layer, feats in v["features"].items():
+            assert v["layers"][layer] == pytest.approx(sum(feats) / len(feats))
+    # row-based sanity checks for every model: monotone in eps, input gradients, and (pruned) white <= transfer
+    assert {c["model_id"] for c in checks} == {r["model_id"] for r in rows}
+    assert sum(c["name"].startswith("whitebox_vs_transfer") for c in checks) == (models - 1) * 2
     for method in TINY["methods"]:
         for c in (2.0, 4.0):
             clean = by[(method, c, "clean", "0")]
@@ -47,12 +67,12 @@ def test_tiny_study_rows_resume_and_report(tmp_path):
     # A study that adds a budget reuses every model and evaluates only the new budget.
     more = load_study_spec(None, {**TINY, "attacks": [{"name": "pgd", "eps": [0.05, 0.1, 0.2], "steps": 5}]})
     third = run_study(more, out, log=lambda m: None)
-    assert third.models_trained == 0 and third.rows_written == models
+    assert third.models_trained == 0 and third.rows_written == models + (models - 1)
 
 
 def test_study_runs_admm_recipes_to_the_exact_rate(tmp_path):
     spec = load_study_spec(None, {
-        **TINY, "methods": ["admm-irregular", "pwoa-filter"], "compression": [1, 4],
+        **TINY, "methods": ["admm-irregular", "pwoa-filter"], "compression": [1, 4], "recipe_compression": [4],
         "attacks": [{"name": "pgd", "eps": [0.1], "steps": 3}],
         "recipe": {"admm_train": {"epochs": 1, "batch_size": 100, "optimizer": "adam", "lr": 1e-3,
                                   "weight_decay": 0, "progress": False, "select": "last", "max_steps_per_epoch": 4},
@@ -60,7 +80,7 @@ def test_study_runs_admm_recipes_to_the_exact_rate(tmp_path):
     })
     out = tmp_path / "study"
     first = run_study(spec, out, log=lambda m: None)
-    assert first.models_trained == 3 and first.rows_written == 3 * 2
+    assert first.models_trained == 3 and first.rows_written == 3 * 2 + 2  # + a transfer row per pruned model
     with ResultsStore(out / "results.sqlite") as store:
         rows = {(r["method"], r["attack"]): r for r in store.results()}
         assert rows[("admm-irregular", "clean")]["achieved_sparsity"] == pytest.approx(0.75, abs=0.01)
@@ -75,3 +95,57 @@ def test_study_runs_admm_recipes_to_the_exact_rate(tmp_path):
         assert alive == pytest.approx(0.25, abs=0.13), name
     again = run_study(spec, out, log=lambda m: None)
     assert again.models_trained == 0 and again.rows_written == 0
+
+
+def test_study_runs_a_bayesian_recipe_to_a_learned_rate_and_reports_it(tmp_path):
+    """ANP in a study: gates trained on the base model, then folded into a plain checkpoint of the same
+    architecture whose pruned units are exactly zero; stored with target rate 0 ("learned") and shown with its
+    achieved rate. The seed 000 Table 1 of the report reads exactly the stored rows and vulnerability."""
+    from robustprune.checkpoint import load_checkpoint
+    from robustprune.models import model_for_dataset
+    from robustprune.data import get_spec
+    from robustprune.study.html_report import robustness_table
+
+    spec = load_study_spec(None, {
+        **TINY, "methods": ["anp-bbd"], "compression": [1],
+        "attacks": [{"name": "pgd", "eps": [0.1], "steps": 3}],
+        # a very low initial keep probability: most units are pruned after a few steps (a deterministic check)
+        "recipe": {"bayes_train": {"epochs": 1, "batch_size": 100, "optimizer": "adam", "lr": 1e-3,
+                                   "weight_decay": 0, "progress": False, "max_steps_per_epoch": 3},
+                   "pgd_steps": 2, "gate_init": -12.0},
+    })
+    out = tmp_path / "study"
+    first = run_study(spec, out, log=lambda m: None)
+    assert first.models_trained == 2 and first.rows_written == 2 + 2 + 1
+    with ResultsStore(out / "results.sqlite") as store:
+        rows = store.results()
+        vulns = store.vulnerabilities()
+        anp = next(m for m in store.models() if m["method"] == "anp-bbd")
+    assert anp["target_compression"] == 0.0 and anp["metrics"]["unit_sparsity"] > 0.5
+    model, meta, masks = load_checkpoint(out / anp["checkpoint"])
+    plain = model_for_dataset("lenet-mnist-w", get_spec("fashion-mnist"), width=4)
+    assert set(model.state_dict()) == set(plain.state_dict())  # a plain checkpoint of the architecture
+    kept = total = 0
+    for name, mask in masks.masks.items():
+        w = model.get_submodule(name).weight
+        assert bool((w[~mask] == 0).all())
+    for name, mod in model.named_modules():
+        if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
+            kept += int((mod.weight != 0).sum())
+            total += mod.weight.numel()
+    clean = next(r for r in rows if r["method"] == "anp-bbd" and r["attack"] == "clean")
+    assert clean["achieved_sparsity"] == pytest.approx(1 - kept / total, abs=1e-6)
+    assert clean["achieved_sparsity"] > 0.5
+
+    (table,) = robustness_table(rows, vulns)
+    base, e = table["entries"]
+    assert base["method"] == "unpruned" and e["method"] == "anp-bbd" and e["label"].startswith("learned (×")
+    by = {(r["method"], r["attack"]): r["robust_acc"] for r in rows}
+    assert table["white"] == "pgd@0.1" and table["black"] == "transfer-pgd@0.1"
+    assert e["values"]["white"]["mean"] == by[("anp-bbd", "pgd")]
+    assert e["values"]["black"]["mean"] == by[("anp-bbd", "transfer-pgd")]
+    assert e["values"]["clean"]["change"] == pytest.approx(
+        100 * (by[("anp-bbd", "clean")] - by[("unpruned", "clean")]) / by[("unpruned", "clean")])
+    v_anp = next(v["network"] for v in vulns if v["model_id"] == anp["model_id"] and v["threat"] == "white")
+    assert e["values"]["v_white"]["mean"] == v_anp
+    assert "learned (×" in (out / "report.md").read_text()

@@ -21,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from robustprune.study.report import _attack_columns, _mean_std, aggregate, sweet_spots
+from robustprune.study.report import LEARNED, _attack_columns, _mean_std, aggregate, rate_label, sweet_spots
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;
@@ -119,7 +119,7 @@ def security_curves_png(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
                     cells = agg.get((dataset, arch, m, rate))
                     if cells:
                         ax.plot(*curve(cells), marker="o", ms=3, lw=1.2, label=m)
-                ax.set_title(f"c = {rate:g}", fontsize=10)
+                ax.set_title(f"c = {rate_label(rate)}", fontsize=10)
                 ax.set_xlabel(f"{attack} ε")
                 ax.grid(alpha=0.3)
             axes[0][0].set_ylabel(f"{dataset} / {arch}\naccuracy (%)")
@@ -181,7 +181,7 @@ def layer_charts_png(prof: dict[tuple, dict[str, dict[str, float]]]) -> list[tup
                     cells = prof[(dataset, arch, method, rate)]
                     ax.bar([li + ri * width for li in range(len(layers))],
                            [100 * cells.get(layer, {}).get(what, float("nan")) for layer in layers], width,
-                           label=f"c={rate:g}")
+                           label=f"c={rate_label(rate)}")
                 ax.set_xticks([li + 0.4 - width / 2 for li in range(len(layers))], layers, rotation=45, ha="right",
                               fontsize=7)
                 ax.set_ylim(0, 105)
@@ -201,7 +201,8 @@ def runtime_chart_png(models: list[dict[str, Any]]) -> str | None:
     plt = _plt()
     by: dict[str, list[float]] = defaultdict(list)
     for m in models:
-        label = "base" if m.get("kind") == "base" else f"{m['method']} c={float(m['target_compression'] or 1):g}"
+        label = "base" if m.get("kind") == "base" else \
+            f"{m['method']} c={rate_label(float(m['target_compression'] if m['target_compression'] is not None else 1))}"
         by[f"{m['architecture']}: {label}"].append(float(m.get("wall_time") or 0.0))
     if not by:
         return None
@@ -236,15 +237,12 @@ def sweet_spot_html(rows: list[dict[str, Any]]) -> str:
                     txt += f" ({cell['margin']:+.1f}%)"
                     cls = " class=\"gain\"" if cell["margin"] > 0 else (" class=\"loss\"" if cell["margin"] < 0 else "")
                 tds.append(f"<td{cls}>{_e(txt)}</td>")
-            parts.append(f"<tr><td>{r['rate']:g}</td>" + "".join(tds) + "</tr>")
+            parts.append(f"<tr><td>{_e(r['label'])}</td>" + "".join(tds) + "</tr>")
         parts.append("</table>")
     return "\n".join(parts)
 
 
-def comparison_html(rows: list[dict[str, Any]]) -> str:
-    """Seed 000 Table 1 / seed 004 Tables VI-VII shape: one row per (method, rate)."""
-    agg = aggregate(rows)
-    cols = _attack_columns(rows)
+def _times(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, list[float]]]:
     times: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     seen: set[tuple] = set()
     for r in rows:
@@ -256,57 +254,218 @@ def comparison_html(rows: list[dict[str, Any]]) -> str:
             seen.add((r["model_id"], r["seed"]))
             times[key]["train"].append(float(r["train_wall_time"] or 0.0))
         times[key]["eval"].append(float(r["eval_wall_time"] or 0.0))
+    return times
+
+
+def comparison_html(rows: list[dict[str, Any]]) -> str:
+    """Seed 004 Tables VI/VII shape: methods side by side at each pruning rate (PR), natural accuracy, every
+    attack (white-box and transfer), sparsity, FLOPs and training time (TT); the best accuracy of each column
+    within a rate in bold."""
+    agg = aggregate(rows)
+    cols = _attack_columns(rows)
+    times = _times(rows)
     parts = []
     for (dataset, arch) in sorted({(k[0], k[1]) for k in agg}):
         parts.append(f"<h3>{_e(dataset)} / {_e(arch)}</h3>")
-        head = (["method", "c", "seeds", "sparsity (%)", "non-zero params", "eff. FLOPs (%)", "eff. MMACs", "clean (%)"]
-                + [f"{c} (%)" for c in cols] + ["train time (s)", "eval time (s)"])
-        parts.append("<table><tr>" + "".join(f"<th{' class=l' if i == 0 else ''}>{_e(h)}</th>"
+        head = (["PR (c)", "method", "seeds", "sparsity (%)", "non-zero params", "eff. FLOPs (%)", "eff. MMACs",
+                 "natural (%)"] + [f"{c} (%)" for c in cols] + ["TT: train time (s)", "eval time (s)"])
+        parts.append("<table><tr>" + "".join(f"<th{' class=l' if i == 1 else ''}>{_e(h)}</th>"
                                             for i, h in enumerate(head)) + "</tr>")
-        keys = sorted((k for k in agg if k[:2] == (dataset, arch)), key=lambda k: (k[2] != "unpruned", k[2], k[3]))
+        keys = [k for k in agg if k[:2] == (dataset, arch)]
+        rates = sorted({k[3] for k in keys}, key=lambda r: (r == LEARNED, r))
+        for rate in rates:
+            group = sorted((k for k in keys if k[3] == rate), key=lambda k: k[2])
+            best = {c: max((_mean_std(agg[k][c])[0] for k in group if agg[k].get(c)), default=None)
+                    for c in ["clean"] + cols}
+            for i, k in enumerate(group):
+                cells, t = agg[k], times[k]
+                n_seeds = max(len(cells.get("clean", [])), 1)
+                eval_total = sum(t["eval"]) / n_seeds
+
+                def acc(c: str) -> str:
+                    v = cells.get(c, [])
+                    txt = _pm(v)
+                    bold = v and len(group) > 1 and best[c] is not None and _mean_std(v)[0] >= best[c] - 1e-12
+                    return f"<td><b>{txt}</b></td>" if bold else f"<td>{txt}</td>"
+
+                pr = (f"<td rowspan={len(group)}>{_e(rate_label(rate) if rate != LEARNED else 'learned')}</td>"
+                      if i == 0 else "")
+                tds = [pr, f"<td class=l>{_e(k[2])}" + (f" (×{_mean_std(cells['compression'])[0]:.1f})"
+                                                         if rate == LEARNED and cells.get("compression") else "")
+                       + "</td>", f"<td>{len(cells.get('clean', []))}</td>",
+                       f"<td>{_pm(cells.get('sparsity', []), 100, 1)}</td>",
+                       f"<td>{_pm(t['params'], 1, 0)}</td>",
+                       f"<td>{_pm(cells.get('flops_ratio', []), 100, 1)}</td>",
+                       f"<td>{_pm([f / 1e6 for f in t['flops']], 1, 2)}</td>", acc("clean")]
+                tds += [acc(c) for c in cols]
+                tds += [f"<td>{_pm(t['train'], 1, 1)}</td>", f"<td>{eval_total:.1f}</td>"]
+                parts.append("<tr>" + "".join(tds) + "</tr>")
+        parts.append("</table>")
+    return "\n".join(parts)
+
+
+def robustness_table(rows: list[dict[str, Any]], vulns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Seed 000 Table 1 per (dataset, architecture): one entry per (method, rate) with clean, white-box and
+    black-box (transfer from the unpruned model) accuracy at the vulnerability budget, the network vulnerability
+    under both, weight sparsity, xFLOPs (dense / effective MACs) and memory (non-zero params %); each value as
+    [mean, std, n] over seeds, plus the relative change to the unpruned model."""
+    key_of = {r["model_id"]: (r["dataset"], r["architecture"], r["method"], float(r["target_compression"]))
+              for r in rows}
+    v_by: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    eps_by: dict[tuple, str] = {}
+    hash_of: dict[tuple, str] = {}
+    for v in vulns:
+        k = key_of.get(v["model_id"])
+        if k is None:
+            continue
+        v_by[k][v["threat"]].append(float(v["network"]))
+        eps_by[k[:2]] = v["eps_str"]
+        if v["threat"] == "white":
+            hash_of[k[:2]] = v["attack_hash"]
+    agg = aggregate(rows)
+    white_col: dict[tuple, str] = {}
+    for r in rows:
+        g = (r["dataset"], r["architecture"])
+        if g in hash_of and r["attack_hash"] == hash_of[g] and r["eps_str"] == eps_by[g]:
+            white_col[g] = f"{r['attack']}@{r['eps_str']}"
+    out = []
+    for g in sorted({k[:2] for k in agg}):
+        wc = white_col.get(g)
+        if wc is None:
+            cols = [c for c in _attack_columns(rows) if not c.startswith("transfer-")]
+            wc = cols[len(cols) // 2] if cols else None
+        bc = f"transfer-{wc}" if wc else None
+        base = (*g, "unpruned", 1.0)
+        entries = []
+        keys = sorted((k for k in agg if k[:2] == g), key=lambda k: (k[2] != "unpruned", k[2], k[3] == LEARNED, k[3]))
         for k in keys:
-            cells, t = agg[k], times[k]
-            # the eval time of one model is the sum over its attacks; average that over seeds
-            n_seeds = max(len(cells.get("clean", [])), 1)
-            eval_total = sum(t["eval"]) / n_seeds
-            tds = [f"<td class=l>{_e(k[2])}</td>", f"<td>{k[3]:g}</td>", f"<td>{len(cells.get('clean', []))}</td>",
-                   f"<td>{_pm(cells.get('sparsity', []), 100, 1)}</td>",
-                   f"<td>{_pm(t['params'], 1, 0)}</td>",
-                   f"<td>{_pm(cells.get('flops_ratio', []), 100, 1)}</td>",
-                   f"<td>{_pm([f / 1e6 for f in t['flops']], 1, 2)}</td>",
-                   f"<td>{_pm(cells.get('clean', []))}</td>"]
-            tds += [f"<td>{_pm(cells.get(c, []))}</td>" for c in cols]
-            tds += [f"<td>{_pm(t['train'], 1, 1)}</td>", f"<td>{eval_total:.1f}</td>"]
+            cells = agg[k]
+            vals = {"clean": cells.get("clean", []), "white": cells.get(wc, []) if wc else [],
+                    "black": cells.get(bc, []) if bc else [], "v_white": v_by[k].get("white", []),
+                    "v_black": v_by[k].get("black", []), "sparsity": cells.get("sparsity", []),
+                    "xflops": [1.0 / f for f in cells.get("flops_ratio", []) if f > 0],
+                    "memory": cells.get("params", [])}
+            e = {"method": k[2], "rate": k[3], "label": rate_label(k[3], cells), "values": {}}
+            for name, v in vals.items():
+                if not v:
+                    continue
+                m, sd = _mean_std(v)
+                ref = None
+                if k != base and name in ("clean", "white", "black", "v_white", "v_black"):
+                    bv = (agg[base] if base in agg else {}).get({"clean": "clean", "white": wc, "black": bc}.get(
+                        name, ""), []) if name in ("clean", "white", "black") else v_by[base].get(name[2:], [])
+                    if bv and _mean_std(bv)[0] > 0:
+                        ref = 100.0 * (m - _mean_std(bv)[0]) / _mean_std(bv)[0]
+                e["values"][name] = {"mean": m, "std": sd, "n": len(v), "change": ref}
+            entries.append(e)
+        out.append({"dataset": g[0], "architecture": g[1], "white": wc, "black": bc, "eps": eps_by.get(g),
+                    "entries": entries})
+    return out
+
+
+ROBUSTNESS_COLUMNS = [("clean", "clean acc (%)", 100, 1, +1), ("white", "white-box adv acc (%)", 100, 1, +1),
+                      ("black", "black-box adv acc (%)", 100, 1, +1), ("v_white", "vulnerability (white)", 1, 3, -1),
+                      ("v_black", "vulnerability (black)", 1, 3, -1), ("sparsity", "weight sparsity (%)", 100, 1, 0),
+                      ("xflops", "xFLOPs", 1, 2, 0), ("memory", "memory (% params)", 100, 1, 0)]
+
+
+def robustness_html(rows: list[dict[str, Any]], vulns: list[dict[str, Any]]) -> str:
+    parts = []
+    for t in robustness_table(rows, vulns):
+        parts.append(f"<h3>{_e(t['dataset'])} / {_e(t['architecture'])}: white-box {_e(t['white'])}, black-box "
+                     f"{_e(t['black'])}</h3>")
+        parts.append("<table><tr><th class=l>method</th><th>c</th>" + "".join(f"<th>{_e(h)}</th>"
+                                                                          for _, h, _, _, _ in ROBUSTNESS_COLUMNS)
+                     + "</tr>")
+        for e in t["entries"]:
+            tds = [f"<td class=l>{_e(e['method'])}</td>", f"<td>{_e(e['label'])}</td>"]
+            for name, _, scale, digits, good in ROBUSTNESS_COLUMNS:
+                c = e["values"].get(name)
+                if c is None:
+                    tds.append("<td></td>")
+                    continue
+                txt = f"{scale * c['mean']:.{digits}f}" + (f" ± {scale * c['std']:.{digits}f}" if c["n"] > 1 else "")
+                cls = ""
+                if c["change"] is not None:
+                    txt += f" ({c['change']:+.1f}%)"
+                    better = c["change"] * good > 0
+                    cls = " class=gain" if better else (" class=loss" if c["change"] * good < 0 else "")
+                tds.append(f"<td{cls}>{_e(txt)}</td>")
             parts.append("<tr>" + "".join(tds) + "</tr>")
         parts.append("</table>")
     return "\n".join(parts)
 
 
+def vulnerability_histograms_png(rows: list[dict[str, Any]], vulns: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Seed 000 Fig. 4: the distribution of the latent features' vulnerability (all hidden layers, white-box),
+    one panel per method with one histogram per rate and the unpruned model dashed (lowest seed of each cell)."""
+    plt = _plt()
+    info = {r["model_id"]: (r["dataset"], r["architecture"], r["method"], float(r["target_compression"]),
+                            r["seed"] or 0) for r in rows}
+    feats: dict[tuple, list[float]] = {}
+    for v in sorted(vulns, key=lambda v: info.get(v["model_id"], ("",) * 5)[4]):
+        k = info.get(v["model_id"])
+        if k is None or v["threat"] != "white" or k[:4] in feats:
+            continue
+        feats[k[:4]] = [x for layer in v["features"].values() for x in layer]
+    out = []
+    for g in sorted({k[:2] for k in feats}):
+        methods = sorted({k[2] for k in feats if k[:2] == g and k[2] != "unpruned"})
+        base = feats.get((*g, "unpruned", 1.0))
+        allv = [x for k, f in feats.items() if k[:2] == g for x in f]
+        if not allv:
+            continue
+        top = max(max(allv), 1e-6)
+        bins = [top * i / 40 for i in range(41)]
+        panels = methods or ["unpruned"]
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 2.9), squeeze=False)
+        for ax, m in zip(axes[0], panels):
+            if base:
+                ax.hist(base, bins=bins, histtype="step", color="0.3", ls="--", lw=1.2, label="unpruned")
+            for k in sorted((k for k in feats if k[:3] == (*g, m)), key=lambda k: k[3]):
+                if m != "unpruned":
+                    ax.hist(feats[k], bins=bins, histtype="step", lw=1.2, label=f"c={rate_label(k[3])}")
+            ax.set_title(m, fontsize=9)
+            ax.set_xlabel("feature vulnerability", fontsize=8)
+            ax.legend(fontsize=6)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel(f"{g[0]} / {g[1]}\nfeatures", fontsize=8)
+        fig.tight_layout()
+        out.append((f"vulnerability histograms {g[0]} / {g[1]}", _png_b64(fig)))
+    return out
+
+
 def checks_html(checks: list[dict[str, Any]], models: list[dict[str, Any]]) -> str:
     if not checks:
-        return "<p class=note>No sanity checks are stored in this database (the study runner measures accuracy " \
-               "only; <code>robustprune evaluate --db</code> adds checks).</p>"
-    label = {m["model_id"]: f"{m['method']} c={float(m['target_compression'] or 1):g} seed {m['seed']}"
+        return "<p class=note>No sanity checks are stored in this database.</p>"
+    label = {m["model_id"]: f"{m['method']} c={rate_label(float(m['target_compression'] or 0))} seed {m['seed']}"
              for m in models}
     failed = [c for c in checks if c["passed"] is False]
     parts = [f"<p>{len(checks) - len(failed)}/{len(checks)} checks passed"
              + (f", <span class=fail>{len(failed)} FAILED</span>" if failed else "") + ".</p>",
              "<table><tr><th class=l>model</th><th class=l>check</th><th>passed</th><th>value</th><th>threshold</th>"
              "<th class=l>detail</th></tr>"]
-    for c in sorted(checks, key=lambda c: (c["passed"] is not False, c["model_id"], c["name"])):
+    ordered = sorted(checks, key=lambda c: (c["passed"] is not False, c["model_id"], c["name"]))
+    for i, c in enumerate(ordered):
+        if i == len(failed) and failed:
+            # the failures stay in view; the passed checks fold away under them
+            parts.append("</table><details><summary>the passed checks</summary><table>")
+        elif i == 0 and not failed:
+            parts[-1] = "<details><summary>show every check</summary>" + parts[-1]
         ok = {True: "<span class=ok>yes</span>", False: "<span class=fail>NO</span>", None: "?"}[c["passed"]]
         val = "" if c["value"] is None else f"{c['value']:.4g}"
         thr = "" if c["threshold"] is None else f"{c['threshold']:.4g}"
         parts.append(f"<tr><td class=l>{_e(label.get(c['model_id'], c['model_id']))}</td><td class=l>{_e(c['name'])}"
                      f"</td><td>{ok}</td><td>{val}</td><td>{thr}</td><td class=l>{_e(c['detail'] or '')}</td></tr>")
-    parts.append("</table>")
+    parts.append("</table>" + ("</details>" if len(ordered) > len(failed) else ""))
     return "\n".join(parts)
 
 
 # ---- the page ---------------------------------------------------------------------------------------------------
 def write_html_report(out: Path, *, rows: list[dict[str, Any]], models: list[dict[str, Any]],
                       checks: list[dict[str, Any]], meta: dict[str, Any], spec: dict[str, Any],
-                      fig1: Path | None) -> Path:
+                      fig1: Path | None, vulns: list[dict[str, Any]] | None = None) -> Path:
+    vulns = vulns or []
     name = spec.get("name", out.name) if spec else out.name
     body: list[str] = [f"<h1>robustprune study: {_e(name)}</h1>",
                        "<p id=render-status class=note>checking figures…</p>"]
@@ -330,9 +489,18 @@ def write_html_report(out: Path, *, rows: list[dict[str, Any]], models: list[dic
                 "</p>")
     body.append(sweet_spot_html(rows) or "<p class=note>No pruned models yet.</p>")
 
-    body.append("<h2>Method comparison (seed 000 Table 1, seed 004 Tables VI/VII)</h2><p class=note>Train time: "
-                "what it cost to make the model (for iterative chains, the whole chain up to this rate); eval time: "
-                "all attacks of one model.</p>")
+    body.append("<h2>Robustness and vulnerability (seed 000 Table 1)</h2><p class=note>White-box: the attack on "
+                "the model itself; black-box: the same attack's examples crafted on the unpruned model and transferred. "
+                "Vulnerability: mean |z(x) - z(x_adv)| of the hidden features (seed 000 Eq. 1-2; lower is better; "
+                "pruned features count as 0). In parentheses the relative change to the unpruned model, "
+                "<span class=gain>green</span> = better. xFLOPs = dense / effective multiply-accumulates; memory = "
+                "non-zero parameters. A learned rate (Bayesian recipes) shows the achieved compression.</p>")
+    body.append(robustness_html(rows, vulns) if rows else "<p class=note>No results yet.</p>")
+
+    body.append("<h2>Methods at each pruning rate (seed 004 Tables VI/VII)</h2><p class=note>Best accuracy of each "
+                "column within a rate in bold. TT: what it cost to make the model (for iterative chains, the whole "
+                "chain up to this rate; ADMM recipes prune each rate from the base model); eval time: all attacks of "
+                "one model.</p>")
     body.append(comparison_html(rows))
 
     body.append("<h2>Security curves</h2><p class=note>Accuracy against the attack budget ε (ε = 0: clean), per "
@@ -345,8 +513,12 @@ def write_html_report(out: Path, *, rows: list[dict[str, Any]], models: list[dic
     charts = layer_charts_png(layer_profiles(out, models))
     body += [_img(b64, alt) for alt, b64 in charts] or ["<p class=note>No pruned checkpoints.</p>"]
 
-    body.append("<h2>Vulnerability</h2><p class=note>The study runner does not measure latent vulnerability; run "
-                "<code>robustprune evaluate CKPT --vulnerability</code> for the seed 000 Eq. 1-2 histograms.</p>")
+    body.append("<h2>Vulnerability histograms (seed 000 Fig. 4)</h2><p class=note>Distribution of the latent "
+                "features' vulnerability under the white-box attack of the table above (all hidden layers; lowest "
+                "seed). Pruned features have vulnerability 0 and pile up in the first bin.</p>")
+    hists = vulnerability_histograms_png(rows, vulns) if vulns else []
+    body += [_img(b64, alt) for alt, b64 in hists] or [
+        "<p class=note>No vulnerability measured (set <code>vulnerability: true</code> in the study file).</p>"]
 
     body.append("<h2>Sanity checks</h2>")
     body.append(checks_html(checks, models))

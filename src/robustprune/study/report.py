@@ -22,8 +22,13 @@ def _fmt(values: list[float]) -> str:
     return f"{100 * m:.1f}" + (f" ± {100 * s:.1f}" if len(values) > 1 else "")
 
 
+LEARNED = 0.0
+"""The ``target_compression`` of models whose rate was learned (Bayesian recipes)."""
+
+
 def aggregate(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, list[float]]]:
-    """(dataset, architecture, method, rate) -> {"clean": [...], "<attack>@<eps>": [...], "sparsity": [...]} over seeds."""
+    """(dataset, architecture, method, rate) -> {"clean": [...], "<attack>@<eps>": [...], "sparsity": [...],
+    "compression": [...], ...} over seeds."""
     out: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         key = (r["dataset"], r["architecture"], r["method"], float(r["target_compression"]))
@@ -31,8 +36,26 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, list[float]]]
         out[key][col].append(float(r["robust_acc"]))
         if r["attack"] == "clean":
             out[key]["sparsity"].append(float(r["achieved_sparsity"] or 0.0))
+            out[key]["compression"].append(float(r["achieved_compression"] or 1.0))
             out[key]["flops_ratio"].append(float(r["flops_effective"] or 0) / max(float(r["flops_dense"] or 1), 1.0))
+            out[key]["params"].append(float(r["params_nonzero"] or 0) / max(float(r["params_total"] or 1), 1.0))
     return out
+
+
+def rate_label(rate: float, cells: dict[str, list[float]] | None = None) -> str:
+    """``c`` as shown: the target rate, or "learned (x2.4)" (the achieved rate) for a learned one."""
+    if rate != LEARNED:
+        return f"{rate:g}"
+    comp = (cells or {}).get("compression") or []
+    return "learned" + (f" (×{_mean_std(comp)[0]:.1f})" if comp else "")
+
+
+def x_position(key: tuple, cells: dict[str, list[float]]) -> float:
+    """Where a cell sits on a compression axis: its target rate, or the mean achieved one when learned."""
+    if key[3] != LEARNED:
+        return key[3]
+    comp = cells.get("compression") or [1.0]
+    return max(_mean_std(comp)[0], 1.0)
 
 
 def _attack_columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -56,7 +79,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                       key=lambda k: (k[2] != "unpruned", k[2], k[3]))
         for k in keys:
             cells = agg[k]
-            row = [k[2], f"{k[3]:g}", f"{100 * _mean_std(cells['sparsity'])[0]:.1f}%" if cells["sparsity"] else "",
+            row = [k[2], rate_label(k[3], cells), f"{100 * _mean_std(cells['sparsity'])[0]:.1f}%" if cells["sparsity"] else "",
                    f"{100 * _mean_std(cells['flops_ratio'])[0]:.1f}%" if cells["flops_ratio"] else "",
                    _fmt(cells["clean"]) if cells["clean"] else ""]
             row += [_fmt(cells[c]) if cells.get(c) else "" for c in cols]
@@ -84,7 +107,7 @@ def plot_robust_vs_compression(rows: list[dict[str, Any]], path: Path) -> Path |
         for pi, panel in enumerate(panels):
             ax = axes[gi][pi]
             for m in methods:
-                pts = sorted((k[3], *_mean_std(v[panel])) for k, v in agg.items()
+                pts = sorted((x_position(k, v), *_mean_std(v[panel])) for k, v in agg.items()
                              if k[0] == dataset and k[1] == arch and k[2] == m and v.get(panel))
                 if base.get(panel):
                     pts = [(1.0, *_mean_std(base[panel]))] + pts
@@ -94,7 +117,7 @@ def plot_robust_vs_compression(rows: list[dict[str, Any]], path: Path) -> Path |
                     ax.errorbar(xs, [100 * y for y in ys], yerr=[100 * s for s in sds], marker="o", ms=3, lw=1.3,
                                 capsize=2, label=m)
             ax.set_xscale("log", base=2)
-            rates = sorted({k[3] for k in agg if k[0] == dataset and k[1] == arch} | {1.0})
+            rates = sorted({k[3] for k in agg if k[0] == dataset and k[1] == arch and k[3] != LEARNED} | {1.0})
             ax.set_xticks(rates, [f"{r:g}" for r in rates])
             ax.minorticks_off()
             if base.get(panel):
@@ -125,6 +148,7 @@ def write_report(out_dir: str | Path) -> list[Path]:
         spec = store.get_meta("spec", {})
         models = store.models()
         checks = store.checks()
+        vulns = store.vulnerabilities()
         store_meta = {k: store.get_meta(k) for k in ("command", "started_at", "study_wall_time")}
     files: list[Path] = []
     plot = plot_robust_vs_compression(rows, out / "robust_vs_compression.png")
@@ -151,6 +175,16 @@ def write_report(out_dir: str | Path) -> list[Path]:
                     "carved from the training set; the test split is used only for these numbers. Kernel and filter "
                     "methods prune convolution layers only (as in seed 003), so their sparsity over all prunable "
                     "weights stays low where dense layers hold most weights; their effective FLOPs show the gain.")
+    rob = robustness_markdown(rows, vulns)
+    if rob:
+        text += ["", "## Robustness and vulnerability (seed 000 Table 1)", "",
+                 "White-box: the attack on the model; black-box: its examples crafted on the unpruned model. "
+                 "Vulnerability (lower is better) of the hidden features, seed 000 Eq. 1-2. In parentheses the "
+                 "relative change to the unpruned model.", "", rob]
+    failed = [c for c in checks if c["passed"] is False]
+    if checks:
+        text += ["", f"Sanity checks: {len(checks) - len(failed)}/{len(checks)} passed"
+                 + (": FAILED " + "; ".join(f"{c['name']} ({c['detail']})" for c in failed[:10]) if failed else ".")]
     md_extra = sweet_spot_markdown(rows)
     if md_extra:
         text += ["", "## Sweet spots (margin to the unpruned model, relative %; **bold** = gain)", "", md_extra]
@@ -165,7 +199,7 @@ def write_report(out_dir: str | Path) -> list[Path]:
     from robustprune.study.html_report import write_html_report
 
     files.append(write_html_report(out, rows=rows, models=models, checks=checks, meta=store_meta, spec=spec,
-                                   fig1=plot))
+                                   fig1=plot, vulns=vulns))
     return files
 
 
@@ -182,7 +216,7 @@ def sweet_spots(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             table = []
             for rate in [1.0] + [r for r in rates if r != 1.0]:
                 cells = base if rate == 1.0 else agg[(dataset, arch, method, rate)]
-                row = {"rate": rate, "cells": {}}
+                row = {"rate": rate, "label": rate_label(rate, cells), "cells": {}}
                 for c in cols:
                     vals = cells.get(c) or []
                     if not vals:
@@ -217,6 +251,32 @@ def sweet_spot_markdown(rows: list[dict[str, Any]]) -> str:
                     if cell["margin"] > 0:
                         txt = f"**{txt}**"
                 cells.append(txt)
-            lines.append(f"| {r['rate']:g} | " + " | ".join(cells) + " |")
+            lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def robustness_markdown(rows: list[dict[str, Any]], vulns: list[dict[str, Any]]) -> str:
+    from robustprune.study.html_report import ROBUSTNESS_COLUMNS, robustness_table
+
+    lines = []
+    for t in robustness_table(rows, vulns):
+        lines.append(f"### {t['dataset']} / {t['architecture']}: white-box {t['white']}, black-box {t['black']}\n")
+        lines.append("| method | c | " + " | ".join(h for _, h, _, _, _ in ROBUSTNESS_COLUMNS) + " |")
+        lines.append("|" + "---|" * (2 + len(ROBUSTNESS_COLUMNS)))
+        for e in t["entries"]:
+            cells = []
+            for name, _, scale, digits, good in ROBUSTNESS_COLUMNS:
+                c = e["values"].get(name)
+                if c is None:
+                    cells.append("")
+                    continue
+                txt = f"{scale * c['mean']:.{digits}f}" + (f" ± {scale * c['std']:.{digits}f}" if c["n"] > 1 else "")
+                if c["change"] is not None:
+                    txt += f" ({c['change']:+.1f}%)"
+                    if c["change"] * good > 0:
+                        txt = f"**{txt}**"
+                cells.append(txt)
+            lines.append(f"| {e['method']} | {e['label']} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

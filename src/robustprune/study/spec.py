@@ -78,8 +78,11 @@ class AttackSpec(BaseModel):
 
 
 class RecipeSettings(BaseModel):
-    """ADMM recipes (seed 001 AdvPrune, seed 004 PwoA): each target rate is pruned from the base model (one-shot)
-    by an ADMM phase (``admm_train``) then masked retraining (the study's ``finetune_train``)."""
+    """Multi-phase recipes. ADMM (seed 001 AdvPrune ``admm-*``, seed 004 PwoA ``pwoa-*``): each target rate of
+    ``recipe_compression`` is pruned from the base model (one-shot) by an ADMM phase (``admm_train``) then masked
+    retraining (the study's ``finetune_train``). Bayesian (seed 000 ``anp-bbd``, ``anp-vs-bbd``, ``bp-bbd``,
+    ``pat-bbd``, ``*-vib``): gates inserted into the base model and trained with ``bayes_train``; the compression
+    rate is *learned* (one model per base model, stored with target rate 0 = "learned")."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -97,6 +100,20 @@ class RecipeSettings(BaseModel):
     use_hbar: bool = True
     mix_ratio: float = Field(0.0, ge=0, le=1)
     ce_weight: float = Field(0.0, ge=0)
+    bayes_train: TrainConfig = TrainConfig(epochs=1, batch_size=128, optimizer="adam", lr=5e-4, weight_decay=0.0,
+                                           schedule="constant", progress=True)
+    gamma: float = Field(1.0, ge=0)
+    """Bayesian recipes: KL scale gamma/N (seed 000 App. C sweeps {1, 4, 8, 10, 12} on LeNet-5)."""
+    beta: float = Field(1.0 / 3.0, ge=0, le=1)
+    """ANP: weight of the clean loss in the weights' loss (seed 000 Eq. 6)."""
+    vs_lambda: float | None = Field(None, ge=0)
+    """ANP-VS: weight of the vulnerability term (None: 1.0, the method's default)."""
+    mask_lr_factor: float = Field(10.0, gt=0)
+    """Bayesian recipes: the masks' learning rate / the weights' (seed 000 App. C: 10). A gate needs its ``a_uc``
+    to fall by ~6 to be pruned, so short runs need a larger factor."""
+    gate_init: float | None = None
+    """Gates' initial ``a_uc`` (None: the reference -1, E[pi] = 0.24); larger keeps more units at the start, which
+    a gated *pretrained* base model needs (softplus(a_uc) = a, E[pi] = a / (a + 1))."""
 
 
 class StudySpec(BaseModel):
@@ -120,11 +137,12 @@ class StudySpec(BaseModel):
     base_train: TrainConfig = TrainConfig(epochs=6, batch_size=128, optimizer="adam", lr=1e-3, weight_decay=0.0,
                                           schedule="cosine", progress=True)
     methods: tuple[str, ...] = (
-        "magnitude-unstructured-global",
-        "magnitude-unstructured-local",
-        "magnitude-kernel-global",
-        "magnitude-filter-local",
-        "random-unstructured-local",
+        "magnitude-unstructured-global",   # seed 003 (pruning in the face of adversaries)
+        "magnitude-unstructured-local",    # seed 003
+        "magnitude-filter-local",          # seed 003
+        "admm-irregular",                  # seed 001 (AdvPrune: ADMM + adversarial training)
+        "pwoa-irregular",                  # seed 004 (PwoA: ADMM + self-distillation + HBaR, no adversarial examples)
+        "anp-bbd",                         # seed 000 (ANP: Beta-Bernoulli masks learned on adversarial examples)
     )
     compression: tuple[float, ...] = (1, 2, 4, 8, 16)
     schedule: Literal["iterative", "one-shot"] = "iterative"
@@ -134,8 +152,21 @@ class StudySpec(BaseModel):
     finetune_limit: int | None = Field(20000, ge=10)
     """Training images per fine-tuning step (a seeded subset; None: all)."""
     attacks: tuple[AttackSpec, ...] = (AttackSpec(name="pgd", eps=(0.05, 0.1, 0.15), steps=20, restarts=1),)
-    recipe: RecipeSettings = RecipeSettings()
-    """Settings of the multi-phase recipes (``admm-*`` = AdvPrune, ``pwoa-*``) when ``methods`` names them."""
+    recipe: RecipeSettings = RecipeSettings(
+        admm_train=TrainConfig(epochs=1, batch_size=128, optimizer="adam", lr=5e-4, weight_decay=0.0,
+                               schedule="constant", select="last", progress=True),
+        pgd_steps=2, gamma=10.0, mask_lr_factor=200.0, gate_init=2.0)
+    """Settings of the multi-phase recipes (``admm-*`` = AdvPrune, ``pwoa-*``, Bayesian) when ``methods`` names
+    them. The main job's: one ADMM epoch, PGD-2 for AdvPrune and ANP, and for ANP (one epoch from the base model)
+    a KL scale, mask learning rate and initial keep probability that let masks move within that epoch."""
+    recipe_compression: tuple[float, ...] | None = (4, 16)
+    """Rates of the ADMM recipes, each pruned from the base model separately (None: ``compression``)."""
+    transfer: bool = True
+    """Black-box rows: every budget attack's examples crafted once on the unpruned base model of the same
+    dataset/architecture/seed and applied to each pruned model (seed 000 Table 1, seed 001 Table 8)."""
+    vulnerability: bool = True
+    """Latent vulnerability (seed 000 Eq. 1-2) of every model on the first L∞ budget attack's examples at the
+    dataset's ε (else its middle budget), white-box and (with ``transfer``) black-box."""
 
     @field_validator("compression")
     @classmethod
@@ -146,6 +177,20 @@ class StudySpec(BaseModel):
         if bad:
             raise ValueError(f"compression rates are >= 1 (1/c of the weights remain); got {bad}")
         return tuple(sorted(set(float(r) for r in v)))
+
+    @field_validator("recipe_compression")
+    @classmethod
+    def _recipe_rates(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if v is None:
+            return None
+        bad = [r for r in v if r < 1]
+        if bad:
+            raise ValueError(f"recipe compression rates are >= 1 (1/c of the weights remain); got {bad}")
+        return tuple(sorted(set(float(r) for r in v)))
+
+    def recipe_rates(self) -> list[float]:
+        rates = self.recipe_compression if self.recipe_compression is not None else self.compression
+        return [r for r in rates if r > 1]
 
     @model_validator(mode="after")
     def _names(self) -> "StudySpec":
@@ -166,8 +211,8 @@ class StudySpec(BaseModel):
         for m in self.methods:
             if m not in METHODS and not is_study_recipe(m):
                 raise UnknownNameError(
-                    f"unknown method {m!r}; choose one of: {', '.join(METHODS.names())}, or an ADMM recipe: "
-                    f"{', '.join(n for n in RECIPES.names() if n.startswith(('admm-', 'pwoa-')))} "
+                    f"unknown method {m!r}; choose one of: {', '.join(METHODS.names())}, or a recipe: "
+                    f"{', '.join(n for n in RECIPES.names() if is_study_recipe(n))} "
                     "(see `robustprune list methods`)")
         for o in (self.base_objective, self.finetune_objective):
             OBJECTIVES.get(o.name)
@@ -177,13 +222,24 @@ class StudySpec(BaseModel):
 
 
 STUDY_RECIPE_PREFIXES = ("admm-", "pwoa-")
+LEARNED_RATE = 0.0
+"""``target_compression`` of a model whose rate was learned (Bayesian recipes), not set."""
 
 
 def is_study_recipe(name: str) -> bool:
-    """True for the registered recipes a study runs to a target compression rate (AdvPrune, PwoA)."""
+    """True for the registered recipes a study runs: ADMM ones to each target rate (AdvPrune, PwoA), Bayesian ones
+    (seed 000) once, to the rate they learn."""
     from robustprune.methods import RECIPES
 
-    return name in RECIPES and name.lower().startswith(STUDY_RECIPE_PREFIXES)
+    if name not in RECIPES:
+        return False
+    return name.lower().startswith(STUDY_RECIPE_PREFIXES) or RECIPES.get(name).family == "bayesian"
+
+
+def is_learned_rate_recipe(name: str) -> bool:
+    from robustprune.methods import RECIPES
+
+    return name in RECIPES and RECIPES.get(name).family == "bayesian"
 
 
 def load_study_spec(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> StudySpec:
