@@ -404,18 +404,7 @@ def slim_model(
         prod = mods[name]
         dev = prod.weight.device
         s_d, keep_d = s.to(dev), keep.to(dev)
-        # fold the factors (exact): into BN's affine parameters when the gate sits after BN, else into the layer
-        if site.bn is not None:
-            bn = mods[site.bn]
-            if not bn.affine:
-                raise ConfigError(f"BatchNorm {site.bn!r} has no affine parameters to fold unit scales into")
-            bn.weight.mul_(s_d.to(bn.weight.dtype))
-            bn.bias.mul_(s_d.to(bn.bias.dtype))
-        else:
-            shape = (-1,) + (1,) * (prod.weight.dim() - 1)
-            prod.weight.mul_(s_d.to(prod.weight.dtype).view(shape))
-            if prod.bias is not None:
-                prod.bias.mul_(s_d.to(prod.bias.dtype))
+        _fold_unit_factors(mods, site, s_d)
         out_keep[name] = keep_d
         if site.bn is not None:
             out_keep[site.bn] = keep_d
@@ -464,6 +453,23 @@ def slim_model(
     return res
 
 
+def _fold_unit_factors(mods: Mapping[str, nn.Module], site: UnitSite, s: Tensor) -> None:
+    """Fold one factor per output unit of ``site`` into the model (exact): into BN's affine parameters when the
+    gate sits after a BatchNorm, else into the layer's weight rows and bias."""
+    if site.bn is not None:
+        bn = mods[site.bn]
+        if not bn.affine:
+            raise ConfigError(f"BatchNorm {site.bn!r} has no affine parameters to fold unit scales into")
+        bn.weight.mul_(s.to(bn.weight.dtype))
+        bn.bias.mul_(s.to(bn.bias.dtype))
+        return
+    prod = mods[site.name]
+    shape = (-1,) + (1,) * (prod.weight.dim() - 1)
+    prod.weight.mul_(s.to(prod.weight.dtype).view(shape))
+    if prod.bias is not None:
+        prod.bias.mul_(s.to(prod.bias.dtype))
+
+
 @torch.no_grad()
 def fold_unit_scales(
     model: nn.Module,
@@ -504,17 +510,7 @@ def fold_unit_scales(
         prod = mods[name]
         s_d = s.to(prod.weight.device)
         keep = s_d != 0
-        if site.bn is not None:
-            bn = mods[site.bn]
-            if not bn.affine:
-                raise ConfigError(f"BatchNorm {site.bn!r} has no affine parameters to fold unit scales into")
-            bn.weight.mul_(s_d.to(bn.weight.dtype))
-            bn.bias.mul_(s_d.to(bn.bias.dtype))
-        else:
-            shape = (-1,) + (1,) * (prod.weight.dim() - 1)
-            prod.weight.mul_(s_d.to(prod.weight.dtype).view(shape))
-            if prod.bias is not None:
-                prod.bias.mul_(s_d.to(prod.bias.dtype))
+        _fold_unit_factors(mods, site, s_d)
         # a removed unit outputs exactly 0 (its BN affine or its row and bias are 0): zero its row as well, and
         # the consumer's inputs it feeds (they only ever multiply zeros, so both are exact)
         shape = (-1,) + (1,) * (prod.weight.dim() - 1)

@@ -21,7 +21,17 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from robustprune.study.report import LEARNED, _attack_columns, _mean_std, aggregate, rate_label, sweet_spots
+from robustprune.study.report import (
+    LEARNED,
+    ROBUSTNESS_COLUMNS,
+    _attack_columns,
+    _mean_std,
+    aggregate,
+    format_cell,
+    rate_label,
+    robustness_table,
+    sweet_spots,
+)
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;
@@ -51,6 +61,9 @@ CHECK_JS = """
   });
 })();
 """
+
+
+_CLS = {1: ' class="gain"', -1: ' class="loss"', 0: ""}
 
 
 def _e(x: Any) -> str:
@@ -231,12 +244,8 @@ def sweet_spot_html(rows: list[dict[str, Any]]) -> str:
                 if cell is None:
                     tds.append("<td></td>")
                     continue
-                txt = f"{100 * cell['mean']:.1f}" + (f" ± {100 * cell['std']:.1f}" if cell["n"] > 1 else "")
-                cls = ""
-                if cell["margin"] is not None:
-                    txt += f" ({cell['margin']:+.1f}%)"
-                    cls = " class=\"gain\"" if cell["margin"] > 0 else (" class=\"loss\"" if cell["margin"] < 0 else "")
-                tds.append(f"<td{cls}>{_e(txt)}</td>")
+                txt, sign = format_cell(cell, "margin")
+                tds.append(f"<td{_CLS[sign]}>{_e(txt)}</td>")
             parts.append(f"<tr><td>{_e(r['label'])}</td>" + "".join(tds) + "</tr>")
         parts.append("</table>")
     return "\n".join(parts)
@@ -304,71 +313,6 @@ def comparison_html(rows: list[dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
-def robustness_table(rows: list[dict[str, Any]], vulns: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Seed 000 Table 1 per (dataset, architecture): one entry per (method, rate) with clean, white-box and
-    black-box (transfer from the unpruned model) accuracy at the vulnerability budget, the network vulnerability
-    under both, weight sparsity, xFLOPs (dense / effective MACs) and memory (non-zero params %); each value as
-    [mean, std, n] over seeds, plus the relative change to the unpruned model."""
-    key_of = {r["model_id"]: (r["dataset"], r["architecture"], r["method"], float(r["target_compression"]))
-              for r in rows}
-    v_by: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    eps_by: dict[tuple, str] = {}
-    hash_of: dict[tuple, str] = {}
-    for v in vulns:
-        k = key_of.get(v["model_id"])
-        if k is None:
-            continue
-        v_by[k][v["threat"]].append(float(v["network"]))
-        eps_by[k[:2]] = v["eps_str"]
-        if v["threat"] == "white":
-            hash_of[k[:2]] = v["attack_hash"]
-    agg = aggregate(rows)
-    white_col: dict[tuple, str] = {}
-    for r in rows:
-        g = (r["dataset"], r["architecture"])
-        if g in hash_of and r["attack_hash"] == hash_of[g] and r["eps_str"] == eps_by[g]:
-            white_col[g] = f"{r['attack']}@{r['eps_str']}"
-    out = []
-    for g in sorted({k[:2] for k in agg}):
-        wc = white_col.get(g)
-        if wc is None:
-            cols = [c for c in _attack_columns(rows) if not c.startswith("transfer-")]
-            wc = cols[len(cols) // 2] if cols else None
-        bc = f"transfer-{wc}" if wc else None
-        base = (*g, "unpruned", 1.0)
-        entries = []
-        keys = sorted((k for k in agg if k[:2] == g), key=lambda k: (k[2] != "unpruned", k[2], k[3] == LEARNED, k[3]))
-        for k in keys:
-            cells = agg[k]
-            vals = {"clean": cells.get("clean", []), "white": cells.get(wc, []) if wc else [],
-                    "black": cells.get(bc, []) if bc else [], "v_white": v_by[k].get("white", []),
-                    "v_black": v_by[k].get("black", []), "sparsity": cells.get("sparsity", []),
-                    "xflops": [1.0 / f for f in cells.get("flops_ratio", []) if f > 0],
-                    "memory": cells.get("params", [])}
-            e = {"method": k[2], "rate": k[3], "label": rate_label(k[3], cells), "values": {}}
-            for name, v in vals.items():
-                if not v:
-                    continue
-                m, sd = _mean_std(v)
-                ref = None
-                if k != base and name in ("clean", "white", "black", "v_white", "v_black"):
-                    bv = (agg[base] if base in agg else {}).get({"clean": "clean", "white": wc, "black": bc}.get(
-                        name, ""), []) if name in ("clean", "white", "black") else v_by[base].get(name[2:], [])
-                    if bv and _mean_std(bv)[0] > 0:
-                        ref = 100.0 * (m - _mean_std(bv)[0]) / _mean_std(bv)[0]
-                e["values"][name] = {"mean": m, "std": sd, "n": len(v), "change": ref}
-            entries.append(e)
-        out.append({"dataset": g[0], "architecture": g[1], "white": wc, "black": bc, "eps": eps_by.get(g),
-                    "entries": entries})
-    return out
-
-
-ROBUSTNESS_COLUMNS = [("clean", "clean acc (%)", 100, 1, +1), ("white", "white-box adv acc (%)", 100, 1, +1),
-                      ("black", "black-box adv acc (%)", 100, 1, +1), ("v_white", "vulnerability (white)", 1, 3, -1),
-                      ("v_black", "vulnerability (black)", 1, 3, -1), ("sparsity", "weight sparsity (%)", 100, 1, 0),
-                      ("xflops", "xFLOPs", 1, 2, 0), ("memory", "memory (% params)", 100, 1, 0)]
-
-
 def robustness_html(rows: list[dict[str, Any]], vulns: list[dict[str, Any]]) -> str:
     parts = []
     for t in robustness_table(rows, vulns):
@@ -384,13 +328,8 @@ def robustness_html(rows: list[dict[str, Any]], vulns: list[dict[str, Any]]) -> 
                 if c is None:
                     tds.append("<td></td>")
                     continue
-                txt = f"{scale * c['mean']:.{digits}f}" + (f" ± {scale * c['std']:.{digits}f}" if c["n"] > 1 else "")
-                cls = ""
-                if c["change"] is not None:
-                    txt += f" ({c['change']:+.1f}%)"
-                    better = c["change"] * good > 0
-                    cls = " class=gain" if better else (" class=loss" if c["change"] * good < 0 else "")
-                tds.append(f"<td{cls}>{_e(txt)}</td>")
+                txt, sign = format_cell(c, "change", scale, digits, good)
+                tds.append(f"<td{_CLS[sign]}>{_e(txt)}</td>")
             parts.append("<tr>" + "".join(tds) + "</tr>")
         parts.append("</table>")
     return "\n".join(parts)
