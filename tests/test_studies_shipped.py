@@ -16,7 +16,7 @@ FILES = sorted(STUDIES.glob("*.yaml"))
 def test_the_shipped_files_are_there():
     names = {p.name for p in FILES}
     assert {"default.yaml", "seed003-pruning-face-of-adversaries.yaml", "seed001-advprune.yaml",
-            "seed004-pwoa.yaml"} <= names
+            "seed004-pwoa.yaml", "seed000-anp-mnist.yaml", "seed000-anp-cifar.yaml"} <= names
 
 
 def test_default_yaml_is_the_main_job():
@@ -42,6 +42,10 @@ def test_paper_scale_files_have_the_seeds_settings():
     assert s3m.datasets == ("mnist",) and s3m.architectures == ("cnn5",) and len(s3m.methods) == 9
     assert all(m.startswith("admm-") for m in load_study_spec(STUDIES / "seed001-advprune.yaml").methods)
     assert all(m.startswith("pwoa-") for m in load_study_spec(STUDIES / "seed004-pwoa.yaml").methods)
+    s0 = load_study_spec(STUDIES / "seed000-anp-mnist.yaml")
+    assert set(s0.methods) == {"bp-bbd", "anp-bbd", "anp-vs-bbd", "pat-bbd"} and s0.base_objective.name == "natural"
+    assert s0.recipe.bayes_train.epochs == 200 and s0.recipe.bayes_train.batch_size == 64  # seed 000 App. C
+    assert s0.attacks[0].steps == 40 and 0.3 in s0.attacks[0].eps
 
 
 def test_report_of_a_folder_without_database_is_a_one_line_error(tmp_path):
@@ -65,6 +69,13 @@ def test_grid_expansion_counts_of_the_shipped_files():
     assert plan["pruned_models"] == n_base * 9 * rates == 10 * 9 * 6
     per_pruned = 1 + budgets * (2 if spec.transfer else 1)
     assert plan["rows"] == n_base * (1 + budgets) + plan["pruned_models"] * per_pruned
+
+    # Bayesian recipes learn their rate: one model each per base model, whatever the compression list says
+    s0 = load_study_spec(STUDIES / "seed000-anp-cifar.yaml")
+    plan0 = StudyRunner(s0, "/nonexistent").plan()
+    n0 = 2 * 1 * 3
+    assert plan0["base_models"] == n0 and plan0["pruned_models"] == n0 * 4
+    assert plan0["rows"] == n0 * (1 + 4) + n0 * 4 * (1 + 4 * 2)
 
     main = StudyRunner(load_study_spec(STUDIES / "default.yaml"), "/nonexistent").plan()
     assert main == StudyRunner(load_study_spec(None), "/nonexistent").plan()
