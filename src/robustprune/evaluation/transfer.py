@@ -159,10 +159,11 @@ def apply_transfer(
     batch_size: int = 500,
     keep_adv: bool = False,
     skip: Callable[[str, str], bool] | None = None,
+    source_time: bool = True,
 ) -> AttackRun:
     """Transfer rows of ``target_model`` for every crafted (attack, ε) in ``examples`` (one forward pass each);
-    the wall time of a row is the source attack's plus the target's forward. ``skip(attack_hash, eps_str)``
-    leaves a row out."""
+    the wall time of a row is the source attack's (``source_time``; leave it out when many targets share the
+    examples) plus the target's forward. ``skip(attack_hash, eps_str)`` leaves a row out."""
     t0 = time.perf_counter()
     n = len(x)
     with eval_mode(target_model):
@@ -177,7 +178,7 @@ def apply_transfer(
                 continue
             t1 = time.perf_counter()
             _add_row(run, target_model, x, y, xt, name, info, eps, settings, ahash, batch_size, 0.0, False)
-            run.rows[-1]["eval_wall_time"] = wall + time.perf_counter() - t1
+            run.rows[-1]["eval_wall_time"] = (wall if source_time else 0.0) + time.perf_counter() - t1
             if keep_adv:
                 run.adv[(ahash, eps_to_str(eps))] = x_keep
     for r in run.rows:

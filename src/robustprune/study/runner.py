@@ -187,7 +187,8 @@ class StudyRunner:
                            and eps_to_str(it[2]) == v_es and config_hash({k: v for k, v in it[3].items()
                                                                          if k != "transfer_from"}) == v_hash), None)
             need_black = t_hash is not None and not store.has_vulnerability(model_id, "black", t_hash, v_es)
-            trun = apply_transfer(model, x, y, examples, batch_size=spec.eval_batch_size, keep_adv=need_black)
+            trun = apply_transfer(model, x, y, examples, batch_size=spec.eval_batch_size, keep_adv=need_black,
+                                  source_time=False)  # crafted once per base model, logged there
             rows += trun.rows[1:]
             if need_black and (t_hash, v_es) in trun.adv:
                 v = latent_vulnerability(model, x, trun.adv[(t_hash, v_es)], batch_size=spec.eval_batch_size)
