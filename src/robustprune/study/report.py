@@ -100,12 +100,20 @@ def plot_robust_vs_compression(rows: list[dict[str, Any]], path: Path) -> Path |
         return None
     panels = ["clean"] + _attack_columns(rows)
     groups = sorted({(k[0], k[1]) for k in agg})
-    fig, axes = plt.subplots(len(groups), len(panels), figsize=(3.6 * len(panels), 3.2 * len(groups)), squeeze=False)
+    ncols = min(len(panels), 4)  # wrap: at most 4 panels a row, each (dataset, architecture) on its own rows
+    rows_per_group = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(len(groups) * rows_per_group, ncols,
+                             figsize=(3.8 * ncols, 3.2 * len(groups) * rows_per_group), squeeze=False)
+    for ax in axes.flat[len(groups) * len(panels):]:
+        ax.set_visible(False)
+    for gi in range(len(groups)):
+        for ax in axes[gi * rows_per_group:(gi + 1) * rows_per_group].flat[len(panels):]:
+            ax.set_visible(False)
     methods = sorted({k[2] for k in agg if k[2] != "unpruned"})
     for gi, (dataset, arch) in enumerate(groups):
         base = agg.get((dataset, arch, "unpruned", 1.0), {})
         for pi, panel in enumerate(panels):
-            ax = axes[gi][pi]
+            ax = axes[gi * rows_per_group + pi // ncols][pi % ncols]
             for m in methods:
                 pts = sorted((x_position(k, v), *_mean_std(v[panel])) for k, v in agg.items()
                              if k[0] == dataset and k[1] == arch and k[2] == m and v.get(panel))
@@ -114,8 +122,9 @@ def plot_robust_vs_compression(rows: list[dict[str, Any]], path: Path) -> Path |
                 if pts:
                     xs, ys, sds = zip(*pts)
                     # mean over seeds, error bars one std (zero-length with a single seed)
+                    learned = any(k[2] == m and k[3] == LEARNED for k in agg)
                     ax.errorbar(xs, [100 * y for y in ys], yerr=[100 * s for s in sds], marker="o", ms=3, lw=1.3,
-                                capsize=2, label=m)
+                                capsize=2, label=m + (" (rate learned: at its achieved c)" if learned else ""))
             ax.set_xscale("log", base=2)
             rates = sorted({k[3] for k in agg if k[0] == dataset and k[1] == arch and k[3] != LEARNED} | {1.0})
             ax.set_xticks(rates, [f"{r:g}" for r in rates])
@@ -124,13 +133,13 @@ def plot_robust_vs_compression(rows: list[dict[str, Any]], path: Path) -> Path |
                 ax.axhline(100 * _mean_std(base[panel])[0], color="0.5", ls=":", lw=1)
             ax.set_xlabel("compression rate c")
             ax.set_title(panel, fontsize=10)
-            if pi == 0:
+            if pi % ncols == 0:
                 ax.set_ylabel(f"{dataset} / {arch}\naccuracy (%)")
             ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.tight_layout(rect=(0, 0.1 / (len(groups) * rows_per_group), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
