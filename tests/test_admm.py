@@ -287,3 +287,21 @@ def test_admm_and_pwoa_on_cuda():
     for n, mod in student.named_modules():
         if n in res.masks.masks:
             assert torch.all(mod.weight[~res.masks[n]] == 0)
+
+
+def test_auto_update_every_reaches_the_rho_cap_at_the_end_of_the_phase():
+    """Seed 004 App. B: rho 0.01 x1.35 per update, capped at 1, is 16 updates from its cap; 'auto' spreads them over
+    whatever the ADMM phase's length is, so a short phase still ends at the cap (and a long one gets there last)."""
+    from robustprune.methods.admm import auto_update_every, rho_schedule, updates_to_cap
+
+    n = updates_to_cap(0.01, 1.35, 1.0)
+    sched = rho_schedule(0.01, 1.35, 1.0, updates=n)
+    assert n == 16 and sched[n] == 1.0 and sched[n - 1] < 1.0
+    for total in (16, 117, 156, 1000):
+        every = auto_update_every(0.01, 1.35, 1.0, total)
+        assert total // every >= n  # enough updates within the phase to reach the cap ...
+        assert total // (every + 1) < n or every == total  # ... and the interval is the longest that does
+    assert auto_update_every(0.01, 1.35, 1.0, 5) == 1  # shorter than 16 steps: every step
+    assert auto_update_every(0.5, 1.0, None, 40) == 40  # constant rho: one update at the end
+    with pytest.raises(ConfigError):
+        auto_update_every(0.01, 1.35, 1.0, 0)

@@ -18,6 +18,7 @@ from robustprune.methods.admm import (  # ADMM engine, AdvPrune; registers admm-
     RecipeSpec,
     admm_prune,
     advprune,
+    auto_update_every,
     get_recipe,
     recipe_names,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "RecipeSpec",
     "admm_prune",
     "advprune",
+    "auto_update_every",
     "get_recipe",
     "load_teacher",
     "pwoa",

@@ -134,6 +134,23 @@ def rho_schedule(rho: float, factor: float = 1.0, rho_max: float | None = None, 
     return vals
 
 
+def updates_to_cap(rho: float, factor: float, rho_max: float | None) -> int:
+    """How many Z/U updates take rho from ``rho`` to ``rho_max`` (1 when rho never grows)."""
+    if rho_max is None or factor <= 1.0 or rho >= rho_max:
+        return 1
+    return max(1, math.ceil(math.log(rho_max / rho) / math.log(factor) - 1e-9))
+
+
+def auto_update_every(rho: float, factor: float, rho_max: float | None, total: int) -> int:
+    """The update interval (in steps or epochs) with which rho reaches ``rho_max`` at the end of an ADMM phase of
+    ``total`` steps (or epochs): seed 004 App. B's proportion (0.01 x1.35 every 3 epochs reaches the cap of 1 after
+    16 updates, 48 of its 50 epochs) for any budget. A short phase with a fixed interval leaves rho far below the
+    cap, ``W`` far from the sparse ``Z``, and hard pruning then destroys the network."""
+    if total < 1:
+        raise ConfigError(f"the ADMM phase has no steps (total={total}); give it at least one epoch with data")
+    return max(1, int(total) // updates_to_cap(rho, factor, rho_max))
+
+
 def _pos(value: Any, who: str, *, allow_zero: bool = False) -> float:
     try:
         v = float(value)

@@ -469,7 +469,16 @@ class StudyRunner:
         row = {**row_base, "method": method, "scheme": recipe.scheme, "scope": "local", "score": "admm",
                "schedule": "one-shot"}
         ft_train = self._finetune_split(splits.train, seed)
-        admm_kw = dict(rho=rs.rho, rho_factor=rs.rho_factor, rho_max=rs.rho_max, update_every=rs.update_every,
+        update_every = rs.update_every
+        if update_every == "auto":
+            from robustprune.methods import auto_update_every
+
+            steps = -(-len(ft_train) // rs.admm_train.batch_size)
+            if rs.admm_train.max_steps_per_epoch is not None:
+                steps = min(steps, rs.admm_train.max_steps_per_epoch)
+            total = rs.admm_train.epochs * (steps if rs.update_unit == "step" else 1)
+            update_every = auto_update_every(rs.rho, rs.rho_factor, rs.rho_max, total)
+        admm_kw = dict(rho=rs.rho, rho_factor=rs.rho_factor, rho_max=rs.rho_max, update_every=update_every,
                        update_unit=rs.update_unit, augment=splits.spec.augment)
         for rate in targets:
             cid = config_hash({"kind": "recipe", "base": base_id, "method": method, "rate": rate, "cfg": rcfg})

@@ -91,7 +91,9 @@ class RecipeSettings(BaseModel):
     rho: float = Field(0.01, gt=0)
     rho_factor: float = Field(1.35, ge=1)
     rho_max: float | None = Field(1.0, gt=0)
-    update_every: int = Field(25, ge=1)
+    update_every: int | Literal["auto"] = "auto"
+    """Z/U update interval in ``update_unit``s; "auto": the interval with which rho reaches ``rho_max`` at the end
+    of the ADMM phase, as seed 004's schedule does (see ``methods.admm.auto_update_every``)."""
     update_unit: Literal["step", "epoch"] = "step"
     pgd_steps: int = Field(10, ge=1)
     """AdvPrune's PGD steps (ε from ``finetune_objective`` or the dataset default)."""
