@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     def write_out(final: bool = False) -> list[str]:
         text = [f"# Issue 4 on Fashion-MNIST (eps {a.eps:g}, {len(splits.train)} train / {len(xt)} test images)", "",
                 "Accuracies on the first test images; PGD-20 L∞ with α = ε/4; AA = AutoAttack standard "
-                f"(n/a: package not installed; {aa_note()}). nonzero/prunable: non-zero Conv2d/Linear weights. "
+                f"({aa_note()}; n/a where it did not run). nonzero/prunable: non-zero Conv2d/Linear weights. "
                 "Times: wall seconds per phase, including each epoch's validation (PGD-10 on --val-n points). "
                 f"Settings: `{' '.join(sys.argv[1:]) or '(defaults)'}`.", "", table(headers, rows), "", *extra,
                 f"Wall time of this run{'' if final else ' so far'}: {time.perf_counter() - t_start:.0f} s.", ""]
