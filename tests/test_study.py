@@ -61,8 +61,10 @@ def test_tiny_study_rows_resume_and_report(tmp_path):
     assert (out / "report.md").exists() and (out / "robust_vs_compression.png").stat().st_size > 10_000
     assert "magnitude-unstructured-global" in (out / "report.md").read_text()
 
-    second = run_study(spec, out, log=lambda m: None)
+    logs: list[str] = []
+    second = run_study(spec, out, log=logs.append)
     assert second.models_trained == 0 and second.rows_written == 0 and second.models_reused == models
+    assert not any("transfer examples crafted" in line for line in logs)  # nothing missing: no source attack
 
     # A study that adds a budget reuses every model and evaluates only the new budget.
     more = load_study_spec(None, {**TINY, "attacks": [{"name": "pgd", "eps": [0.05, 0.1, 0.2], "steps": 5}]})

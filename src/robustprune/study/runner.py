@@ -154,6 +154,18 @@ class StudyRunner:
             self.log(f"  transfer examples crafted on the base model {base_id} in {time.perf_counter() - t0:.0f}s")
         return cache[base_id]
 
+    def _transfer_done(self, store: ResultsStore, model_id: str, splits: Splits, want_black: bool) -> bool:
+        """Every transfer row (and the black-box vulnerability) of this model is stored: nothing to craft."""
+        from robustprune.evaluation.attack_info import info_for_spec
+        from robustprune.evaluation.run import budgets_for
+        from robustprune.evaluation.transfer import TRANSFER_PREFIX
+
+        expected = sum(len(budgets_for(a, info_for_spec(a), splits.spec.eps_linf, None)) for a in self.spec.attacks)
+        have = len(store.results("model_id = ? AND attack LIKE ?", (model_id, TRANSFER_PREFIX + "%")))
+        if have < expected:
+            return False
+        return not want_black or store.has_vulnerability(model_id, "black")
+
     def _evaluate(self, store: ResultsStore, model_id: str, model: nn.Module, splits: Splits, base: dict[str, Any],
                   train_wall: float, source: tuple[str, dict[str, torch.Tensor]] | None = None) -> None:
         """Clean and white-box rows of every attack; with ``source`` = (base id, base state) and ``transfer``,
@@ -181,7 +193,7 @@ class StudyRunner:
             v = latent_vulnerability(model, x, run.adv[(v_hash, v_es)], batch_size=spec.eval_batch_size)
             store.put_vulnerability(model_id, "white", v_hash, v_es, network=v.network, layers=v.layers,
                                     features={k: t.tolist() for k, t in v.features.items()}, n_points=v.n)
-        if source is not None and spec.transfer:
+        if source is not None and spec.transfer and not self._transfer_done(store, model_id, splits, vkey is not None):
             examples = self._transfer_examples(source[0], source[1], splits, base["architecture"], base["seed"])
             t_hash = next((it[4] for it in examples.items if vkey and it[0] == TRANSFER_PREFIX + vkey[0].name
                            and eps_to_str(it[2]) == v_es and config_hash({k: v for k, v in it[3].items()

@@ -239,11 +239,16 @@ class ResultsStore:
         self._db.execute(f"CREATE TABLE IF NOT EXISTS vulnerability (id INTEGER PRIMARY KEY AUTOINCREMENT, {cols}, "
                          "UNIQUE(model_id, threat, attack_hash, eps_str))")
 
-    def has_vulnerability(self, model_id: str, threat: str, attack_hash: str, eps_str: str) -> bool:
+    def has_vulnerability(self, model_id: str, threat: str, attack_hash: str | None = None,
+                          eps_str: str | None = None) -> bool:
+        """A measurement of ``model_id`` under ``threat`` is stored (of that attack and ε when given)."""
         self._create_vulnerability()
-        row = self._db.execute("SELECT 1 FROM vulnerability WHERE model_id = ? AND threat = ? AND attack_hash = ? "
-                               "AND eps_str = ? LIMIT 1", (model_id, threat, attack_hash, eps_str)).fetchone()
-        return row is not None
+        sql, args = "SELECT 1 FROM vulnerability WHERE model_id = ? AND threat = ?", [model_id, threat]
+        if attack_hash is not None:
+            sql, args = sql + " AND attack_hash = ?", args + [attack_hash]
+        if eps_str is not None:
+            sql, args = sql + " AND eps_str = ?", args + [eps_str]
+        return self._db.execute(sql + " LIMIT 1", tuple(args)).fetchone() is not None
 
     def put_vulnerability(self, model_id: str, threat: str, attack_hash: str, eps_str: str, *, network: float,
                           layers: dict[str, float], features: dict[str, list[float]], n_points: int) -> None:
