@@ -237,6 +237,29 @@ def test_transfer_from_itself_equals_white_box(trained, trained_other, data):
     assert other >= white.rows[2]["robust_acc"]  # a transfer attack is weaker than the white-box one here
 
 
+def test_keep_adv_predicate_keeps_only_the_named_budgets_and_leaves_rows_alone(trained, data):
+    """keep_adv as a predicate: adversarial examples (clean errors attacked too) only where it says so, the
+    same rows and the same examples there as keep_adv=True, none elsewhere; the same for crafted transfers."""
+    from robustprune.evaluation import apply_transfer, craft_transfer
+
+    x, y = data
+    xs, ys = x[:80], y[:80]
+    specs = [AttackConfig.build("pgd", [0.1, 0.2], steps=5)]
+    full = run_attacks(trained, xs, ys, specs, default_eps=0.1, batch_size=30, seed=3, keep_adv=True)
+    one = run_attacks(trained, xs, ys, specs, default_eps=0.1, batch_size=30, seed=3,
+                      keep_adv=lambda ah, es: es == "0.2")
+    assert [r["robust_acc"] for r in one.rows] == [r["robust_acc"] for r in full.rows]
+    assert [k[1] for k in one.adv] == ["0.2"] and len(full.adv) == 2
+    key = next(k for k in full.adv if k[1] == "0.2")
+    assert torch.equal(one.adv[key], full.adv[key])
+    ex = craft_transfer(trained, xs, ys, specs, default_eps=0.1, batch_size=30, seed=3,
+                        keep_adv=lambda ah, es: es == "0.1")
+    (i01, i02) = [i for i, it in enumerate(ex.items)]
+    assert ex.items[i02][6] is ex.items[i02][5]  # not kept: x_keep is the transfer example itself
+    assert not torch.equal(ex.items[i01][6], ex.items[i01][5]) or bool(full.clean_mask.all())
+    assert apply_transfer(trained, xs, ys, ex).rows[1]["robust_acc"] == full.rows[1]["robust_acc"]
+
+
 def test_check_transfer_flags_white_box_weaker_than_transfer():
     rows = [{"attack": "clean", "eps": 0.0, "eps_str": "0", "robust_acc": 0.9, "n_eval": 100, "attack_config": {}},
             {"attack": "pgd", "eps": 0.1, "eps_str": "0.1", "robust_acc": 0.6, "n_eval": 100,

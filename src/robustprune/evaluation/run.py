@@ -103,6 +103,11 @@ def budgets_for(spec: Any, info: EvalAttackInfo, default_eps: float,
     return (float(defaults[info.norm]),)
 
 
+def wants_adv(keep_adv: bool | Callable[[str, str], bool], attack_hash: str, eps_str: str) -> bool:
+    """``keep_adv`` as a flag for every budget or a predicate on (attack hash, ε string)."""
+    return bool(keep_adv(attack_hash, eps_str)) if callable(keep_adv) else bool(keep_adv)
+
+
 def _gen(seed: int, device: torch.device) -> torch.Generator:
     return make_generator(seed, device)
 
@@ -141,7 +146,7 @@ def run_attacks(
     batch_size: int = 500,
     seed: int = 0,
     skip: Callable[[str, str], bool] | None = None,
-    keep_adv: bool = False,
+    keep_adv: bool | Callable[[str, str], bool] = False,
     curve_points: int = 51,
 ) -> AttackRun:
     """Clean accuracy and every (attack, ε) robust accuracy of ``model`` on (x, y); see :class:`AttackRun`.
@@ -150,7 +155,8 @@ def run_attacks(
     dicts. A budget attack runs once per ε with a generator seeded ``seed``; a minimal-norm attack runs once.
     ``skip(attack_hash, eps_str) -> True`` leaves out a budget already evaluated (a minimal-norm attack whose
     budgets are all skipped does not run). ``keep_adv`` also attacks the clean errors (with another generator,
-    so the rows are the same) and keeps every budget attack's adversarial examples, e.g. for vulnerability.
+    so the rows are the same) and keeps every budget attack's adversarial examples, e.g. for vulnerability; a
+    predicate ``keep_adv(attack_hash, eps_str)`` does so only for the budgets it names (the extra attack costs).
     """
     if len(x) != len(y) or len(x) == 0:
         raise ConfigError(f"need as many labels as inputs and at least one point (got {len(x)} and {len(y)})")
@@ -186,7 +192,7 @@ def _settings(kw: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 def _run_budget(run: AttackRun, model: nn.Module, x: Tensor, y: Tensor, spec: Any, info: EvalAttackInfo,
                 budgets: Sequence[float], *, batch_size: int, seed: int, skip: Callable[[str, str], bool] | None,
-                keep_adv: bool) -> None:
+                keep_adv: bool | Callable[[str, str], bool]) -> None:
     n = len(x)
     for eps in budgets:
         kw = attack_kwargs(info, spec, eps)
@@ -202,7 +208,7 @@ def _run_budget(run: AttackRun, model: nn.Module, x: Tensor, y: Tensor, spec: An
         else:
             robust = run.clean_mask & torch.cat([_correct(model, x_adv[i:i + batch_size], y[i:i + batch_size])
                                                  for i in range(0, n, batch_size)])
-        if keep_adv:
+        if wants_adv(keep_adv, ahash, es):
             wrong = ~run.clean_mask
             if bool(wrong.any()):
                 x_wrong, _ = _attack_subset(info, model, x, y, wrong, kw,

@@ -35,6 +35,7 @@ from robustprune.evaluation.run import (
     _settings,
     budgets_for,
     clean_correct,
+    wants_adv,
 )
 from robustprune.metrics.accuracy import eval_mode
 from robustprune.utils import config_hash, eps_to_str, make_generator
@@ -109,9 +110,11 @@ def craft_transfer(
     batch_size: int = 500,
     seed: int = 0,
     source_id: str = "source",
-    keep_adv: bool = False,
+    keep_adv: bool | Callable[[str, str], bool] = False,
 ) -> TransferExamples:
-    """Craft the transfer examples of every (attack, ε) on ``source_model`` (see :func:`run_transfer`)."""
+    """Craft the transfer examples of every (attack, ε) on ``source_model`` (see :func:`run_transfer`);
+    ``keep_adv``: a flag, or a predicate on (attack hash, ε string) naming the budgets whose ``x_keep`` is needed.
+    """
     out = TransferExamples()
     with eval_mode(source_model):
         src_ok = _predict_correct(source_model, x, y, batch_size)
@@ -141,7 +144,7 @@ def craft_transfer(
                 xt, _ = _attack_subset(info, source_model, x, y, src_ok, kw, make_generator(seed, x.device),
                                        batch_size)
                 x_keep = xt
-                if keep_adv and bool((~src_ok).any()):
+                if wants_adv(keep_adv, ahash, eps_to_str(eps)) and bool((~src_ok).any()):
                     x_wrong, _ = _attack_subset(info, source_model, x, y, ~src_ok, kw,
                                                 make_generator(seed + ADV_SEED_OFFSET, x.device), batch_size)
                     x_keep = torch.where(_bcast(~src_ok, x), x_wrong, xt)

@@ -140,6 +140,7 @@ class StudyRunner:
                            seed: int):
         """Every budget attack's examples crafted once on the unpruned base model (cached per base model)."""
         from robustprune.evaluation.transfer import craft_transfer
+        from robustprune.utils import eps_to_str
 
         cache = self.__dict__.setdefault("_transfer_cache", {})
         if base_id not in cache:
@@ -147,10 +148,13 @@ class StudyRunner:
             source.load_state_dict(base_state)
             test = splits.test
             n = min(self.spec.eval_n, len(test))
+            vkey = self._vuln_key(splits) if self.spec.vulnerability else None
+            v_es = eps_to_str(vkey[2]) if vkey else None
+            keep = (lambda ah, es: es == v_es) if vkey else False  # x_keep only where vulnerability is measured
             t0 = time.perf_counter()
             cache[base_id] = craft_transfer(source, test.x[:n], test.y[:n], self.spec.attacks,
                                             default_eps=splits.spec.eps_linf, batch_size=self.spec.eval_batch_size,
-                                            seed=seed, source_id=base_id, keep_adv=self.spec.vulnerability)
+                                            seed=seed, source_id=base_id, keep_adv=keep)
             self.log(f"  transfer examples crafted on the base model {base_id} in {time.perf_counter() - t0:.0f}s")
         return cache[base_id]
 
@@ -185,7 +189,7 @@ class StudyRunner:
         need_white = vkey is not None and not store.has_vulnerability(model_id, "white", v_hash, v_es)
         run = run_attacks(
             model, x, y, spec.attacks, default_eps=splits.spec.eps_linf, batch_size=spec.eval_batch_size,
-            seed=base["seed"], keep_adv=need_white,
+            seed=base["seed"], keep_adv=lambda ah, es: need_white and (ah, es) == (v_hash, v_es),
             skip=lambda ah, es: store.has_result(model_id, ah, es) and not (need_white and (ah, es) == (v_hash, v_es)),
         )
         rows = list(run.rows)
