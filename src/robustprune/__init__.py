@@ -8,4 +8,13 @@ from robustprune.errors import RobustPruneError
 
 __version__ = "0.1.0"
 
-__all__ = ["RobustPruneError", "__version__"]
+__all__ = ["RobustPruneError", "__version__", "prune"]
+
+
+def prune(*args, **kwargs):  # noqa: D103  (imported lazily: `import robustprune` stays light)
+    from robustprune.api import prune as _prune
+
+    return _prune(*args, **kwargs)
+
+
+prune.__doc__ = "Prune any nn.Module with any registered method; see :func:`robustprune.api.prune`."

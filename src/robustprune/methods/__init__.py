@@ -1,53 +1,46 @@
-"""Pruning methods as short recipes over the training loop and the sparsity pieces."""
+"""Pruning methods: one interface (:class:`PruningMethod`), one registry (:data:`METHODS`).
 
-from robustprune.methods.magnitude import (
+Every method is registered once, by the module of its family:
+
+* :mod:`.magnitude`: magnitude / random x unstructured / kernel / filter x local / global, one-shot or iterative
+  (Merkle2022);
+* :mod:`.advprune`: AdvPrune ``admm-{irregular,column,filter}`` (Ye2019) over the ADMM engine :mod:`.admm`;
+* :mod:`.pwoa`: PwoA ``pwoa-{irregular,column,filter}`` (Jian2022);
+* :mod:`.anp`: BP, ANP, ANP-VS, PAT with Beta-Bernoulli gates and BP / ANP with VIB gates (Madaan2020), over the
+  gates of :mod:`.bayesian` and :mod:`.vib`;
+* :mod:`.hydra`: HYDRA (Sehwag2020).
+
+Adding a method: subclass :class:`PruningMethod` in a new module, call :func:`register_method`, import the module
+here. The CLI, the study runner and :func:`robustprune.prune` then accept it by name.
+"""
+
+from robustprune.methods.interface import (
     METHODS,
-    PruneStep,
-    PruningSpec,
-    check_rates,
+    PAPERS,
+    MethodSettings,
+    Paper,
+    PhaseSettings,
+    PruneResult,
+    PruneTask,
+    PruningMethod,
+    achieved_compression,
     get_method,
+    method_names,
+    register_method,
+    setting,
+)
+from robustprune.methods.magnitude import (
+    MagnitudeMethod,
+    PruneStep,
+    check_rates,
     halving_schedule,
     iterative_prune,
-    method_names,
     prune_once,
 )
-from robustprune.methods.admm import (  # ADMM engine, AdvPrune; registers admm-* in RECIPES
-    RECIPES,
-    ADMMHook,
-    ADMMResult,
-    RecipeSpec,
-    admm_prune,
-    advprune,
-    auto_update_every,
-    get_recipe,
-    recipe_names,
-)
-from robustprune.methods.pwoa import load_teacher, pwoa, pwoa_configs  # registers pwoa-* in RECIPES
-
-__all__ = [
-    "ADMMHook",
-    "ADMMResult",
-    "METHODS",
-    "RECIPES",
-    "RecipeSpec",
-    "admm_prune",
-    "advprune",
-    "auto_update_every",
-    "get_recipe",
-    "load_teacher",
-    "pwoa",
-    "pwoa_configs",
-    "recipe_names",
-    "PruneStep",
-    "PruningSpec",
-    "check_rates",
-    "get_method",
-    "halving_schedule",
-    "iterative_prune",
-    "method_names",
-    "prune_once",
-]
-from robustprune.methods.bayesian import (  # noqa: E402  registers bp/anp/anp-vs/pat-bbd in RECIPES
+from robustprune.methods.admm import ADMMHook, ADMMResult, admm_prune, auto_update_every
+from robustprune.methods.advprune import AdvPruneMethod, advprune
+from robustprune.methods.pwoa import PwoAMethod, load_teacher, pwoa, pwoa_configs
+from robustprune.methods.bayesian import (
     ANPObjective,
     BayesianResult,
     BetaBernoulliGate,
@@ -62,11 +55,16 @@ from robustprune.methods.bayesian import (  # noqa: E402  registers bp/anp/anp-v
     remove_gates,
     route_gradients,
 )
-from robustprune.methods.vib import VIBGate, vib_prune  # noqa: E402  registers bp-vib, anp-vib
-from robustprune.methods.hydra import HydraResult, hydra  # noqa: E402  registers hydra
+from robustprune.methods.vib import VIBGate, vib_prune
+from robustprune.methods.anp import BayesianMethod
+from robustprune.methods.hydra import HydraMethod, HydraResult, hydra
 
-__all__ += [
-    "ANPObjective", "BayesianResult", "BetaBernoulliGate", "GatedObjective", "GateSet", "HydraResult", "UnitGate",
-    "VIBGate", "at_vs", "bayesian_prune", "fold_gates", "gate_param_groups", "hydra", "insert_gates", "remove_gates",
-    "route_gradients", "vib_prune",
+__all__ = [
+    "ADMMHook", "ADMMResult", "ANPObjective", "AdvPruneMethod", "BayesianMethod", "BayesianResult",
+    "BetaBernoulliGate", "GateSet", "GatedObjective", "HydraMethod", "HydraResult", "METHODS", "MagnitudeMethod",
+    "MethodSettings", "PAPERS", "Paper", "PhaseSettings", "PruneResult", "PruneStep", "PruneTask", "PruningMethod",
+    "PwoAMethod", "UnitGate", "VIBGate", "achieved_compression", "admm_prune", "advprune", "at_vs",
+    "auto_update_every", "bayesian_prune", "check_rates", "fold_gates", "gate_param_groups", "get_method",
+    "halving_schedule", "hydra", "insert_gates", "iterative_prune", "load_teacher", "method_names", "prune_once",
+    "pwoa", "pwoa_configs", "register_method", "remove_gates", "route_gradients", "setting", "vib_prune",
 ]

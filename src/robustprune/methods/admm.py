@@ -1,19 +1,20 @@
-"""ADMM pruning (Zhang et al. 2018) as a recipe over the one training loop; AdvPrune (seed 001 Alg. 1).
+"""The ADMM pruning engine (Zhang et al. 2018) over the one training loop, used by AdvPrune (Ye2019 Alg. 1, see
+:mod:`robustprune.methods.advprune`) and PwoA (Jian2022, :mod:`robustprune.methods.pwoa`).
 
 Problem: ``min_W L(W)  s.t.  W_l in S_l`` for every prunable layer ``l``, with ``S_l`` the set of
-weights with at most ``round(keep_l * n_groups)`` non-zero groups (seed 001 Eq. 11-13: filters,
+weights with at most ``round(keep_l * n_groups)`` non-zero groups (Ye2019 Eq. 11-13: filters,
 columns, single weights). Scaled-dual ADMM (Boyd et al. 2011 §3.1.1) alternates
 
-* **W-step** -- SGD/Adam on ``L(W) + sum_l rho_l / 2 ||W_l - Z_l + U_l||_F^2`` (seed 001 Eq. 8); the
+* **W-step** -- SGD/Adam on ``L(W) + sum_l rho_l / 2 ||W_l - Z_l + U_l||_F^2`` (Ye2019 Eq. 8); the
   augmented term is :meth:`ADMMHook.extra_loss`, added by :func:`robustprune.train.fit` at every step;
 * **Z-step** -- ``Z_l = Π_S(W_l + U_l)`` (Eq. 10), the Euclidean projection
   :func:`robustprune.sparsity.project` (the same one magnitude pruning's sparsity package exposes);
 * **dual step** -- ``U_l += W_l - Z_l``.
 
 Z/U updates run every ``update_every`` epochs (or steps). ``U`` is the *scaled* dual (``u / rho``), as in
-the ADMM-NN/PwoA codes; seed 001 writes the unscaled ``u += rho (W - Z)``, the same iteration. ``rho``
+the ADMM-NN/PwoA codes; Ye2019 writes the unscaled ``u += rho (W - Z)``, the same iteration. ``rho``
 follows a schedule: constant (``rho_factor = 1``) or multiplied by ``rho_factor`` at every Z/U update
-up to ``rho_max`` (seed 004 App. B: 0.01, x1.35 per update, capped at 1, an update every 3 epochs --
+up to ``rho_max`` (Jian2022 App. B: 0.01, x1.35 per update, capped at 1, an update every 3 epochs --
 the defaults of :func:`admm_prune`). Like the reference codes the scaled dual is not rescaled when rho
 changes (``rescale_dual=True`` does ``U *= rho_old / rho_new``, Boyd §3.4.1).
 
@@ -23,12 +24,11 @@ so the per-layer count is exact), then **masked retraining** fine-tunes with the
 
 Layers: :func:`robustprune.sparsity.prunable_layers` -- Conv2d + Linear for ``irregular``; Conv2d only for
 ``column`` / ``filter`` (and ``kernel``). Every pruned layer gets the same keep fraction by default
-(seed 001 §2.2 and seed 004 "identical pruning rates per layer"); a dict gives per-layer fractions.
+(Ye2019 §2.2 and Jian2022 "identical pruning rates per layer"); a dict gives per-layer fractions.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,22 +40,21 @@ from torch import Tensor, nn
 
 from robustprune.data import Split
 from robustprune.errors import ConfigError
-from robustprune.objectives import PGDAT, Objective
-from robustprune.registry import Registry
+from robustprune.objectives import Objective
 from robustprune.sparsity import MaskSet, check_keep, num_keep, group_view, project, project_mask, prunable_layers
 from robustprune.sparsity import sparsity_report
 from robustprune.train import Hook, TrainConfig, TrainResult, fit
 
-#: seed 001's schemes (and the kernel group, which the projection also supports)
+#: Ye2019's schemes (and the kernel group, which the projection also supports)
 SCHEMES: tuple[str, ...] = ("irregular", "column", "filter", "kernel")
 _SCHEME_GROUP = {"irregular": "unstructured", "unstructured": "unstructured", "column": "column",
                  "filter": "filter", "kernel": "kernel"}
 
-#: seed 004 App. B: rho starts at 0.01, x1.35 at every ADMM update, capped at 1; an update every 3 epochs
-SEED004_RHO = 0.01
-SEED004_RHO_FACTOR = 1.35
-SEED004_RHO_MAX = 1.0
-SEED004_UPDATE_EVERY = 3
+#: Jian2022 App. B: rho starts at 0.01, x1.35 at every ADMM update, capped at 1; an update every 3 epochs
+JIAN2022_RHO = 0.01
+JIAN2022_RHO_FACTOR = 1.35
+JIAN2022_RHO_MAX = 1.0
+JIAN2022_UPDATE_EVERY = 3
 
 
 def check_scheme(scheme: str) -> str:
@@ -143,7 +142,7 @@ def updates_to_cap(rho: float, factor: float, rho_max: float | None) -> int:
 
 def auto_update_every(rho: float, factor: float, rho_max: float | None, total: int) -> int:
     """The update interval (in steps or epochs) with which rho reaches ``rho_max`` at the end of an ADMM phase of
-    ``total`` steps (or epochs): seed 004 App. B's proportion (0.01 x1.35 every 3 epochs reaches the cap of 1 after
+    ``total`` steps (or epochs): Jian2022 App. B's proportion (0.01 x1.35 every 3 epochs reaches the cap of 1 after
     16 updates, 48 of its 50 epochs) for any budget. A short phase with a fixed interval leaves rho far below the
     cap, ``W`` far from the sparse ``Z``, and hard pruning then destroys the network."""
     if total < 1:
@@ -183,7 +182,7 @@ class ADMMHook(Hook):
         scheme: str = "irregular",
         keep: float | Mapping[str, float] | None = None,
         rate: float | Mapping[str, float] | None = None,
-        rho: float | Mapping[str, float] = SEED004_RHO,
+        rho: float | Mapping[str, float] = JIAN2022_RHO,
         rho_factor: float = 1.0,
         rho_max: float | None = None,
         update_every: int = 1,
@@ -439,10 +438,10 @@ def admm_prune(
     scheme: str = "irregular",
     keep: float | Mapping[str, float] | None = None,
     rate: float | Mapping[str, float] | None = None,
-    rho: float | Mapping[str, float] = SEED004_RHO,
-    rho_factor: float = SEED004_RHO_FACTOR,
-    rho_max: float | None = SEED004_RHO_MAX,
-    update_every: int = SEED004_UPDATE_EVERY,
+    rho: float | Mapping[str, float] = JIAN2022_RHO,
+    rho_factor: float = JIAN2022_RHO_FACTOR,
+    rho_max: float | None = JIAN2022_RHO_MAX,
+    update_every: int = JIAN2022_UPDATE_EVERY,
     update_unit: str = "epoch",
     rescale_dual: bool = False,
     val_eps: float | None = None,
@@ -464,7 +463,7 @@ def admm_prune(
        (skipped when ``retrain_cfg.epochs == 0``); pruned weights stay exactly zero.
 
     ``keep`` / ``rate``: :func:`resolve_keep`. ``rho``, ``rho_factor``, ``rho_max``, ``update_every``,
-    ``update_unit``: :class:`ADMMHook` (defaults: seed 004 App. B). ``on_admm_hook`` is called with the
+    ``update_unit``: :class:`ADMMHook` (defaults: Jian2022 App. B). ``on_admm_hook`` is called with the
     hook before training (e.g. to build hooks that read it).
     """
     t_all = time.perf_counter()
@@ -486,6 +485,7 @@ def admm_prune(
     _sync(device)
     times["admm"] = time.perf_counter() - t0
 
+    convergence = admm_convergence(hook, model)
     t0 = time.perf_counter()
     masks = hook.hard_prune(model)
     _sync(device)
@@ -514,81 +514,28 @@ def admm_prune(
         state=hook.state_dict(),
         admm_history=list(hook.history),
         sparsity=sparsity_report(model, masks),
+        extras={"convergence": convergence},
     )
+
+
+@torch.no_grad()
+def admm_convergence(hook: ADMMHook, model: nn.Module) -> dict[str, Any]:
+    """The signals that say whether an ADMM phase did its job, measured just before the hard prune: the final rho
+    (mean and per layer), the number of Z/U updates, and the primal residual ``||W - Z|| / ||W||`` in total and per
+    layer (small: the weights already lie near the sparse set, and the hard prune changes little)."""
+    mods = hook._modules(model)
+    layers: dict[str, float] = {}
+    for n, mod in mods.items():
+        w = mod.weight.detach().double()
+        z = hook.Z[n].to(w.device).double()
+        wn = float(w.norm())
+        layers[n] = float((w - z).norm()) / wn if wn > 0 else 0.0
+    res = hook.residuals(model)
+    return {"rho_final": sum(hook.rho.values()) / len(hook.rho), "rho_max": hook.rho_max,
+            "rho_per_layer": dict(hook.rho), "updates": hook.updates, "primal_rel": res["primal_rel"],
+            "primal_rel_per_layer": layers}
 
 
 def target_keep(n_groups: int, keep: float) -> float:
     """The exact kept fraction of groups hard pruning reaches in a layer of ``n_groups`` groups."""
     return num_keep(n_groups, keep) / n_groups
-
-
-def advprune(
-    model: nn.Module,
-    *,
-    eps: float,
-    train: Split,
-    val: Split | None,
-    admm_cfg: TrainConfig,
-    retrain_cfg: TrainConfig,
-    scheme: str = "irregular",
-    keep: float | Mapping[str, float] | None = None,
-    rate: float | Mapping[str, float] | None = None,
-    steps: int = 10,
-    alpha: float | None = None,
-    val_eps: float | None = None,
-    **kwargs: Any,
-) -> ADMMResult:
-    """AdvPrune (seed 001 Alg. 1): :func:`admm_prune` with PGD-AT (L∞ ``eps``, ``steps`` steps, step
-    ``alpha`` default eps/4) as the objective of both the ADMM and the retraining phase. Seed 001 uses
-    Adam for the W-step: set ``admm_cfg.optimizer="adam"`` to match. ``val_eps`` defaults to ``eps``."""
-    objective = PGDAT(eps=eps, alpha=alpha, steps=steps)
-    return admm_prune(model, objective=objective, train=train, val=val, admm_cfg=admm_cfg, retrain_cfg=retrain_cfg,
-                      scheme=scheme, keep=keep, rate=rate, val_eps=eps if val_eps is None else val_eps, **kwargs)
-
-
-# ---------------------------------------------------------------------------------------- registry
-@dataclass(frozen=True)
-class RecipeSpec:
-    """A multi-phase pruning recipe by name: ``run(model, **kwargs)`` calls ``fn`` with ``scheme`` bound.
-
-    These are not :class:`~robustprune.methods.PruningSpec` (score/group/scope chosen once, used by the
-    iterative magnitude schedule, and counted by ``METHODS``), so they live in their own registry,
-    :data:`RECIPES`. ``family`` names the method family (``"advprune"``, ``"pwoa"``, ...).
-    """
-
-    name: str
-    family: str
-    scheme: str
-    fn: Callable[..., Any] = field(repr=False, compare=False)
-
-    def run(self, model: nn.Module | None, **kwargs: Any) -> Any:
-        if "scheme" in kwargs:
-            given = str(kwargs["scheme"]).lower()
-            given = "irregular" if given == "unstructured" else given
-            if given != self.scheme:
-                raise ConfigError(f"recipe {self.name!r} prunes with scheme {self.scheme!r}; drop scheme=")
-        try:
-            params = inspect.signature(self.fn).parameters
-            takes_scheme = "scheme" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-        except (TypeError, ValueError):
-            takes_scheme = True
-        if takes_scheme:
-            kwargs["scheme"] = self.scheme
-        else:
-            kwargs.pop("scheme", None)
-        return self.fn(model, **kwargs)
-
-
-RECIPES: Registry[RecipeSpec] = Registry("recipe")
-
-for _scheme in ("irregular", "column", "filter"):
-    RECIPES.add(f"admm-{_scheme}", RecipeSpec(f"admm-{_scheme}", "advprune", _scheme, advprune),
-                help=f"AdvPrune: ADMM {_scheme} pruning with PGD adversarial training, then masked retraining (seed 001)")
-
-
-def get_recipe(name: str) -> RecipeSpec:
-    return RECIPES.get(name)
-
-
-def recipe_names() -> list[str]:
-    return RECIPES.names()

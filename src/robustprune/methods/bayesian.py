@@ -43,7 +43,6 @@ Mask parameters train with a 10x larger learning rate than the weights (App. C),
 from __future__ import annotations
 
 import copy
-import functools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -55,7 +54,6 @@ from torch import Tensor, nn
 
 from robustprune.data import Split
 from robustprune.errors import ConfigError
-from robustprune.methods.admm import RECIPES, RecipeSpec
 from robustprune.objectives import Natural, ObjectiveOutput, PGDAT, forward_pair
 from robustprune.objectives.vulnerability import ATVS, forward_pair_features, vs_sources
 from robustprune.sparsity.slim import (
@@ -581,6 +579,7 @@ class BayesianResult:
     units: list[tuple[str, int, int]]
     unit_sparsity: float
     phases: dict[str, TrainResult] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
 
     def slim(self, **kw: Any) -> SlimResult:
         return self.gates.slim(**kw)
@@ -660,6 +659,7 @@ def bayesian_prune(
     gates = insert_gates(model, gate, example=example if example is not None else train.x[:2], layers=layers,
                          inputs=inputs, **(gate_kwargs or {}))
     gates.set_generator(make_generator(cfg.seed + 7919, dev))
+    initial = {i.key: [p.detach().clone() for p in g.parameters()] for i, g in gates.items()}
     phases: dict[str, TrainResult] = {}
     groups = gate_param_groups(model, gates, cfg.lr, mask_lr_factor)
     v_eps = val_eps if val_eps is not None else eps
@@ -681,7 +681,35 @@ def bayesian_prune(
                         hooks=hooks, desc=f"{gate_name}-{m}")
     model.eval()
     return BayesianResult(method=m, gate=str(gate_name), gates=gates, kl_scale=kl_scale, units=gates.units(),
-                          unit_sparsity=gates.unit_sparsity(), phases=phases)
+                          unit_sparsity=gates.unit_sparsity(), phases=phases, stats=gate_statistics(gates, initial))
+
+
+@torch.no_grad()
+def gate_statistics(gates: GateSet, initial: dict[str, list[Tensor]] | None = None,
+                    moved_tol: float = 0.1) -> dict[str, Any]:
+    """Whether the masks did their job: the mean test-time keep probability (``E[pi]`` for Beta-Bernoulli gates,
+    the kept fraction otherwise), the fraction of units kept, and (given the parameters at insertion) the fraction
+    of units whose mask parameters moved by more than ``moved_tol``."""
+    e_pi, kept, total, moved = [], 0, 0, 0
+    for info, g in gates.items():
+        if hasattr(g, "expected_pi"):
+            e_pi.append(g.expected_pi().detach().float())
+        k = g.keep()
+        kept += int(k.sum())
+        total += int(k.numel())
+        if initial is not None and info.key in initial:
+            delta = torch.zeros(g.num_units, device=k.device)
+            for p0, p in zip(initial[info.key], g.parameters()):
+                if p.shape == p0.shape and p.dim() == 1 and p.numel() == g.num_units:
+                    delta = torch.maximum(delta, (p.detach() - p0.to(p.device)).abs().float())
+            moved += int((delta > moved_tol).sum())
+    out: dict[str, Any] = {"units_kept_fraction": kept / total if total else 1.0, "units_total": total}
+    if e_pi:
+        out["mean_expected_pi"] = float(torch.cat(e_pi).mean())
+    if initial is not None:
+        out["gates_moved_fraction"] = moved / total if total else 0.0
+        out["moved_tol"] = moved_tol
+    return out
 
 
 def at_vs(
@@ -703,13 +731,3 @@ def at_vs(
     obj = ATVS(eps=eps, lam=lam, alpha=alpha, steps=steps, beta=beta)
     return fit(model, obj, train, val, cfg, val_eps=val_eps if val_eps is not None else eps, augment=augment,
                desc="at-vs")
-
-
-for _name, _method, _help in (
-    ("bp-bbd", "bp", "Bayesian pruning: Beta-Bernoulli dropout masks on clean data (seed 000 BP)"),
-    ("anp-bbd", "anp", "ANP: Beta-Bernoulli masks on the adversarial loss, weights on the clean/adv mix (seed 000)"),
-    ("anp-vs-bbd", "anp-vs", "ANP-VS: ANP + vulnerability suppression on the weights (seed 000)"),
-    ("pat-bbd", "pat", "PAT: Bayesian pruning, freeze the masks, then PGD adversarial training (seed 000)"),
-):
-    RECIPES.add(_name, RecipeSpec(_name, "bayesian", "filter",
-                                  functools.partial(bayesian_prune, method=_method, gate="bbd")), help=_help)

@@ -25,7 +25,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,10 +33,22 @@ from torch import Tensor, nn
 
 from robustprune.data import Split
 from robustprune.errors import ConfigError
-from robustprune.methods.admm import RECIPES, RecipeSpec
+from robustprune.methods.interface import (
+    PAPERS,
+    MethodSettings,
+    PhaseSettings,
+    PruneResult,
+    PruneTask,
+    PruningMethod,
+    history_of,
+    phase,
+    register_method,
+    setting,
+    steps_of,
+)
 from robustprune.objectives import PGDAT, TRADES
 from robustprune.sparsity import MaskSet, check_keep, sparsity_report
-from robustprune.train import TrainConfig, TrainResult, fit
+from robustprune.train import Hook, TrainConfig, TrainResult, fit
 
 
 class _Scored:
@@ -206,6 +218,7 @@ def hydra(
     val_eps: float | None = None,
     augment: str | None = None,
     scheme: str | None = None,
+    churn: list | None = None,
 ) -> HydraResult:
     """HYDRA on ``model`` (in place): scaled score init, score optimisation (weights frozen) with ``prune_cfg``,
     then fine-tuning of the weights with the fixed mask with ``finetune_cfg``.
@@ -240,8 +253,11 @@ def hydra(
     prune_res = None
     try:
         if prune_cfg.epochs > 0:
+            churn_hook = ChurnHook(model)
+            if churn is not None:
+                churn.append(churn_hook)
             prune_res = fit(model, objective, train, val, prune_cfg, val_eps=v_eps, augment=augment,
-                            desc="hydra-prune")
+                            hooks=[churn_hook], desc="hydra-prune")
         calls = topk_calls(model)
         masks = finalize(model)
     finally:
@@ -260,5 +276,71 @@ def hydra(
                        sparsity=sparsity_report(model, masks), times=times)
 
 
-RECIPES.add("hydra", RecipeSpec("hydra", "hydra", "irregular", hydra),
-            help="HYDRA: adversarial importance-score optimisation, top-k mask per layer, then fine-tuning (baseline)")
+class ChurnHook(Hook):
+    """Kept-set churn of HYDRA's score optimisation: after every epoch, the fraction of the kept weights that were
+    not kept after the previous epoch (the first epoch compares with the scaled-magnitude initialisation). Small
+    churn: the mask has settled."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.previous = current_masks(model)
+        self.churn: list[float] = []
+
+    def on_epoch_end(self, model: nn.Module, epoch: int, metrics: dict[str, float]) -> None:
+        now = current_masks(model)
+        kept = changed = 0
+        for n, m in now.masks.items():
+            kept += int(m.sum())
+            changed += int((m & ~self.previous.masks[n]).sum())
+        self.churn.append(changed / kept if kept else 0.0)
+        metrics["hydra_churn"] = self.churn[-1]
+        self.previous = now
+
+
+class HydraSettings(MethodSettings):
+    loss: Literal["trades", "pgd-at"] = setting("trades", "Sehwag2020 reference code (trainer 'adv': TRADES)",
+                                                "adversarial loss of score optimisation and fine-tuning")
+    beta: float = setting(6.0, "Sehwag2020 reference code (TRADES beta 6)", "TRADES trade-off", ge=0)
+    pgd_steps: int = setting(10, "Sehwag2020 reference code (10 attack steps in training)",
+                             "attack steps in training", ge=1)
+    score_init: Literal["scaled", "magnitude", "kaiming"] = setting(
+        "scaled", "Sehwag2020 §3 (scaled initialisation, proportional to the weights)", "importance-score init")
+    converge_tol: float = setting(0.02, "robustprune convergence criterion",
+                                  "score optimisation has converged when the last epoch's kept-set churn is at most "
+                                  "this", gt=0, le=1)
+    prune: PhaseSettings = phase("Sehwag2020 reference code (configs.yml: SGD lr 0.1, momentum 0.9, wd 1e-4, "
+                                 "cosine)", "importance-score optimisation, weights frozen", optimizer="sgd", lr=0.1,
+                                 momentum=0.9, weight_decay=1e-4, schedule="cosine")
+    finetune: PhaseSettings = phase("Sehwag2020 reference code (fine-tune --lr 0.01, SGD, cosine)",
+                                    "fine-tuning of the weights under the fixed mask", optimizer="sgd", lr=0.01,
+                                    momentum=0.9, weight_decay=1e-4, schedule="cosine")
+
+
+class HydraMethod(PruningMethod):
+    name = "hydra"
+    paper = PAPERS["Sehwag2020"]
+    Settings = HydraSettings
+    group = "unstructured"
+    needs_eps = True
+    description = "HYDRA: adversarial importance-score optimisation, top-k mask per layer, then fine-tuning"
+
+    def run(self, model: nn.Module, task: PruneTask, rate: float | None, settings: HydraSettings) -> PruneResult:
+        assert rate is not None
+        eps = task.need_eps(self.name)
+        prune_cfg = settings.prune.train_config(task)
+        ft_cfg = settings.finetune.train_config(task, seed_offset=1)
+        holder: list[ChurnHook] = []
+        res = hydra(model, train=task.train, val=task.val, prune_cfg=prune_cfg, finetune_cfg=ft_cfg, eps=eps,
+                    rate=rate, loss=settings.loss, steps=settings.pgd_steps, beta=settings.beta,
+                    score_init=settings.score_init, val_eps=eps, augment=task.augment, churn=holder)
+        churn = holder[0].churn if holder else []
+        conv = {"churn_per_epoch": churn, "last_churn": churn[-1] if churn else None,
+                "tolerance": settings.converge_tol, "score_steps": res.score_steps}
+        return self.result(model, res.masks, rate, settings,
+                           history={"prune": history_of(res.prune), "finetune": history_of(res.finetune)},
+                           times=dict(res.times), convergence=conv,
+                           converged=None if not churn else bool(churn[-1] <= settings.converge_tol),
+                           steps=steps_of(res.prune) + steps_of(res.finetune),
+                           epochs=float(prune_cfg.epochs + ft_cfg.epochs))
+
+
+register_method(HydraMethod())

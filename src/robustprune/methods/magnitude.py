@@ -1,6 +1,6 @@
-"""Magnitude and random pruning (seed 003): one-shot, or iterative (halve what remains, fine-tune, repeat).
+"""Magnitude and random pruning (Merkle2022): one-shot, or iterative (halve what remains, fine-tune, repeat).
 
-The nine methods of seed 003 are {magnitude-local, magnitude-global, random-local} x {unstructured, kernel,
+The nine methods of Merkle2022 are {magnitude-local, magnitude-global, random-local} x {unstructured, kernel,
 filter}; they are registered as ``<score>-<group>-<scope>``, e.g. ``magnitude-unstructured-global``.
 Fine-tuning between steps uses any objective (natural or adversarial) through the one training loop.
 """
@@ -11,49 +11,103 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from robustprune.data import Split
 from robustprune.errors import ConfigError
+from robustprune.methods.interface import (
+    PAPERS,
+    MethodSettings,
+    PhaseSettings,
+    PruneResult,
+    PruneTask,
+    PruningMethod,
+    get_method,
+    phase,
+    register_method,
+    setting,
+)
 from robustprune.objectives import Objective
-from robustprune.registry import Registry
 from robustprune.sparsity import MaskSet, compute_masks
 from robustprune.train import TrainConfig, TrainResult, fit
 
 
-@dataclass(frozen=True)
-class PruningSpec:
-    """Which weights to cut (group), how to rank them (score) and where to compare them (scope)."""
+class MagnitudeSettings(MethodSettings):
+    """Magnitude / random pruning (Merkle2022 §3.3): the schedule and the fine-tuning phase after every step."""
 
-    name: str
-    score: str
-    group: str
-    scope: str
-    family: str = "magnitude"
-
-    def describe(self) -> str:
-        return f"{self.score} {self.group} pruning, {self.scope} scope"
+    schedule: Literal["iterative", "one-shot"] = setting(
+        "iterative", "Merkle2022 §3.3 (each step removes half of the remaining weights, then fine-tunes)",
+        "iterative: halve the remaining weights per step up to the target; one-shot: jump to the target")
+    finetune: PhaseSettings = phase(
+        "robustprune default (Merkle2022 gives no fine-tuning optimiser): Adam lr 5e-4, cosine, batch 128",
+        "fine-tuning after every pruning step, with the task's objective", optimizer="adam", lr=5e-4,
+        weight_decay=0.0, schedule="cosine")
 
 
-METHODS: Registry[PruningSpec] = Registry("method")
+class MagnitudeMethod(PruningMethod):
+    """``<score>-<group>-<scope>``: rank groups by weight magnitude (or at random), cut the lowest within each layer
+    (local) or across all layers (global), fine-tune with the task's objective; one-shot or iterative."""
+
+    paper = PAPERS["Merkle2022"]
+    Settings = MagnitudeSettings
+    uses_objective = True
+
+    def __init__(self, score: str, group: str, scope: str) -> None:
+        self.score, self.group, self.scope = score, group, scope
+        self.name = f"{score}-{group}-{scope}"
+        self.description = f"{score} {group} pruning, " + ("layer-local" if scope == "local" else "global") + " scope"
+
+    def incremental(self, settings: MagnitudeSettings) -> bool:
+        return settings.schedule == "iterative"
+
+    def rate_path(self, rates: Sequence[float], settings: MagnitudeSettings) -> list[float]:
+        return halving_schedule(rates) if settings.schedule == "iterative" else [rates[-1]]
+
+    def run(self, model: nn.Module, task: PruneTask, rate: float | None, settings: MagnitudeSettings) -> PruneResult:
+        assert rate is not None
+        return next(iter(self._chain(model, task, [rate], settings)))
+
+    def prune_many(self, model: nn.Module, task: PruneTask, rates: Sequence[float | None],
+                   settings: Any = None) -> Iterator[PruneResult]:
+        s = self.settings(settings)
+        if not self.incremental(s):
+            yield from super().prune_many(model, task, rates, s)
+            return
+        targets = [self.check_rate(r, task.start_rate) for r in rates]
+        for t in targets:
+            self.check_max_rate(model, t)
+        yield from self._chain(model, task, [t for t in targets if t is not None], s)
+
+    def _chain(self, model: nn.Module, task: PruneTask, targets: list[float],
+               settings: MagnitudeSettings) -> Iterator[PruneResult]:
+        cfg = settings.finetune.train_config(task)
+        history: list[dict[str, Any]] = []
+        t_run = time.perf_counter()
+        steps = 0
+        for step in iterative_prune(model, self, targets, objective=task.fine_tune_objective(), train=task.train,
+                                    val=task.val, cfg=cfg, val_eps=task.eps, augment=task.augment,
+                                    masks=task.masks, start_rate=task.start_rate, schedule=settings.schedule,
+                                    seed=task.seed):
+            history += [{**row, "rate": step.rate} for row in step.history]
+            steps += step.finetune.steps if step.finetune is not None else 0
+            if not step.is_target:
+                continue
+            wall = time.perf_counter() - t_run
+            res = self.result(model, step.masks, step.rate, settings, history={"finetune": list(history)},
+                              times={"finetune": wall, "total": wall}, wall_time=wall, steps=steps,
+                              epochs=cfg.epochs * len(self.rate_path([step.rate], settings)))
+            res.extras["path"] = self.rate_path(targets[: targets.index(step.rate) + 1], settings)
+            yield res
+            history, steps, t_run = [], 0, time.perf_counter()
+
 
 for _score, _scopes in (("magnitude", ("local", "global")), ("random", ("local",))):
     for _group in ("unstructured", "kernel", "filter"):
         for _scope in _scopes:
-            _name = f"{_score}-{_group}-{_scope}"
-            METHODS.add(_name, PruningSpec(_name, _score, _group, _scope),
-                        help=f"{_score} {_group} pruning, layer-{_scope} scope (seed 003)" if _scope == "local"
-                        else f"{_score} {_group} pruning, global scope (seed 003)")
-
-
-def get_method(name: str) -> PruningSpec:
-    return METHODS.get(name)
-
-
-def method_names() -> list[str]:
-    return METHODS.names()
+            register_method(MagnitudeMethod(_score, _group, _scope))
 
 
 def check_rates(rates: Sequence[float]) -> list[float]:
@@ -66,7 +120,7 @@ def check_rates(rates: Sequence[float]) -> list[float]:
 
 
 def halving_schedule(targets: Sequence[float], start: float = 1.0) -> list[float]:
-    """Compression rates visited by the iterative schedule of seed 003: each step removes half of the remaining
+    """Compression rates visited by the iterative schedule of Merkle2022: each step removes half of the remaining
     weights (c doubles), never overshooting a target. ``[2, 4, 8]`` -> ``[2, 4, 8]``; ``[8]`` -> ``[2, 4, 8]``;
     ``[3]`` -> ``[2, 3]``."""
     steps: list[float] = []
@@ -98,7 +152,7 @@ class PruneStep:
     history: list[dict] = field(default_factory=list)
 
 
-def prune_once(model: nn.Module, spec: PruningSpec | str, rate: float, *, previous: MaskSet | None = None,
+def prune_once(model: nn.Module, spec: "MagnitudeMethod | str", rate: float, *, previous: MaskSet | None = None,
                generator: torch.Generator | None = None) -> MaskSet:
     """Prune ``model`` in place to compression ``rate`` (1/rate of its prunable weights remain)."""
     if isinstance(spec, str):
@@ -111,7 +165,7 @@ def prune_once(model: nn.Module, spec: PruningSpec | str, rate: float, *, previo
 
 def iterative_prune(
     model: nn.Module,
-    spec: PruningSpec | str,
+    spec: "MagnitudeMethod | str",
     rates: Sequence[float],
     *,
     objective: Objective,
@@ -127,7 +181,7 @@ def iterative_prune(
 ) -> Iterator[PruneStep]:
     """Prune ``model`` in place towards each rate in ``rates``, fine-tuning with ``objective`` after each step.
 
-    ``schedule="iterative"`` halves the remaining weights per step (seed 003); ``"one-shot"`` jumps straight to each
+    ``schedule="iterative"`` halves the remaining weights per step (Merkle2022); ``"one-shot"`` jumps straight to each
     target. Yields a :class:`PruneStep` after every step (``is_target`` marks the requested rates), so callers can
     checkpoint each target and resume a chain from ``masks`` / ``start_rate``.
     """

@@ -1,6 +1,6 @@
-"""PwoA (seed 004): prune a robust model without adversarial examples.
+"""PwoA (Jian2022): prune a robust model without adversarial examples.
 
-Self-distillation from the robust teacher (seed 004 Eq. 10, :class:`~robustprune.objectives.Distillation`,
+Self-distillation from the robust teacher (Jian2022 Eq. 10, :class:`~robustprune.objectives.Distillation`,
 temperature 30, no CE) plus the HSIC bottleneck (Eq. 11, :class:`~robustprune.objectives.HBaR`),
 optimised under the sparsity constraint with ADMM (App. A, :func:`~robustprune.methods.admm.admm_prune`),
 then hard pruning and masked fine-tuning with the same objective. Optionally a fraction ``mix_ratio``
@@ -38,24 +38,26 @@ from torch import Tensor, nn
 from robustprune.data import Split
 from robustprune.errors import CheckpointError, ConfigError
 from robustprune.methods.admm import (
-    RECIPES,
-    SEED004_RHO,
-    SEED004_RHO_FACTOR,
-    SEED004_RHO_MAX,
-    SEED004_UPDATE_EVERY,
+    JIAN2022_RHO,
+    JIAN2022_RHO_FACTOR,
+    JIAN2022_RHO_MAX,
+    JIAN2022_UPDATE_EVERY,
     ADMMHook,
     ADMMResult,
-    RecipeSpec,
     admm_prune,
+    scheme_group,
 )
+from robustprune.methods.admm_settings import ADMMSettings, admm_task_result
+from robustprune.methods.interface import PAPERS, PhaseSettings, PruneResult, PruneTask, PruningMethod, phase
+from robustprune.methods.interface import register_method, setting
 from robustprune.objectives import Distillation, HBaR
 from robustprune.objectives.base import eval_mode
 from robustprune.objectives.distill import prepare_teacher
 from robustprune.train import Hook, TrainConfig
 
-# ---------------------------------------------------------------------------------------- seed 004 settings
-#: seed 004 Table IX (+ Sec. VI-A: SGD, momentum 0.9, weight decay 1e-4, batch 128, cosine schedule)
-PWOA_TABLE_IX: dict[str, dict[str, float]] = {
+# ---------------------------------------------------------------------------------------- Jian2022 settings
+#: Jian2022 Table IX (+ Sec. VI-A: SGD, momentum 0.9, weight decay 1e-4, batch 128, cosine schedule)
+JIAN2022_TABLE_IX: dict[str, dict[str, float]] = {
     "mnist": dict(tau=30.0, alpha=10.0, lambda_x=4e-4, lambda_y=1e-4, admm_epochs=50, admm_lr=5e-4,
                   retrain_epochs=20, retrain_lr=1e-3),
     "cifar10": dict(tau=30.0, alpha=10.0, lambda_x=2e-5, lambda_y=1e-4, admm_epochs=50, admm_lr=1e-2,
@@ -73,12 +75,12 @@ def table_ix(dataset: str) -> dict[str, float]:
     """Seed 004 Table IX settings for ``dataset`` (Fashion-MNIST uses MNIST's, SVHN/Imagenette CIFAR-10's)."""
     key = _TABLE_ALIASES.get(str(dataset).lower())
     if key is None:
-        raise ConfigError(f"no seed-004 settings for dataset {dataset!r}; use one of: {', '.join(sorted(_TABLE_ALIASES))}")
-    return dict(PWOA_TABLE_IX[key], lambda_ratio=LAMBDA_RATIOS[key])
+        raise ConfigError(f"no Jian2022 settings for dataset {dataset!r}; use one of: {', '.join(sorted(_TABLE_ALIASES))}")
+    return dict(JIAN2022_TABLE_IX[key], lambda_ratio=LAMBDA_RATIOS[key])
 
 
 def pwoa_configs(dataset: str = "mnist", **overrides: Any) -> tuple[TrainConfig, TrainConfig]:
-    """``(admm_cfg, retrain_cfg)`` of seed 004 for ``dataset`` (Table IX + Sec. VI-A); ``overrides`` apply
+    """``(admm_cfg, retrain_cfg)`` of Jian2022 for ``dataset`` (Table IX + Sec. VI-A); ``overrides`` apply
     to both (e.g. ``epochs=2`` or ``max_steps_per_epoch=20`` for a quick run)."""
     t = table_ix(dataset)
     base = dict(batch_size=128, optimizer="sgd", momentum=0.9, weight_decay=1e-4, schedule="cosine")
@@ -197,7 +199,7 @@ def balance_weights(
     distill_to_hbar: float = 10.0,
     alpha: float | None = None,
 ) -> dict[str, float | None]:
-    """alpha, lambda_x, lambda_y from seed 004 App. B's ratios.
+    """alpha, lambda_x, lambda_y from Jian2022 App. B's ratios.
 
     ``distill``: the unweighted distillation value ``tau^2 KL``; ``admm``: ``L_ADMM``; ``hsic_x``,
     ``hsic_y``: ``sum_l HSIC(X, Z_l)``, ``sum_l HSIC(Y, Z_l)``. Then
@@ -361,10 +363,10 @@ def pwoa(
     hbar_layers: Sequence[str] | None = None,
     hsic_normalized: bool = True,
     sigma_scale: float = 5.0,
-    rho: float | Mapping[str, float] = SEED004_RHO,
-    rho_factor: float = SEED004_RHO_FACTOR,
-    rho_max: float | None = SEED004_RHO_MAX,
-    update_every: int = SEED004_UPDATE_EVERY,
+    rho: float | Mapping[str, float] = JIAN2022_RHO,
+    rho_factor: float = JIAN2022_RHO_FACTOR,
+    rho_max: float | None = JIAN2022_RHO_MAX,
+    update_every: int = JIAN2022_UPDATE_EVERY,
     update_unit: str = "epoch",
     val_eps: float | None = None,
     augment: str | None = None,
@@ -374,7 +376,7 @@ def pwoa(
     ``alpha tau^2 KL(teacher || student) [+ lambda_x sum HSIC(X, Z) - lambda_y sum HSIC(Y, Z)] [+ ce_weight CE]``,
     then hard-prune to the exact per-layer target and fine-tune under the masks with the same objective.
 
-    Defaults come from seed 004 Table IX for ``dataset`` (:func:`table_ix`, :func:`pwoa_configs`): tau 30,
+    Defaults come from Jian2022 Table IX for ``dataset`` (:func:`table_ix`, :func:`pwoa_configs`): tau 30,
     alpha, lambdas, epochs and learning rates; ``rho`` 0.01 x1.35 per update up to 1, an update every 3
     epochs. ``balance=True`` re-sets alpha and the lambdas after the first ADMM epoch (module docstring).
     ``mix_ratio > 0`` replaces that fraction of each batch by PGD-``pgd_steps`` examples at ``eps``.
@@ -437,13 +439,60 @@ def pwoa(
     return result
 
 
-def _pwoa_recipe(model: nn.Module, **kwargs: Any) -> ADMMResult:
-    if "teacher" not in kwargs:
-        raise ConfigError("PwoA recipes need teacher= (a robust model or a checkpoint path)")
-    teacher = kwargs.pop("teacher")
-    return pwoa(model, teacher, **kwargs)
+class PwoASettings(ADMMSettings):
+    """PwoA (Jian2022). ``None`` values take Jian2022 Table IX for the task's dataset (Fashion-MNIST uses MNIST's)."""
+
+    tau: float | None = setting(None, "Jian2022 Table IX (30)", "distillation temperature", gt=0)
+    alpha: float | None = setting(None, "Jian2022 Table IX (10 MNIST/CIFAR-10, 1000 CIFAR-100)",
+                                  "weight of the distillation term", ge=0)
+    lambda_x: float | None = setting(None, "Jian2022 Table IX", "HBaR weight of HSIC(X, Z)", ge=0)
+    lambda_y: float | None = setting(None, "Jian2022 Table IX", "HBaR weight of HSIC(Y, Z)", ge=0)
+    use_hbar: bool = setting(True, "Jian2022 Eq. 11", "add the HSIC bottleneck to the distillation")
+    balance: bool = setting(True, "Jian2022 App. B", "re-set alpha and the lambdas after the first ADMM epoch")
+    balance_batches: int = setting(2, "robustprune", "training batches the balancing measures on", ge=1)
+    mix_ratio: float = setting(0.0, "Jian2022 Sec. VI-C (0: no adversarial examples)",
+                               "fraction of each batch replaced by PGD examples", ge=0, le=1)
+    pgd_steps: int = setting(10, "Jian2022 Sec. VI-C", "PGD steps of the mixed-in examples", ge=1)
+    ce_weight: float = setting(0.0, "Jian2022 Eq. 10 (self-distillation only)", "weight of a CE term", ge=0)
+    sigma_scale: float = setting(5.0, "HBaR reference code (Wang et al. 2021)", "HSIC kernel width scale", gt=0)
+    admm: PhaseSettings = phase("Jian2022 Sec. VI-A and Table IX (SGD, momentum 0.9, wd 1e-4, cosine, batch 128; "
+                                "lr None: Table IX)", "the ADMM phase on the distillation objective",
+                                optimizer="sgd", momentum=0.9, weight_decay=1e-4, schedule="cosine", select="last")
+    retrain: PhaseSettings = phase("Jian2022 Sec. VI-A and Table IX", "masked fine-tuning on the same objective",
+                                   optimizer="sgd", momentum=0.9, weight_decay=1e-4, schedule="cosine")
+
+
+class PwoAMethod(PruningMethod):
+    paper = PAPERS["Jian2022"]
+    Settings = PwoASettings
+
+    def __init__(self, scheme: str) -> None:
+        self.scheme = scheme
+        self.group = scheme_group(scheme)
+        self.name = f"pwoa-{scheme}"
+        self.description = (f"PwoA: ADMM {scheme} pruning by self-distillation from the robust model + HSIC "
+                            "bottleneck, no adversarial examples, then masked fine-tuning")
+
+    def run(self, model: nn.Module, task: PruneTask, rate: float | None, settings: PwoASettings) -> PruneResult:
+        assert rate is not None
+        dataset = task.dataset or "mnist"
+        t = table_ix(dataset)
+        admm_cfg = settings.admm.train_config(task, default_lr=t["admm_lr"])
+        retrain_cfg = settings.retrain.train_config(task, default_lr=t["retrain_lr"], seed_offset=1)
+        teacher = task.teacher
+        if teacher is None:
+            teacher = copy.deepcopy(model)
+        res = pwoa(model, teacher, train=task.train, val=task.val, scheme=self.scheme, rate=rate, dataset=dataset,
+                   admm_cfg=admm_cfg, retrain_cfg=retrain_cfg, tau=settings.tau, alpha=settings.alpha,
+                   lambda_x=settings.lambda_x, lambda_y=settings.lambda_y, use_hbar=settings.use_hbar,
+                   balance=settings.balance, balance_batches=settings.balance_batches,
+                   mix_ratio=settings.mix_ratio, eps=task.eps, pgd_steps=settings.pgd_steps,
+                   ce_weight=settings.ce_weight, sigma_scale=settings.sigma_scale, val_eps=task.eps,
+                   **settings.engine_kwargs(admm_cfg, len(task.train), task.augment))
+        res.extras.pop("objective", None)
+        res.extras.pop("student", None)
+        return admm_task_result(self, model, task, rate, settings, res, admm_cfg, retrain_cfg)
 
 
 for _scheme in ("irregular", "column", "filter"):
-    RECIPES.add(f"pwoa-{_scheme}", RecipeSpec(f"pwoa-{_scheme}", "pwoa", _scheme, _pwoa_recipe),
-                help=f"PwoA: ADMM {_scheme} pruning by self-distillation + HBaR, no adversarial examples (seed 004)")
+    register_method(PwoAMethod(_scheme))

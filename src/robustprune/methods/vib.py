@@ -24,7 +24,6 @@ with VIB gates (masks on the adversarial ELBO of Eq. 16, weights on the clean/ad
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -32,7 +31,6 @@ import torch
 from torch import Tensor, nn
 
 from robustprune.errors import ConfigError
-from robustprune.methods.admm import RECIPES, RecipeSpec
 from robustprune.methods.bayesian import BayesianResult, UnitGate, bayesian_prune, keep_at_least_one
 
 VIB_EPS = 1e-8
@@ -80,11 +78,3 @@ def vib_prune(model: nn.Module, method: str = "anp", **kwargs: Any) -> BayesianR
     ``"anp"`` is ANP-VIB, ``"anp-vs"`` ANP-VIB with vulnerability suppression, ``"pat"`` PAT with VIB masks."""
     kwargs.pop("gate", None)
     return bayesian_prune(model, method, gate="vib", **kwargs)
-
-
-for _name, _method, _help in (
-    ("bp-vib", "bp", "Bayesian pruning with variational information bottleneck masks on clean data (seed 000 App. B)"),
-    ("anp-vib", "anp", "ANP-VIB: VIB masks on the adversarial loss, weights on the clean/adv mix (seed 000 App. B)"),
-):
-    RECIPES.add(_name, RecipeSpec(_name, "bayesian", "filter", functools.partial(vib_prune, method=_method)),
-                help=_help)
