@@ -219,6 +219,28 @@ class PruneResult:
         return f"learned (x{self.achieved_compression:.3g})" if self.rate is None else f"{self.rate:g}"
 
 
+def result_flags(result: PruneResult, *, val_clean: float | None = None, num_classes: int | None = None,
+                 start_compression: float = 1.0) -> list[str]:
+    """What makes a pruned model suspect, as stored flags: ``chance-accuracy`` (validation clean accuracy within
+    5 points of 1 / classes), ``nothing-pruned`` (achieved compression not above the starting one),
+    ``not-converged`` (the method's own convergence signal says so)."""
+    flags = []
+    if val_clean is not None and num_classes and val_clean <= 1.0 / num_classes + 0.05:
+        flags.append("chance-accuracy")
+    if not result.achieved_compression > start_compression * (1 + 1e-6):
+        flags.append("nothing-pruned")
+    if result.converged is False:
+        flags.append("not-converged")
+    return flags
+
+
+FLAG_TEXT = {
+    "chance-accuracy": "validation accuracy at chance level: the model collapsed",
+    "nothing-pruned": "nothing was pruned (achieved compression not above the starting one)",
+    "not-converged": "the method's convergence signal says it did not finish its job at this budget",
+}
+
+
 def achieved_compression(model: nn.Module) -> float:
     """Prunable weights (every Conv2d / Linear weight) / non-zero ones (inf when every weight is zero)."""
     total = nonzero = 0

@@ -101,7 +101,7 @@ class MagnitudeMethod(PruningMethod):
                               epochs=cfg.epochs * len(self.rate_path([step.rate], settings)))
             res.extras["path"] = self.rate_path(targets[: targets.index(step.rate) + 1], settings)
             yield res
-            history, steps, t_run = [], 0, time.perf_counter()
+            history, t_run = [], time.perf_counter()  # steps stay cumulative, like the chain's epochs
 
 
 for _score, _scopes in (("magnitude", ("local", "global")), ("random", ("local",))):

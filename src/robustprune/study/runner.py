@@ -1,19 +1,22 @@
-"""Run a study in-process: a loop over the pipeline, with finished work reused from the results database.
+"""Run a study in-process: one generic loop over (dataset, seed, architecture, method, rate), with finished work
+reused from the results database. Methods are reached only through :class:`robustprune.methods.PruningMethod`:
+adding a method never means editing this file.
 
 Layout of the output folder::
 
     results.sqlite            the results database (single source of truth)
     checkpoints/<id>.safetensors + .json
     study.json                the validated spec that ran
-    report.md, robust_vs_compression.png
+    report.html, report.md, robust_vs_compression.png
 """
 
 from __future__ import annotations
 
-import functools
+import copy
 import json
-import subprocess
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,38 +26,34 @@ from typing import Any
 import torch
 from torch import nn
 
-import robustprune
 from robustprune.checkpoint import load_checkpoint, save_checkpoint
 from robustprune.data import Split, Splits, load_splits
-from robustprune.errors import CheckpointError, RobustPruneError
-from robustprune.methods import get_method, get_recipe, halving_schedule, iterative_prune
+from robustprune.errors import CheckpointError, ConfigError, RobustPruneError
+from robustprune.methods import PruneResult, PruneTask, get_method
+from robustprune.methods.interface import FLAG_TEXT, result_flags
 from robustprune.models import model_for_dataset
 from robustprune.objectives import build_objective
-from robustprune.study.evaluate import evaluate_attacks, size_metrics
-from robustprune.study.spec import LEARNED_RATE, ObjectiveSpec, StudySpec, is_learned_rate_recipe, is_study_recipe
+from robustprune.provenance import code_version, file_sha256
+from robustprune.study.model_eval import ModelEvaluator
+from robustprune.study.spec import ObjectiveSpec, StudySpec
 from robustprune.study.store import ResultsStore
-from robustprune.sparsity import MaskSet
 from robustprune.train import TrainConfig, fit
 from robustprune.utils import config_hash, default_device, seed_everything
 
 Log = Callable[[str], None]
 
 
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    version = robustprune.__version__
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{version}+{sha}" if sha else version
-
-
 def _train_cfg_dict(cfg: TrainConfig) -> dict[str, Any]:
     d = cfg.model_dump()
     d.pop("progress", None)
     return d
+
+
+def _without_seed(cfg: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in cfg.items() if k != "seed"}
+    if isinstance(out.get("train"), dict):
+        out["train"] = {k: v for k, v in out["train"].items() if k != "seed"}
+    return out
 
 
 @dataclass
@@ -81,6 +80,7 @@ class StudyRunner:
         self.progress = progress
         self.ckpt_dir = self.out / "checkpoints"
         self.outcome = StudyOutcome(self.out, self.out / "results.sqlite")
+        self.evaluator = ModelEvaluator(spec, self.device, log, self.outcome)
 
     # ---- helpers ------------------------------------------------------------------------------------------
     def _cfg(self, cfg: TrainConfig) -> TrainConfig:
@@ -94,6 +94,10 @@ class StudyRunner:
             return None
         return spec.eps if spec.eps is not None else splits.spec.eps_linf
 
+    def _eps(self, splits: Splits) -> float:
+        e = self.spec.finetune_objective.eps
+        return float(e) if e is not None else float(splits.spec.eps_linf)
+
     def _meta(self, splits: Splits, arch: str, extra: dict[str, Any]) -> dict[str, Any]:
         s = splits.spec
         return {"architecture": arch, "dataset": s.name, "num_classes": s.num_classes, "input_shape": list(s.shape),
@@ -106,6 +110,10 @@ class StudyRunner:
             path = self.out / path
         if not path.exists():
             return None  # a models row whose checkpoint is gone (deleted, or a crash before it landed): redo the cell
+        want = record.get("checkpoint_sha256")
+        if want and file_sha256(path) != want:
+            self.log(f"  checkpoint {path.name} changed since it was stored (content hash differs); the cell is redone")
+            return None
         try:
             return load_checkpoint(path, self.device)
         except CheckpointError as exc:
@@ -120,123 +128,25 @@ class StudyRunner:
         idx = torch.randperm(len(train), generator=g)[:n].to(train.x.device)
         return Split(x=train.x[idx], y=train.y[idx])
 
-    def _vuln_key(self, splits: Splits) -> tuple[Any, str, float] | None:
-        """(attack spec, attack hash, ε) whose examples the vulnerability is measured on: the first L∞ budget
-        attack, at the dataset's ε when it is one of its budgets, else at its middle budget."""
-        from robustprune.evaluation.attack_info import attack_kwargs, info_for_spec, spec_name
-        from robustprune.evaluation.run import _settings, budgets_for
-
-        for a in self.spec.attacks:
-            info = info_for_spec(a)
-            if info.min_norm or info.norm != "Linf":
-                continue
-            budgets = sorted(budgets_for(a, info, splits.spec.eps_linf, None))
-            eps = splits.spec.eps_linf if any(abs(b - splits.spec.eps_linf) < 1e-12 for b in budgets) \
-                else budgets[len(budgets) // 2]
-            return a, config_hash(_settings(attack_kwargs(info, a, eps), spec_name(a))), float(eps)
-        return None
-
-    def _transfer_examples(self, base_id: str, base_state: dict[str, torch.Tensor], splits: Splits, arch: str,
-                           seed: int):
-        """Every budget attack's examples crafted once on the unpruned base model (cached per base model)."""
-        from robustprune.evaluation.transfer import craft_transfer
-        from robustprune.utils import eps_to_str
-
-        cache = self.__dict__.setdefault("_transfer_cache", {})
-        if base_id not in cache:
-            source = model_for_dataset(arch, splits.spec, width=self.spec.width).to(self.device)
-            source.load_state_dict(base_state)
-            test = splits.test
-            n = min(self.spec.eval_n, len(test))
-            vkey = self._vuln_key(splits) if self.spec.vulnerability else None
-            v_es = eps_to_str(vkey[2]) if vkey else None
-            keep = (lambda ah, es: es == v_es) if vkey else False  # x_keep only where vulnerability is measured
-            t0 = time.perf_counter()
-            cache[base_id] = craft_transfer(source, test.x[:n], test.y[:n], self.spec.attacks,
-                                            default_eps=splits.spec.eps_linf, batch_size=self.spec.eval_batch_size,
-                                            seed=seed, source_id=base_id, keep_adv=keep)
-            self.log(f"  transfer examples crafted on the base model {base_id} in {time.perf_counter() - t0:.0f}s")
-        return cache[base_id]
-
-    def _transfer_done(self, store: ResultsStore, model_id: str, splits: Splits, want_black: bool) -> bool:
-        """Every transfer row (and the black-box vulnerability) of this model is stored: nothing to craft."""
-        from robustprune.evaluation.attack_info import info_for_spec
-        from robustprune.evaluation.run import budgets_for
-        from robustprune.evaluation.transfer import TRANSFER_PREFIX
-
-        expected = sum(len(budgets_for(a, info_for_spec(a), splits.spec.eps_linf, None)) for a in self.spec.attacks)
-        have = len(store.results("model_id = ? AND attack LIKE ?", (model_id, TRANSFER_PREFIX + "%")))
-        if have < expected:
-            return False
-        return not want_black or store.has_vulnerability(model_id, "black")
-
     def _evaluate(self, store: ResultsStore, model_id: str, model: nn.Module, splits: Splits, base: dict[str, Any],
                   train_wall: float, source: tuple[str, dict[str, torch.Tensor]] | None = None) -> None:
-        """Clean and white-box rows of every attack; with ``source`` = (base id, base state) and ``transfer``,
-        black-box rows from the base model; vulnerability (white / black); the row-based sanity checks."""
-        from robustprune.evaluation.checks import check_input_gradients, check_monotone, check_transfer
-        from robustprune.evaluation.run import run_attacks
-        from robustprune.evaluation.transfer import TRANSFER_PREFIX, apply_transfer
-        from robustprune.metrics.vulnerability import latent_vulnerability
-        from robustprune.utils import eps_to_str
+        self.evaluator.evaluate(store, model_id, model, splits, base, train_wall, source=source)
 
-        spec = self.spec
-        test = splits.test
-        n = min(spec.eval_n, len(test))
-        x, y = test.x[:n], test.y[:n]
-        vkey = self._vuln_key(splits) if spec.vulnerability else None
-        v_hash, v_es = (vkey[1], eps_to_str(vkey[2])) if vkey else ("", "")
-        need_white = vkey is not None and not store.has_vulnerability(model_id, "white", v_hash, v_es)
-        run = run_attacks(
-            model, x, y, spec.attacks, default_eps=splits.spec.eps_linf, batch_size=spec.eval_batch_size,
-            seed=base["seed"], keep_adv=lambda ah, es: need_white and (ah, es) == (v_hash, v_es),
-            skip=lambda ah, es: store.has_result(model_id, ah, es) and not (need_white and (ah, es) == (v_hash, v_es)),
-        )
-        rows = list(run.rows)
-        if need_white and (v_hash, v_es) in run.adv:
-            v = latent_vulnerability(model, x, run.adv[(v_hash, v_es)], batch_size=spec.eval_batch_size)
-            store.put_vulnerability(model_id, "white", v_hash, v_es, network=v.network, layers=v.layers,
-                                    features={k: t.tolist() for k, t in v.features.items()}, n_points=v.n)
-        if source is not None and spec.transfer and not self._transfer_done(store, model_id, splits, vkey is not None):
-            examples = self._transfer_examples(source[0], source[1], splits, base["architecture"], base["seed"])
-            t_hash = next((it[4] for it in examples.items if vkey and it[0] == TRANSFER_PREFIX + vkey[0].name
-                           and eps_to_str(it[2]) == v_es and config_hash({k: v for k, v in it[3].items()
-                                                                         if k != "transfer_from"}) == v_hash), None)
-            need_black = t_hash is not None and not store.has_vulnerability(model_id, "black", t_hash, v_es)
-            trun = apply_transfer(model, x, y, examples, batch_size=spec.eval_batch_size, keep_adv=need_black,
-                                  source_time=False)  # crafted once per base model, logged there
-            rows += trun.rows[1:]
-            if need_black and (t_hash, v_es) in trun.adv:
-                v = latent_vulnerability(model, x, trun.adv[(t_hash, v_es)], batch_size=spec.eval_batch_size)
-                store.put_vulnerability(model_id, "black", t_hash, v_es, network=v.network, layers=v.layers,
-                                        features={k: t.tolist() for k, t in v.features.items()}, n_points=v.n)
-        sizes = size_metrics(model, splits.spec.shape)
-        full = []
-        for r in rows:
-            if store.has_result(model_id, r["attack_hash"], r["eps_str"]):
-                continue  # already stored (a resumed cell, or a budget re-attacked only for its examples)
-            row = {**base, **sizes, **r, "model_id": model_id, "study": spec.name, "code_version": code_version(),
-                   "train_wall_time": train_wall}
-            row["config_hash"] = config_hash({"model": model_id, "attack": r["attack_hash"], "eps": r["eps_str"]})
-            full.append(row)
-        if len(full) > 0:
-            store.put_results(full)
-            self.outcome.rows_written += len(full)
-            # sanity checks from the rows (cheap): eps monotone, white-box <= transfer, non-zero input gradients
-            stored = store.results("model_id = ?", (model_id,))
-            checks = check_monotone(stored) + check_transfer(stored)
-            checks.append(check_input_gradients(model, x[:256], y[:256], batch_size=spec.eval_batch_size))
-            store.put_checks(model_id, checks, evaluation_id="study", code_version=code_version())
-        attacked = [r for r in full if r["attack"] != "clean"]
-        summary = ", ".join(f"{r['attack']}@{r['eps_str']} {r['robust_acc']:.3f}" for r in attacked)
-        rate = base["target_compression"]
-        self.log(f"  evaluated {base['method']} c={'learned' if rate == 0 else f'{rate:g}'}: "
-                 f"clean {rows[0]['clean_acc']:.3f}" + (f", {summary}" if summary else " (robust rows already stored)")
-                 + f", sparsity {sizes['achieved_sparsity']:.3f}")
+    def _check_out(self) -> None:
+        """The output folder is a writable folder, checked before any work starts."""
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"study output {self.out} is a file; give a folder (--out DIR)")
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=self.out, prefix=".write-test-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise ConfigError(f"cannot write to the study folder {self.out} ({exc.strerror or exc}); choose a "
+                              "writable folder with --out") from None
 
-    # ---- the loop ------------------------------------------------------------------------------------------
     def _start(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
+        self._check_out()
         (self.out / "study.json").write_text(json.dumps(self.spec.model_dump(mode="json"), indent=2))
         with ResultsStore(self.outcome.db_path) as store:
             store.set_meta("spec", self.spec.model_dump(mode="json"))
@@ -262,7 +172,7 @@ class StudyRunner:
                            device=self.device, train_limit=self.spec.train_limit, test_limit=self.spec.eval_n)
 
     def units(self) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, int, str]]]:
-        """The study's work units: one base cell per (dataset, architecture, seed), then one method chain per
+        """The study's work units: one base cell per (dataset, architecture, seed), then one method cell group per
         (dataset, architecture, seed, method) that needs its base. The Ray runner runs each as one task."""
         bases = [(d, a, s) for d in self.spec.datasets for s in self.spec.seeds for a in self.spec.architectures]
         chains = [(d, a, s, m) for (d, a, s) in bases for m in self.spec.methods]
@@ -270,21 +180,14 @@ class StudyRunner:
 
     def plan(self) -> dict[str, int]:
         """The grid's size before anything runs: base models (one per dataset/architecture/seed), pruned models
-        (per base: one per method and target rate; one per Bayesian recipe, whose rate is learned), and result rows
-        (per model: clean + every attack budget; per pruned model also one transfer row per budget)."""
+        (per base: one per method and rate; one per learned-rate method), and result rows (per model: clean + every
+        attack budget; per pruned model also one transfer row per budget)."""
         from robustprune.data import get_spec
         from robustprune.evaluation.attack_info import info_for_spec
         from robustprune.evaluation.run import budgets_for
 
         spec = self.spec
-        per_base = 0
-        for m in spec.methods:
-            if is_learned_rate_recipe(m):
-                per_base += 1
-            elif is_study_recipe(m):
-                per_base += len(spec.recipe_rates())
-            else:
-                per_base += len([r for r in spec.compression if r > 1])
+        per_base = sum(len(spec.rates_for(m)) for m in spec.methods)
         bases = pruned = rows = 0
         for d in spec.datasets:
             eps = get_spec(d).eps_linf
@@ -306,11 +209,11 @@ class StudyRunner:
                         base_id, model, row_base = self._run_base(store, splits, arch, seed)
                         base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                         for method in self.spec.methods:
-                            self._run_chain(store, splits, arch, seed, method, base_id, base_state, row_base)
+                            self._run_method(store, splits, arch, seed, method, base_id, base_state, row_base)
         return self._finish(t_start)
 
     def run_unit(self, dataset: str, arch: str, seed: int, method: str | None = None) -> dict[str, int]:
-        """Run one work unit (the base cell when ``method`` is None, else one method chain from the stored base
+        """Run one work unit (the base cell when ``method`` is None, else one method's cells from the stored base
         model) and return its counts. What the Ray runner's tasks call."""
         with ResultsStore(self.outcome.db_path) as store:
             splits = self._splits(dataset, seed)
@@ -324,10 +227,13 @@ class StudyRunner:
                     raise RobustPruneError(f"base model {base_id} of {dataset}/{arch}/seed {seed} is not in "
                                            f"{self.outcome.db_path}; its base task must finish first")
                 base_state = {k: v.detach().clone() for k, v in loaded[0].state_dict().items()}
-                row_base = {"dataset": splits.spec.name, "architecture": arch, "width": self.spec.width, "seed": seed}
-                self._run_chain(store, splits, arch, seed, method, base_id, base_state, row_base)
+                row_base = self._row_base(splits, arch, seed)
+                self._run_method(store, splits, arch, seed, method, base_id, base_state, row_base)
         o = self.outcome
         return {"models_trained": o.models_trained, "models_reused": o.models_reused, "rows_written": o.rows_written}
+
+    def _row_base(self, splits: Splits, arch: str, seed: int) -> dict[str, Any]:
+        return {"dataset": splits.spec.name, "architecture": arch, "width": self.spec.width, "seed": seed}
 
     def _base_cfg(self, splits: Splits, arch: str, seed: int) -> dict[str, Any]:
         spec = self.spec
@@ -337,17 +243,26 @@ class StudyRunner:
             "objective": spec.base_objective.model_dump(), "train": _train_cfg_dict(spec.base_train),
         }
 
+    def _save(self, store: ResultsStore, model_id: str, model: nn.Module, meta: dict[str, Any], masks: Any,
+              record: dict[str, Any]) -> None:
+        ckpt = self.ckpt_dir / f"{model_id}.safetensors"
+        save_checkpoint(ckpt, model, meta=meta, masks=masks)
+        store.put_model({**record, "model_id": model_id, "study": self.spec.name,
+                         "checkpoint": str(ckpt.relative_to(self.out)), "checkpoint_sha256": file_sha256(ckpt)})
+
     def _run_base(self, store: ResultsStore, splits: Splits, arch: str,
                   seed: int) -> tuple[str, nn.Module, dict[str, Any]]:
         spec = self.spec
         base_cfg = self._base_cfg(splits, arch, seed)
         base_id = config_hash(base_cfg)
-        row_base = {"dataset": splits.spec.name, "architecture": arch, "width": spec.width, "seed": seed}
+        model_key = config_hash(_without_seed(base_cfg))
+        row_base = self._row_base(splits, arch, seed)
         record = store.get_model(base_id)
         loaded = self._load(record) if record else None
         if loaded is not None:
             model, _, _ = loaded
             train_wall = float(record["wall_time"] or 0.0)
+            train_epochs, train_steps = record.get("metrics", {}).get("epochs"), record.get("metrics", {}).get("steps")
             self.outcome.models_reused += 1
             self.log(f"[{splits.spec.name}/{arch}/seed {seed}] base model {base_id}: reused")
         else:
@@ -359,243 +274,139 @@ class StudyRunner:
             res = fit(model, self._objective(spec.base_objective, splits), splits.train, splits.val, cfg,
                       val_eps=self._val_eps(spec.base_objective, splits), augment=splits.spec.augment, desc="base")
             train_wall = res.wall_time
-            ckpt = self.ckpt_dir / f"{base_id}.safetensors"
-            save_checkpoint(ckpt, model, meta=self._meta(splits, arch, {"config": base_cfg, "train": res.to_dict()}))
-            store.put_model({"model_id": base_id, "study": spec.name, "kind": "base", "dataset": splits.spec.name,
-                             "architecture": arch, "method": "unpruned", "target_compression": 1.0, "seed": seed,
-                             "checkpoint": str(ckpt.relative_to(self.out)), "metrics": res.to_dict(),
-                             "config": base_cfg, "wall_time": train_wall})
+            train_epochs, train_steps = float(cfg.epochs), int(res.steps)
+            metrics = {**res.to_dict(), "epochs": train_epochs}
+            self._save(store, base_id, model, self._meta(splits, arch, {"config": base_cfg, "train": res.to_dict()}),
+                       None, {"kind": "base", "dataset": splits.spec.name, "architecture": arch, "method": "unpruned",
+                              "rate": 1.0, "rate_kind": "none", "group": "none", "settings": {},
+                              "model_key": model_key, "seed": seed, "metrics": metrics, "config": base_cfg,
+                              "wall_time": train_wall, "converged": None, "flags": [], "convergence": {}})
             self.outcome.models_trained += 1
             last = res.history[-1] if res.history else {}
             self.log(f"  base trained in {train_wall:.0f}s (best epoch {res.best_epoch} by {res.selected_by}; "
                      + ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k.startswith("val_")) + ")")
         self._evaluate(store, base_id, model, splits,
-                       {**row_base, "method": "unpruned", "scheme": "none", "scope": "none", "score": "none",
-                        "schedule": "none", "target_compression": 1.0}, train_wall)
+                       {**row_base, "method": "unpruned", "group": "none", "scope": "none", "score": "none",
+                        "schedule": "none", "rate": 1.0, "rate_kind": "none", "settings": "{}",
+                        "model_key": model_key, "converged": None, "flags": "[]", "train_epochs": train_epochs,
+                        "train_steps": train_steps}, train_wall)
         return base_id, model, row_base
 
-    def _run_chain(self, store: ResultsStore, splits: Splits, arch: str, seed: int, method: str, base_id: str,
-                   base_state: dict[str, torch.Tensor], row_base: dict[str, Any]) -> None:
+    # ---- one method: every rate, through the PruningMethod interface ------------------------------------------
+    def _run_method(self, store: ResultsStore, splits: Splits, arch: str, seed: int, name: str, base_id: str,
+                    base_state: dict[str, torch.Tensor], row_base: dict[str, Any]) -> None:
         spec = self.spec
-        seed_everything(seed)  # a chain's numbers do not depend on what ran before it (in-process, Ray, resume)
-        if is_learned_rate_recipe(method):
-            self._run_bayesian(store, splits, arch, seed, method, base_id, base_state, row_base)
+        seed_everything(seed)  # a method's numbers do not depend on what ran before it (in-process, Ray, resume)
+        method = get_method(name)
+        settings = method.settings(spec.method_settings.get(name, {}))
+        settings_json = settings.model_dump(mode="json")
+        rates = spec.rates_for(name)
+        if not rates:
             return
-        if is_study_recipe(method):
-            rates = spec.recipe_rates()
-            if rates:
-                self._run_recipe(store, splits, arch, seed, method, base_id, base_state, row_base, rates)
-            return
-        targets = [r for r in spec.compression if r > 1]
-        if not targets:
-            return
-        pspec = get_method(method)
-        ft_cfg = {"objective": spec.finetune_objective.model_dump(), "train": _train_cfg_dict(spec.finetune_train),
-                  "limit": spec.finetune_limit}
+        eps = self._eps(splits)
+        task_cfg = {"epochs": spec.prune_epochs, "limit": spec.finetune_limit, "eps": eps,
+                    "objective": spec.finetune_objective.model_dump() if method.uses_objective else None}
+        base_key = config_hash(_without_seed(self._base_cfg(splits, arch, seed)))
+        incremental = method.incremental(settings)
+        set_rates = [r for r in rates if r is not None]
 
-        def cell_id(rate: float) -> str:
-            path = (halving_schedule([r for r in targets if r <= rate]) if spec.schedule == "iterative" else [rate])
-            return config_hash({"kind": "pruned", "base": base_id, "method": method, "schedule": spec.schedule,
-                                "path": path, "finetune": ft_cfg})
-
-        row = {**row_base, "method": method, "scheme": pspec.group, "scope": pspec.scope, "score": pspec.score,
-               "schedule": spec.schedule}
-        model = model_for_dataset(arch, splits.spec, width=spec.width).to(self.device)
-        objective = self._objective(spec.finetune_objective, splits)
-        ft_train = self._finetune_split(splits.train, seed)
-        cfg = self._cfg(spec.finetune_train.model_copy(update={"seed": seed}))
-        val_eps = self._val_eps(spec.finetune_objective, splits)
-        # Resume: start after the furthest target whose model is already stored (iterative chains build on it).
-        start_rate, masks, done_wall = 1.0, None, 0.0
-        remaining = list(targets)
-        if spec.schedule == "iterative":
-            for rate in targets:
-                rec = store.get_model(cell_id(rate))
-                loaded = self._load(rec) if rec else None
-                if loaded is None:
-                    break
-                m, _, mk = loaded
-                cumulative = float(rec["metrics"].get("cumulative_wall_time", rec["wall_time"] or 0.0))
-                self._evaluate(store, cell_id(rate), m, splits, {**row, "target_compression": rate}, cumulative,
-                               source=(base_id, base_state))
-                self.outcome.models_reused += 1
-                model.load_state_dict(m.state_dict())
-                start_rate, masks, done_wall = rate, mk, cumulative
-                remaining.remove(rate)
-        if start_rate == 1.0:
-            model.load_state_dict(base_state)
-        jobs = [remaining] if spec.schedule == "iterative" else [[r] for r in remaining]
-        for job in jobs:
-            if not job:
-                continue
-            if spec.schedule == "one-shot":
-                rec = store.get_model(cell_id(job[0]))
-                loaded = self._load(rec) if rec else None
-                if loaded is not None:
-                    self._evaluate(store, cell_id(job[0]), loaded[0], splits, {**row, "target_compression": job[0]},
-                                   float(rec["metrics"].get("cumulative_wall_time", rec["wall_time"] or 0.0)),
-                                   source=(base_id, base_state))
-                    self.outcome.models_reused += 1
-                    continue
-                model.load_state_dict(base_state)
-                masks, done_wall = None, 0.0
-            self.log(f"[{splits.spec.name}/{arch}/seed {seed}] {method}: pruning to c={', '.join(f'{r:g}' for r in job)}"
-                     f" from c={start_rate:g}")
-            wall = done_wall  # cumulative time of the chain up to this model (what it cost to make it)
-            since_last = 0.0  # time since the previous stored model (what this cell itself cost)
-            for step in iterative_prune(model, pspec, job, objective=objective, train=ft_train, val=splits.val,
-                                        cfg=cfg, val_eps=val_eps, augment=splits.spec.augment, masks=masks,
-                                        start_rate=start_rate if spec.schedule == "iterative" else 1.0,
-                                        schedule=spec.schedule, seed=seed):
-                wall += step.wall_time
-                since_last += step.wall_time
-                masks = step.masks
-                if not step.is_target:
-                    continue
-                cid = cell_id(step.rate)
-                ckpt = self.ckpt_dir / f"{cid}.safetensors"
-                meta = self._meta(splits, arch, {"config": {"base": base_id, "method": method, "rate": step.rate,
-                                                            "schedule": spec.schedule, "finetune": ft_cfg},
-                                                 "finetune_history": step.history})
-                save_checkpoint(ckpt, model, meta=meta, masks=step.masks)
-                store.put_model({"model_id": cid, "study": spec.name, "kind": "pruned", "parent_id": base_id,
-                                 "dataset": splits.spec.name, "architecture": arch, "method": method,
-                                 "target_compression": step.rate, "seed": seed,
-                                 "checkpoint": str(ckpt.relative_to(self.out)),
-                                 "metrics": {"history": step.history, "cumulative_wall_time": wall},
-                                 "config": {"base": base_id, "method": method, "finetune": ft_cfg},
-                                 "wall_time": since_last})
-                since_last = 0.0
-                self.outcome.models_trained += 1
-                self._evaluate(store, cid, model, splits, {**row, "target_compression": step.rate}, wall,
-                               source=(base_id, base_state))
-
-
-    def _run_recipe(self, store: ResultsStore, splits: Splits, arch: str, seed: int, method: str, base_id: str,
-                    base_state: dict[str, torch.Tensor], row_base: dict[str, Any], targets: list[float]) -> None:
-        """ADMM recipes (AdvPrune ``admm-*``, PwoA ``pwoa-*``): each rate pruned from the base model."""
-        spec, rs = self.spec, self.spec.recipe
-        recipe = get_recipe(method)
-        eps = spec.finetune_objective.eps if spec.finetune_objective.eps is not None else splits.spec.eps_linf
-        admm_cfg = self._cfg(rs.admm_train.model_copy(update={"seed": seed}))
-        retrain_cfg = self._cfg(spec.finetune_train.model_copy(update={"seed": seed}))
-        rcfg = {"recipe": rs.model_dump(mode="json"), "retrain": _train_cfg_dict(spec.finetune_train),
-                "limit": spec.finetune_limit, "eps": eps}
-        rcfg["recipe"]["admm_train"].pop("progress", None)
-        row = {**row_base, "method": method, "scheme": recipe.scheme, "scope": "local", "score": "admm",
-               "schedule": "one-shot"}
-        ft_train = self._finetune_split(splits.train, seed)
-        update_every = rs.update_every
-        if update_every == "auto":
-            from robustprune.methods import auto_update_every
-
-            steps = -(-len(ft_train) // rs.admm_train.batch_size)
-            if rs.admm_train.max_steps_per_epoch is not None:
-                steps = min(steps, rs.admm_train.max_steps_per_epoch)
-            total = rs.admm_train.epochs * (steps if rs.update_unit == "step" else 1)
-            update_every = auto_update_every(rs.rho, rs.rho_factor, rs.rho_max, total)
-        admm_kw = dict(rho=rs.rho, rho_factor=rs.rho_factor, rho_max=rs.rho_max, update_every=update_every,
-                       update_unit=rs.update_unit, augment=splits.spec.augment)
-        for rate in targets:
-            cid = config_hash({"kind": "recipe", "base": base_id, "method": method, "rate": rate, "cfg": rcfg})
-            rec = store.get_model(cid)
-            loaded = self._load(rec) if rec else None
-            if loaded is not None:
-                self._evaluate(store, cid, loaded[0], splits, {**row, "target_compression": rate},
-                               float(rec["wall_time"] or 0.0), source=(base_id, base_state))
-                self.outcome.models_reused += 1
-                continue
-            self.log(f"[{splits.spec.name}/{arch}/seed {seed}] {method}: ADMM pruning to c={rate:g} from the base model")
-            model = model_for_dataset(arch, splits.spec, width=spec.width).to(self.device)
-            model.load_state_dict(base_state)
-            seed_everything(seed)
-            if recipe.family == "pwoa":
-                teacher = model_for_dataset(arch, splits.spec, width=spec.width).to(self.device)
-                teacher.load_state_dict(base_state)
-                result = recipe.run(model, teacher=teacher, train=ft_train, val=splits.val, rate=rate,
-                                    dataset=splits.spec.name, admm_cfg=admm_cfg, retrain_cfg=retrain_cfg,
-                                    tau=rs.tau, use_hbar=rs.use_hbar, mix_ratio=rs.mix_ratio, eps=eps,
-                                    pgd_steps=rs.pgd_steps, ce_weight=rs.ce_weight, val_eps=eps, **admm_kw)
+        def keys(rate: float | None) -> tuple[str, str]:
+            if rate is None:
+                path: Any = "learned"
+            elif incremental:
+                path = method.rate_path([r for r in set_rates if r <= rate], settings)
             else:
-                result = recipe.run(model, eps=eps, steps=rs.pgd_steps, train=ft_train, val=splits.val, rate=rate,
-                                    admm_cfg=admm_cfg, retrain_cfg=retrain_cfg, val_eps=eps, **admm_kw)
-            wall = float(result.times.get("total", 0.0))
-            ckpt = self.ckpt_dir / f"{cid}.safetensors"
-            summary = result.to_dict()
-            meta = self._meta(splits, arch, {"config": {"base": base_id, "method": method, "rate": rate, **rcfg},
-                                             "recipe_result": summary})
-            save_checkpoint(ckpt, model, meta=meta, masks=result.masks)
-            store.put_model({"model_id": cid, "study": spec.name, "kind": "pruned", "parent_id": base_id,
-                             "dataset": splits.spec.name, "architecture": arch, "method": method,
-                             "target_compression": rate, "seed": seed, "checkpoint": str(ckpt.relative_to(self.out)),
-                             "metrics": {"times": result.times, "cumulative_wall_time": wall},
-                             "config": {"base": base_id, "method": method, **rcfg}, "wall_time": wall})
-            self.outcome.models_trained += 1
-            self._evaluate(store, cid, model, splits, {**row, "target_compression": rate}, wall,
-                           source=(base_id, base_state))
+                path = [rate]
+            cell = {"kind": "pruned", "base": base_key, "method": name, "settings": settings_json, "path": path,
+                    "task": task_cfg}
+            return config_hash({**cell, "base_id": base_id}), config_hash(cell)
 
-
-    def _run_bayesian(self, store: ResultsStore, splits: Splits, arch: str, seed: int, method: str, base_id: str,
-                      base_state: dict[str, torch.Tensor], row_base: dict[str, Any]) -> None:
-        """Seed 000 recipes (ANP, ANP-VS, BP, PAT, VIB): gates inserted into the base model, weights and masks
-        trained with ``recipe.bayes_train``; the test-time masks are folded into a plain checkpoint of the same
-        architecture (pruned units exactly zero, masks stored). The rate is learned: ``target_compression`` 0."""
-        from robustprune.methods import fold_gates
-
-        spec, rs = self.spec, self.spec.recipe
-        recipe = get_recipe(method)
-        kind = getattr(recipe.fn, "keywords", {}).get("method", "")
-        eps = spec.finetune_objective.eps if spec.finetune_objective.eps is not None else splits.spec.eps_linf
-        bcfg = {"train": _train_cfg_dict(rs.bayes_train), "gamma": rs.gamma, "beta": rs.beta,
-                "vs_lambda": rs.vs_lambda if kind == "anp-vs" else None,
-                "gate_init": rs.gate_init if method.endswith("-bbd") else None, "pgd_steps": rs.pgd_steps,
-                "mask_lr_factor": rs.mask_lr_factor,
-                "limit": spec.finetune_limit, "eps": eps}
-        cid = config_hash({"kind": "bayesian", "base": base_id, "method": method, "cfg": bcfg})
-        row = {**row_base, "method": method, "scheme": "filter", "scope": "learned", "score": "bayesian",
-               "schedule": "one-shot", "target_compression": LEARNED_RATE}
-        rec = store.get_model(cid)
-        loaded = self._load(rec) if rec else None
-        if loaded is not None:
-            self._evaluate(store, cid, loaded[0], splits, row, float(rec["wall_time"] or 0.0),
+        row = {**row_base, "method": name, "group": method.group, "scope": getattr(method, "scope", "local"),
+               "score": getattr(method, "score", name.split("-")[0]),
+               "schedule": getattr(settings, "schedule", "one-shot"), "rate_kind": method.rate_kind,
+               "settings": settings_json}
+        # Reuse what is stored; an incremental chain resumes after its furthest stored rate.
+        todo: list[float | None] = []
+        start_model: nn.Module | None = None
+        start_masks, start_rate, done_wall = None, 1.0, 0.0
+        for rate in rates:
+            cid, mkey = keys(rate)
+            rec = store.get_model(cid)
+            loaded = self._load(rec) if rec and (not todo or not incremental) else None
+            if loaded is None:
+                todo.append(rate)
+                continue
+            m, _, mk = loaded
+            cumulative = float(rec["metrics"].get("cumulative_wall_time", rec["wall_time"] or 0.0))
+            self._evaluate(store, cid, m, splits, self._row(row, rate, mkey, rec), cumulative,
                            source=(base_id, base_state))
             self.outcome.models_reused += 1
+            if incremental:
+                start_model, start_masks, start_rate, done_wall = m, mk, float(rate), cumulative
+        if not todo:
             return
-        self.log(f"[{splits.spec.name}/{arch}/seed {seed}] {method}: learning unit masks on the base model "
-                 f"({rs.bayes_train.epochs} epoch(s), gamma {rs.gamma:g})")
-        model = model_for_dataset(arch, splits.spec, width=spec.width).to(self.device)
-        model.load_state_dict(base_state)
-        seed_everything(seed)
-        kw: dict[str, Any] = dict(train=self._finetune_split(splits.train, seed), val=splits.val,
-                                  cfg=self._cfg(rs.bayes_train.model_copy(update={"seed": seed})), eps=eps,
-                                  gamma=rs.gamma, beta=rs.beta, steps=rs.pgd_steps, val_eps=eps,
-                                  augment=splits.spec.augment, mask_lr_factor=rs.mask_lr_factor)
-        if bcfg["vs_lambda"] is not None:
-            kw["lam"] = bcfg["vs_lambda"]
-        if bcfg["gate_init"] is not None:
-            kw["gate_kwargs"] = {"a_uc_init": bcfg["gate_init"]}
-        t0 = time.perf_counter()
-        result = recipe.run(model, **kw)
-        folded, fmasks = fold_gates(model, example=splits.train.x[:2])
-        masks = MaskSet(fmasks)
-        wall = time.perf_counter() - t0
-        ckpt = self.ckpt_dir / f"{cid}.safetensors"
-        summary = {"units": result.units, "unit_sparsity": result.unit_sparsity, "kl_scale": result.kl_scale,
-                   "phases": {k: v.to_dict() for k, v in result.phases.items()}}
-        save_checkpoint(ckpt, folded, meta=self._meta(splits, arch, {"config": {"base": base_id, "method": method,
-                                                                               **bcfg}, "recipe_result": summary}),
-                        masks=masks)
-        store.put_model({"model_id": cid, "study": spec.name, "kind": "pruned", "parent_id": base_id,
-                         "dataset": splits.spec.name, "architecture": arch, "method": method,
-                         "target_compression": LEARNED_RATE, "seed": seed,
-                         "checkpoint": str(ckpt.relative_to(self.out)),
-                         "metrics": {"units": result.units, "unit_sparsity": result.unit_sparsity,
-                                     "cumulative_wall_time": wall},
-                         "config": {"base": base_id, "method": method, **bcfg}, "wall_time": wall})
+        model = start_model if start_model is not None else model_for_dataset(arch, splits.spec,
+                                                                                width=spec.width).to(self.device)
+        if start_model is None:
+            model.load_state_dict(base_state)
+        teacher = None
+        if name.startswith("pwoa-") or getattr(method, "needs_teacher", False):
+            teacher = model_for_dataset(arch, splits.spec, width=spec.width).to(self.device)
+            teacher.load_state_dict(base_state)
+        task = PruneTask(train=self._finetune_split(splits.train, seed), val=splits.val, eps=eps,
+                         epochs=spec.prune_epochs,
+                         objective=self._objective(spec.finetune_objective, splits) if method.uses_objective else None,
+                         dataset=splits.spec.name, augment=splits.spec.augment, seed=seed,
+                         progress=bool(self.progress) if self.progress is not None else False,
+                         masks=start_masks, start_rate=start_rate, teacher=teacher, log=self.log)
+        self.log(f"[{splits.spec.name}/{arch}/seed {seed}] {name} [{method.paper.key}]: "
+                 + ("learning its rate" if todo == [None] else
+                    f"pruning to c={', '.join(f'{r:g}' for r in todo if r is not None)} from c={start_rate:g}"))
+        wall = done_wall
+        for res in method.prune_many(model, task, todo, settings):
+            wall = (wall if incremental else 0.0) + res.wall_time
+            self._store_result(store, splits, arch, seed, name, base_id, base_state, res, keys(res.rate), row,
+                               wall, start_rate if incremental else 1.0)
+            if incremental and res.rate is not None:
+                start_rate = res.rate
+
+    def _row(self, row: dict[str, Any], rate: float | None, model_key: str, rec: dict[str, Any]) -> dict[str, Any]:
+        metrics = rec.get("metrics") or {}
+        return {**row, "rate": rate, "model_key": model_key, "converged": rec.get("converged"),
+                "flags": rec.get("flags") or [], "train_epochs": metrics.get("epochs"),
+                "train_steps": metrics.get("steps")}
+
+    def _store_result(self, store: ResultsStore, splits: Splits, arch: str, seed: int, name: str, base_id: str,
+                      base_state: dict[str, torch.Tensor], res: PruneResult, ids: tuple[str, str],
+                      row: dict[str, Any], cumulative: float, start_rate: float) -> None:
+        from robustprune.train import evaluate_split
+
+        cid, mkey = ids
+        val = evaluate_split(res.model, splits.val, n=min(1000, len(splits.val)), eps=None, steps=1, seed=seed)
+        flags = result_flags(res, val_clean=val.get("val_clean"), num_classes=splits.spec.num_classes,
+                             start_compression=start_rate)
+        for f in flags:
+            self.log(f"  warning: {name} c={res.rate_label}: {FLAG_TEXT.get(f, f)}")
+        summary = res.summary()
+        metrics = {"cumulative_wall_time": cumulative, "epochs": res.epochs, "steps": res.steps,
+                   "times": res.times, "history": res.history, "validation": val,
+                   "achieved_compression": res.achieved_compression}
+        config = {"base": base_id, "method": name, "rate": res.rate, "settings": res.settings,
+                  "epochs": self.spec.prune_epochs, "limit": self.spec.finetune_limit}
+        meta = self._meta(splits, arch, {"config": config, "prune_result": summary, "flags": flags})
+        self._save(store, cid, res.model, meta, res.masks,
+                   {"kind": "pruned", "parent_id": base_id, "dataset": splits.spec.name, "architecture": arch,
+                    "method": name, "rate": res.rate, "rate_kind": res.rate_kind, "group": res.group,
+                    "settings": res.settings, "model_key": mkey, "seed": seed, "metrics": metrics, "config": config,
+                    "wall_time": res.wall_time, "converged": res.converged, "flags": flags,
+                    "convergence": res.convergence})
         self.outcome.models_trained += 1
-        self.log(f"  {method}: units kept {result.units_string()} of {result.units_string(dense=True)} "
-                 f"(unit sparsity {result.unit_sparsity:.2f}) in {wall:.0f}s")
-        self._evaluate(store, cid, folded, splits, row, wall, source=(base_id, base_state))
+        self.log(f"  {name} c={res.rate_label}: achieved x{res.achieved_compression:.3g} in {res.wall_time:.0f}s"
+                 + (f", converged {res.converged}" if res.converged is not None else ""))
+        self._evaluate(store, cid, res.model, splits,
+                       {**row, "rate": res.rate, "model_key": mkey, "converged": res.converged, "flags": flags,
+                        "train_epochs": res.epochs, "train_steps": res.steps}, cumulative,
+                       source=(base_id, base_state))
 
 
 def run_study(spec: StudySpec, out_dir: str | Path, *, device: str | None = None, log: Log = print,
