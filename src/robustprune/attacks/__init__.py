@@ -5,13 +5,17 @@ train/eval mode and its parameters' ``.grad`` are never changed (the caller choo
 deterministic given a ``torch.Generator``, batched, CPU and CUDA.
 
 - Budget attacks return a detached ``x_adv`` inside the ε-ball of their norm and inside [0, 1]:
-  ``fgsm``, ``pgd``/``pgd-linf``, ``pgd-l2``, ``cw-linf``, ``autoattack`` (extra ``autoattack``).
+  ``fgsm``, ``pgd``/``pgd-linf``, ``pgd-l2``, ``cw-linf``, in-house APGD (Croce2020: ``apgd-ce``,
+  ``apgd-t``, ``apgd`` = APGD-CE then APGD-T on the survivors), ``autoattack`` (official code, extra
+  ``autoattack``). The evaluation attacks (PGD, CW-L∞, APGD) drop a point from the batch as soon as it
+  is misclassified (clean or adversarial; ``early_exit=False`` keeps every point to the end).
 - Minimal-norm attacks return a :class:`MinNormResult` (``x_adv``, per-sample ``norms``):
-  ``cw-l2``, ``l0`` (in-house, counts pixels), ``bb-l0`` (extra ``foolbox``). Given ``eps=`` they
-  return a budget attack's ``x_adv``.
+  ``cw-l2``, ``min-norm``/``fmn-linf`` (FMN L∞, Pintor2021: robust accuracy at every ε from one run),
+  ``l0`` (in-house, counts pixels), ``bb-l0`` (extra ``foolbox``). Given ``eps=`` they return a budget
+  attack's ``x_adv``.
 
 ``ATTACKS`` maps names to functions; ``ATTACK_INFO`` / :func:`get_attack_info` say each one's norm,
-kind and extra.
+kind and extra (:class:`AttackInfo`); :class:`AttackConfig` is an attack to run (name, budgets, settings).
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ from robustprune.attacks._common import (
     uniform_start,
 )
 from robustprune.attacks.adapters import autoattack, bb_l0, require_extra
+from robustprune.attacks.apgd import apgd, apgd_ce, apgd_t, dlr_targeted_loss
 from robustprune.attacks.cw import cw_l2
 from robustprune.attacks.fgsm import fgsm
 from robustprune.attacks.l0 import greedy_l0
 from robustprune.attacks.losses import ATTACK_LOSSES, ce_loss, cw_loss, dlr_loss, get_loss, loss_names, margin
 from robustprune.attacks.pgd import cw_linf, pgd_l2, pgd_linf, pgd_linf_last
+from robustprune.attacks.min_norm import fmn_linf
 from robustprune.attacks.registry import (
     ATTACK_INFO,
     ATTACKS,
@@ -39,6 +45,7 @@ from robustprune.attacks.registry import (
     get_attack_info,
     register_attack,
 )
+from robustprune.attacks.config import DEFAULT_EVAL_STEPS, AttackConfig
 from robustprune.attacks.results import (
     MinNormResult,
     perturbation_norm,
@@ -48,6 +55,13 @@ from robustprune.attacks.results import (
 
 __all__ = [
     "ATTACKS",
+    "AttackConfig",
+    "DEFAULT_EVAL_STEPS",
+    "apgd",
+    "apgd_ce",
+    "apgd_t",
+    "dlr_targeted_loss",
+    "fmn_linf",
     "ATTACK_INFO",
     "ATTACK_LOSSES",
     "AttackInfo",

@@ -1,102 +1,78 @@
 """What the evaluation needs to know about an attack: its function, norm, kind and the settings it takes.
 
-The attack layer describes its attacks with ``robustprune.attacks.get_attack_info(name) -> AttackInfo(name, fn,
-norm, kind, extra)`` (norm ``"Linf" | "L2" | "L0"``, kind ``"budget" | "min-norm"``); a min-norm attack returns
-``MinNormResult(x_adv, norms)`` with ``norms = inf`` where it found no adversarial example. This module adds
-what the evaluation needs on top of that (the settings an attack takes, the norm its settings select, the
-keyword arguments of one run). Attacks the attack layer does not describe (plug-ins, test doubles) can be
-described here with :func:`register_attack_info`.
+One description of an attack serves every layer: ``robustprune.attacks.AttackInfo`` (name, fn, norm, kind, extra,
+with ``min_norm``, ``params()``, ``accepts()``, ``settings_names()``) says what an attack is, and
+``robustprune.attacks.AttackConfig`` (the study's ``AttackSpec``) says how to run it. ``EvalAttackInfo`` is the
+same class as ``AttackInfo`` (kept as a name for old imports). Attacks the attack layer does not describe (plug-ins,
+test doubles) can be described here with :func:`register_attack_info`.
 """
 
 from __future__ import annotations
 
-import inspect
-import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from robustprune.attacks import get_attack_info
-from robustprune.attacks.results import NORMS, canonical_norm
+from robustprune.attacks.config import DEFAULT_EVAL_STEPS, AttackConfig  # noqa: F401 - re-exported
+from robustprune.attacks.config import effective_norm as _effective_norm
+from robustprune.attacks.registry import ATTACK_INFO, AttackInfo, register_attack, unregister_attack
+from robustprune.attacks.results import NORMS
 from robustprune.errors import ConfigError
 from robustprune.utils import parse_eps
 
 KINDS = ("budget", "min-norm")
-DEFAULT_EVAL_STEPS = 20
-"""Steps given to a budget attack with a ``steps`` setting when the user sets none (evaluation PGD >= 20 steps)."""
-
-
-@dataclass(frozen=True)
-class EvalAttackInfo:
-    """An attack as the evaluation sees it."""
-
-    name: str
-    fn: Callable[..., Any]
-    norm: str = "Linf"
-    kind: str = "budget"
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def min_norm(self) -> bool:
-        return self.kind == "min-norm"
-
-    def params(self) -> Mapping[str, inspect.Parameter]:
-        try:
-            return inspect.signature(self.fn).parameters
-        except (TypeError, ValueError):
-            return {}
-
-    def accepts(self, key: str) -> bool:
-        params = self.params()
-        return key in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-    def settings_names(self) -> list[str]:
-        skip = {"model", "x", "y", "eps", "generator"}
-        return [k for k, p in self.params().items()
-                if k not in skip and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+EvalAttackInfo = AttackInfo
+"""The evaluation's view of an attack is the attack layer's :class:`~robustprune.attacks.AttackInfo`."""
 
 
 def is_min_norm_result(out: Any) -> bool:
     return hasattr(out, "x_adv") and hasattr(out, "norms")
 
 
-_LOCAL: dict[str, EvalAttackInfo] = {}
+_LOCAL: dict[str, AttackInfo] = {}
 
 
 def register_attack_info(name: str, fn: Callable[..., Any], *, norm: str = "Linf", kind: str = "budget",
-                         extra: Mapping[str, Any] | None = None) -> EvalAttackInfo:
-    """Describe an attack the attack layer does not describe (it takes precedence over the attack layer)."""
+                         extra: str | None = None) -> AttackInfo:
+    """Describe (and register) an attack the attack layer does not ship (plug-ins, test doubles): it joins the
+    attack registry, so :class:`AttackConfig` and the CLI know it; :func:`unregister_attack_info` removes it."""
     if norm not in NORMS:
         raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
     if kind not in KINDS:
         raise ConfigError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    info = EvalAttackInfo(name, fn, norm, kind, dict(extra or {}))
-    _LOCAL[name.lower()] = info
+    key = name.lower()
+    if key in _LOCAL:
+        unregister_attack(key)
+    if key in ATTACK_INFO:  # a shipped attack's name: described here only, the registry keeps the shipped one
+        info = AttackInfo(key, fn, norm, kind, extra)  # type: ignore[arg-type]
+    else:
+        info = register_attack(key, fn, norm=norm, kind=kind, extra=extra)  # type: ignore[arg-type]
+    _LOCAL[key] = info
     return info
 
 
 def unregister_attack_info(name: str) -> None:
-    _LOCAL.pop(name.lower(), None)
+    key = name.lower()
+    info = _LOCAL.pop(key, None)
+    if info is not None and ATTACK_INFO.get(key) is info:
+        unregister_attack(key)
 
 
-def attack_info(name: str) -> EvalAttackInfo:
+def attack_info(name: str) -> AttackInfo:
     """Function, norm and kind of the attack ``name`` (``UnknownNameError`` lists the registered attacks)."""
     key = str(name).lower()
     if key in _LOCAL:
         return _LOCAL[key]
-    info = get_attack_info(name)
-    return EvalAttackInfo(info.name, info.fn, info.norm, info.kind, {"extra": info.extra})
+    return get_attack_info(name)
 
 
-def effective_norm(info: EvalAttackInfo, settings: Mapping[str, Any]) -> str:
+def effective_norm(info: AttackInfo, settings: Mapping[str, Any]) -> str:
     """The norm a run measures: the attack's, unless it takes a ``norm`` setting (AutoAttack) that is set."""
-    p = settings.get("norm")
-    if p is None or "norm" not in info.params():
-        return info.norm
-    return canonical_norm(p)
+    return _effective_norm(info, dict(settings))
 
 
 def info_for_spec(spec: Any) -> EvalAttackInfo:
@@ -115,50 +91,7 @@ def robust_mask_from_norms(norms: Tensor, eps: float) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ configs
-@dataclass(frozen=True)
-class AttackConfig:
-    """An attack by registry name at one or more budgets with any settings its function takes.
-
-    Duck-types ``robustprune.study.AttackSpec`` (``name``, ``eps``, ``settings()``), without AttackSpec's fixed
-    set of keys, so any registered attack's settings can be given (``c``, ``confidence``, ``version`` ...).
-    """
-
-    name: str
-    eps: tuple[float, ...] = ()
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-    def settings(self) -> dict[str, Any]:
-        return {"name": self.name, **dict(self.options)}
-
-    @classmethod
-    def build(cls, name: str, eps: Any = (), **options: Any) -> "AttackConfig":
-        """Validated config: the attack exists, ε are numbers ("8/255" allowed) in range for its norm, every
-        option is a setting of its function; budget attacks with ``steps`` default to 20 steps."""
-        info = attack_info(name)
-        if isinstance(eps, (int, float, str)):
-            eps = [eps]
-        parsed = []
-        for e in eps or ():
-            try:
-                v = parse_eps(e)
-            except (TypeError, ValueError, ZeroDivisionError):
-                raise ConfigError(f"attack {name!r}: eps {e!r} is not a number such as 0.1 or 8/255") from None
-            if not math.isfinite(v) or v <= 0:
-                raise ConfigError(f"attack {name!r}: eps must be > 0, got {e!r}")
-            if effective_norm(info, options) == "Linf" and v > 1:
-                raise ConfigError(f"attack {name!r}: an L∞ eps lies in (0, 1] (pixel units, e.g. 8/255), got {e!r}")
-            parsed.append(v)
-        names = info.settings_names()
-        for k in options:
-            if k in ("model", "x", "y", "generator"):
-                raise ConfigError(f"attack {name!r}: {k!r} is not a setting")
-            if not info.accepts(k):
-                raise ConfigError(f"attack {name!r} has no setting {k!r}; its settings are: "
-                                  + (", ".join(names) or "none"))
-        opts = {k: v for k, v in options.items() if v is not None}
-        if not info.min_norm and "steps" in info.params() and "steps" not in opts:
-            opts["steps"] = DEFAULT_EVAL_STEPS
-        return cls(name, tuple(parsed), opts)
+# AttackConfig (robustprune.attacks.config) is the one description of an attack to run; re-exported here.
 
 
 def spec_settings(spec: Any) -> dict[str, Any]:
@@ -184,7 +117,7 @@ def spec_eps(spec: Any) -> tuple[float, ...]:
 def attack_kwargs(fn: Any, spec: Any, eps: float | None, *, min_norm: bool = False) -> dict[str, Any]:
     """The keyword arguments of ``fn`` that ``spec`` sets (ε included for budget attacks); for a budget attack
     with ``steps`` and ``alpha`` settings and no ``alpha`` given, Madry's step 2.5 ε / steps."""
-    info = fn if isinstance(fn, EvalAttackInfo) else EvalAttackInfo("", fn)
+    info = fn if isinstance(fn, AttackInfo) else AttackInfo("", fn)
     kw: dict[str, Any] = {} if min_norm else {"eps": eps}
     settings = spec_settings(spec)
     settings.pop("name", None)

@@ -1,0 +1,147 @@
+"""One description of an attack to run: :class:`AttackConfig` (the study's ``AttackSpec`` is this class).
+
+An attack by registry name at one or more budgets, with any setting its function takes. The settings most attacks
+share are fields (``steps``, ``restarts``, ``alpha``, ``loss``, ``random_start``); any other keyword of the attack's
+function (``c``, ``version``, ``n_target_classes``, ``early_exit`` ...) is accepted as an extra field and checked
+against the function's signature. It validates from a dict (a study file's ``{name: apgd, eps: [0.1]}``), from
+keywords, or through :meth:`AttackConfig.build` (one-line :class:`~robustprune.errors.ConfigError` on bad input,
+for the CLI).
+
+Defaults for a budget attack (applied when the setting is not given): ``steps`` is 20 for an attack whose own
+default is fewer (PGD's 10 is a training default, evaluation PGD takes >= 20); ``restarts`` is 1; ``alpha`` stays
+unset, and the evaluation then passes Madry's ``2.5 ε / steps`` (the attack functions use the same rule, so a
+direct call and an evaluation run take the same step). APGD keeps its own 100 iterations.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from robustprune.attacks.registry import AttackInfo, get_attack_info
+from robustprune.attacks.results import canonical_norm
+from robustprune.errors import ConfigError
+from robustprune.utils import parse_eps
+
+DEFAULT_EVAL_STEPS = 20
+"""Steps given to a budget attack whose function's own default is fewer (evaluation PGD >= 20 steps)."""
+
+_FIXED = ("name", "eps", "steps", "restarts", "alpha", "loss", "random_start")
+_NOT_SETTINGS = ("model", "x", "y", "generator")
+
+
+def effective_norm(info: AttackInfo, settings: dict[str, Any]) -> str:
+    """The norm a run measures: the attack's, unless it takes a ``norm`` setting (AutoAttack) that is set."""
+    p = settings.get("norm")
+    if p is None or "norm" not in info.params():
+        return info.norm
+    return canonical_norm(p)
+
+
+class AttackConfig(BaseModel):
+    """An attack by registry name at one or more budgets with any settings its function takes.
+
+    ``eps``: budgets in pixel units (``"8/255"`` allowed); empty: the dataset's default L∞ ε. L∞ budgets lie in
+    (0, 1]; L2 / L0 budgets are > 0. Every setting given must be a keyword of the attack's function.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = "pgd"
+    eps: tuple[float, ...] = ()
+    """Budgets in pixel units; empty: the dataset's default L∞ ε."""
+    steps: int | None = Field(None, ge=1, le=100_000)
+    """Iterations (budget attacks: 20 when the attack's own default is fewer; APGD keeps its 100)."""
+    restarts: int | None = Field(None, ge=1, le=1000)
+    alpha: float | None = Field(None, gt=0)
+    """Absolute step size; None: 2.5 ε / steps (Madry et al.)."""
+    loss: str | None = None
+    random_start: bool | None = None
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _eps(cls, v: Any) -> Any:
+        if v is None:
+            return ()
+        if isinstance(v, (int, float, str)):
+            v = [v]
+        out = []
+        for e in v:
+            try:
+                out.append(float(parse_eps(e)))
+            except (TypeError, ValueError, ZeroDivisionError):
+                raise ValueError(f"eps {e!r} is not a number such as 0.1 or 8/255") from None
+        return tuple(out)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        info = get_attack_info(str(data.get("name", "pgd")))  # UnknownNameError lists the attacks
+        if not info.min_norm:
+            if info.accepts("steps") and data.get("steps") is None:
+                own = info.default("steps")
+                if not isinstance(own, int) or own < DEFAULT_EVAL_STEPS:
+                    data["steps"] = DEFAULT_EVAL_STEPS
+            if info.accepts("restarts") and data.get("restarts") is None:
+                data["restarts"] = 1
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> "AttackConfig":
+        info = get_attack_info(self.name)
+        settings = self.settings()
+        norm = effective_norm(info, settings)
+        for e in self.eps:
+            if not math.isfinite(e) or e <= 0:
+                raise ValueError(f"attack {self.name!r}: budgets must be > 0, got {list(self.eps)}")
+            if norm == "Linf" and e > 1:
+                raise ValueError(f"attack {self.name!r}: attack budgets must lie in (0, 1] (pixel units, e.g. "
+                                 f"8/255); got {list(self.eps)}")
+        names = info.settings_names()
+        for k in settings:
+            if k == "name":
+                continue
+            if k in _NOT_SETTINGS or not info.accepts(k):
+                raise ValueError(f"attack {self.name!r} has no setting {k!r}; its settings are: "
+                                 + (", ".join(names) or "none"))
+        return self
+
+    # ------------------------------------------------------------------------------------------- views
+    def settings(self) -> dict[str, Any]:
+        """The settings that define the attack (everything but ε, unset ones left out), with its name."""
+        return {k: v for k, v in self.model_dump().items() if k != "eps" and v is not None}
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The settings without the name: the keyword arguments the attack is called with (ε aside)."""
+        return {k: v for k, v in self.settings().items() if k != "name"}
+
+    @property
+    def info(self) -> AttackInfo:
+        return get_attack_info(self.name)
+
+    @classmethod
+    def build(cls, name: str, eps: Any = (), **options: Any) -> "AttackConfig":
+        """Validated config; bad input raises a one-line :class:`ConfigError` (unknown attacks raise
+        ``UnknownNameError`` listing the choices)."""
+        for k in options:
+            if k in _NOT_SETTINGS:
+                raise ConfigError(f"attack {name!r}: {k!r} is not a setting")
+        get_attack_info(name)
+        try:
+            return cls(name=name, eps=eps, **{k: v for k, v in options.items() if v is not None})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            msg = str(err.get("msg", exc)).removeprefix("Value error, ")
+            loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
+            if loc and loc not in msg and not msg.startswith("attack "):
+                msg = f"attack {name!r}: {loc}: {msg}"
+            raise ConfigError(msg) from None
+
+
+__all__ = ["DEFAULT_EVAL_STEPS", "AttackConfig", "effective_norm"]
