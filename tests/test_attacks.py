@@ -187,7 +187,7 @@ def test_no_host_sync_inside_the_loop_on_cuda():
     pgd_linf(model, x, y, eps=0.1, steps=2, generator=g)  # warm up
     torch.cuda.set_sync_debug_mode("error")
     try:
-        pgd_linf(model, x, y, eps=0.1, steps=3, restarts=2, loss="dlr", generator=g)
+        pgd_linf(model, x, y, eps=0.1, steps=3, restarts=2, loss="dlr", generator=g, early_exit=False)
         fgsm(model, x, y, eps=0.1, random_start=True, generator=g)
     finally:
         torch.cuda.set_sync_debug_mode("default")
@@ -267,9 +267,12 @@ def test_pgd_cost_is_one_forward_and_one_input_backward_per_step(steps, restarts
     model = Recorder(relu_net())
     x = torch.rand(4, 1, 3, 4)
     y = torch.randint(0, 5, (4,))
-    pgd_linf(model, x, y, eps=0.1, steps=steps, restarts=restarts, generator=gen(0))
+    pgd_linf(model, x, y, eps=0.1, steps=steps, restarts=restarts, generator=gen(0), early_exit=False)
     assert model.backwards == steps * restarts
-    assert model.forwards == (steps + 1) * restarts  # + one final forward per restart
+    assert model.forwards == (steps + 1) * restarts + 1  # + one final forward per restart + the clean point
+    model.forwards = model.backwards = 0
+    pgd_linf(model, x, y, eps=0.1, steps=steps, restarts=restarts, generator=gen(0))  # early exit: never more
+    assert model.backwards <= steps * restarts and model.forwards <= (steps + 1) * restarts + 1
     model.forwards = model.backwards = 0
     pgd_linf_last(model, x, y, eps=0.1, steps=steps, generator=gen(0))
     assert (model.forwards, model.backwards) == (steps, steps)

@@ -46,6 +46,11 @@ EXPECTED = {
     "l0": ("L0", "min-norm", None),
     "autoattack": ("Linf", "budget", "autoattack"),
     "bb-l0": ("L0", "min-norm", "foolbox"),
+    "apgd-ce": ("Linf", "budget", None),
+    "apgd-t": ("Linf", "budget", None),
+    "apgd": ("Linf", "budget", None),
+    "fmn-linf": ("Linf", "min-norm", None),
+    "fmn": ("Linf", "min-norm", None),
 }
 # cheap settings per attack for the contract tests
 CHEAP = {
@@ -55,6 +60,10 @@ CHEAP = {
     "cw-linf": dict(eps=0.1, steps=3, restarts=2),
     "cw-l2": dict(steps=10, binary_search_steps=2),
     "l0": dict(steps=10),
+    "apgd-ce": dict(eps=0.1, steps=5, restarts=2),
+    "apgd-t": dict(eps=0.1, steps=5, n_target_classes=2),
+    "apgd": dict(eps=0.1, steps=5, n_target_classes=2),
+    "fmn-linf": dict(steps=20),
 }
 
 
@@ -276,8 +285,8 @@ def test_costs_per_step():
     model = Recorder(relu_net())
     x = torch.rand(4, 1, 3, 4)
     y = torch.randint(0, 5, (4,))
-    pgd_l2(model, x, y, eps=0.3, steps=5, restarts=3, generator=gen(0))
-    assert (model.forwards, model.backwards) == (6 * 3, 5 * 3)
+    pgd_l2(model, x, y, eps=0.3, steps=5, restarts=3, generator=gen(0), early_exit=False)
+    assert (model.forwards, model.backwards) == (6 * 3 + 1, 5 * 3)  # + the clean point
     model.forwards = model.backwards = 0
     cw_l2(model, x, y, steps=7, binary_search_steps=3)
     assert (model.forwards, model.backwards) == (7 * 3 + 2, 7 * 3)  # + 2 checking forwards
@@ -297,8 +306,8 @@ def test_no_host_sync_on_cuda():
     cw_l2(model, x, y, steps=2, binary_search_steps=1)
     torch.cuda.set_sync_debug_mode("error")
     try:
-        pgd_l2(model, x, y, eps=0.3, steps=3, restarts=2, loss="dlr", generator=g)
-        cw_linf(model, x, y, eps=0.1, steps=3, generator=g)
+        pgd_l2(model, x, y, eps=0.3, steps=3, restarts=2, loss="dlr", generator=g, early_exit=False)
+        cw_linf(model, x, y, eps=0.1, steps=3, generator=g, early_exit=False)
         greedy_l0(model, x, y, steps=5)
         cw_l2(model, x, y, steps=3, binary_search_steps=2)
     finally:

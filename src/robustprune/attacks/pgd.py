@@ -6,6 +6,11 @@
   on the Carlini–Wagner margin loss ("CW∞").
 - :func:`pgd_linf_last` — the training inner maximisation: the last iterate, nothing tracked,
   so a k-step attack costs exactly k forward + k input-gradient backward passes.
+
+Step size: the evaluation attacks default to Madry's 2.5 ε / steps (:func:`madry_alpha`), the step the
+evaluation has always passed, so a direct call and an evaluation run agree (with 10 steps it equals the
+former direct-call default ε/4). The training loop :func:`pgd_linf_last` keeps ε/4: the objectives document
+and hash that step, and a change there would change every trained model.
 """
 
 from __future__ import annotations
@@ -37,6 +42,12 @@ def _bcast(mask: Tensor, like: Tensor) -> Tensor:
     return mask.view(-1, *([1] * (like.dim() - 1)))
 
 
+def madry_alpha(eps: float, steps: int) -> float:
+    """Madry et al.'s step size 2.5 ε / steps, the default of every evaluation attack (a direct call and an
+    evaluation run take the same step; the training inner loop :func:`pgd_linf_last` keeps ε/4)."""
+    return 2.5 * eps / steps
+
+
 def _pgd(
     model: nn.Module,
     x: Tensor,
@@ -50,36 +61,65 @@ def _pgd(
     generator: torch.Generator | None,
     start: Callable[[Tensor, float, torch.Generator | None], Tensor],
     step: Callable[[Tensor, Tensor, Tensor], Tensor],
+    early_exit: bool = True,
 ) -> Tensor:
     """The evaluation PGD loop shared by the L∞ and L2 versions (see :func:`pgd_linf`).
 
     ``start(x, eps, generator)`` draws a random start; ``step(x_adv, grad, x)`` takes one
     ascent step and projects it back onto the ball and [0, 1].
+
+    The clean point is the first candidate (one no-grad forward): a point misclassified when clean is
+    already fooled. With ``early_exit`` a fooled point leaves the batch at once and later steps run on
+    the points still standing only; its result is frozen at its first successful point either way, and
+    random starts are drawn for the whole batch, so the answer is the same as without early exit.
     """
     if not random_start:
         restarts = 1
     x = x.detach()
+    with torch.no_grad():
+        logits0 = model(x)
+        best_fooled = logits0.argmax(dim=1) != y
+        best_loss = loss_fn(logits0, y).to(x.dtype)
     best_x = x.clone()
-    best_loss = torch.full(y.shape[:1], float("-inf"), device=x.device, dtype=x.dtype)
-    best_fooled = torch.zeros(y.shape[:1], dtype=torch.bool, device=x.device)
 
-    def update(x_cur: Tensor, logits: Tensor, loss_v: Tensor) -> None:
+    def update(idx: Tensor | None, x_cur: Tensor, logits: Tensor, loss_v: Tensor) -> Tensor:
+        """Track the best point of the samples ``idx`` (None: all); returns their fooled flags."""
         nonlocal best_x, best_loss, best_fooled
-        fooled = logits.argmax(dim=1) != y
-        replace = ~best_fooled & (fooled | (loss_v > best_loss))
-        best_x = torch.where(_bcast(replace, x_cur), x_cur, best_x)
-        best_loss = torch.where(replace, loss_v.to(best_loss.dtype), best_loss)
-        best_fooled = best_fooled | fooled
+        yy = y if idx is None else y[idx]
+        fooled = logits.argmax(dim=1) != yy
+        if idx is None:
+            replace = ~best_fooled & (fooled | (loss_v > best_loss))
+            best_x = torch.where(_bcast(replace, x_cur), x_cur, best_x)
+            best_loss = torch.where(replace, loss_v.to(best_loss.dtype), best_loss)
+            best_fooled = best_fooled | fooled
+            return best_fooled
+        replace = ~best_fooled[idx] & (fooled | (loss_v > best_loss[idx]))
+        best_x[idx] = torch.where(_bcast(replace, x_cur), x_cur, best_x[idx])
+        best_loss[idx] = torch.where(replace, loss_v.to(best_loss.dtype), best_loss[idx])
+        best_fooled[idx] = best_fooled[idx] | fooled
+        return best_fooled[idx]
 
     for _ in range(restarts):
+        # drawn for the whole batch, so the generator's stream does not depend on who is left
         x_adv = start(x, eps, generator) if random_start else x.clone()
+        idx: Tensor | None = None
+        x0, yy = x, y
+        if early_exit:
+            idx = torch.nonzero(~best_fooled).squeeze(1)
+            x_adv, x0, yy = x_adv[idx], x[idx], y[idx]
         for _ in range(steps):
-            grad, logits, loss_v = input_grad(model, x_adv, y, loss_fn)
-            update(x_adv, logits, loss_v)
-            x_adv = step(x_adv, grad, x)
-        with torch.no_grad():
-            logits = model(x_adv)
-            update(x_adv, logits, loss_fn(logits, y))
+            if idx is not None and idx.numel() == 0:
+                break
+            grad, logits, loss_v = input_grad(model, x_adv, yy, loss_fn)
+            fooled = update(idx, x_adv, logits, loss_v)
+            x_adv = step(x_adv, grad, x0)
+            if idx is not None and bool(fooled.any()):  # early exit: compact the batch
+                keep = ~fooled
+                idx, x_adv, x0, yy = idx[keep], x_adv[keep], x0[keep], yy[keep]
+        if idx is None or idx.numel():
+            with torch.no_grad():
+                logits = model(x_adv)
+                update(idx, x_adv, logits, loss_fn(logits, yy))
     return best_x.detach()
 
 
@@ -95,23 +135,30 @@ def pgd_linf(
     random_start: bool = True,
     loss: LossArg = "ce",
     generator: torch.Generator | None = None,
+    early_exit: bool = True,
 ) -> Tensor:
     """Madry L∞ PGD with restarts; returns the worst point found per sample (detached).
 
     Each step is one forward and one input-gradient backward of ``loss`` (``"ce"``, ``"cw"``,
     ``"dlr"`` or a callable ``(logits, y) -> (N,)``) summed over the batch, then a signed step of
-    ``alpha`` (default ε/4; keep ``steps * alpha`` above ε) and the projection onto the ε-ball and
-    [0, 1]. The best point per sample is tracked from the logits of that same forward (the iterate
-    before the step) plus one final forward at the last iterate of each restart. A sample that is
-    misclassified keeps its first successful point; any other keeps its highest-loss point. A
-    restart starts uniformly in the ε-ball (``random_start``); without a random start all restarts
-    would coincide, so only one is run. Deterministic given ``generator``; never changes the model's
-    mode or any parameter's ``.grad``; no host synchronisation inside the loop.
+    ``alpha`` (default Madry's 2.5 ε / steps, the same step the evaluation uses) and the projection
+    onto the ε-ball and [0, 1]. The clean point is the first candidate (one no-grad forward); the
+    best point per sample is tracked from the logits of each step's forward (the iterate before the
+    step) plus one final forward at the last iterate of each restart. A sample that is misclassified
+    keeps its first successful point (the clean point if it is misclassified already); any other
+    keeps its highest-loss point. A restart starts uniformly in the ε-ball (``random_start``);
+    without a random start all restarts would coincide, so only one is run.
+
+    ``early_exit`` (default): a point leaves the batch as soon as it is misclassified (clean or
+    adversarial), and the later steps and restarts run on the points still standing only; the answer
+    is the same as with ``early_exit=False``, which keeps every point to the end and never
+    synchronises with the host inside the loop (early exit does, once a step, to compact the batch).
+    Deterministic given ``generator``; never changes the model's mode or any parameter's ``.grad``.
     """
     check_inputs(x, y)
     eps = check_eps(eps)
-    alpha = eps / 4 if alpha is None else check_positive(alpha, "alpha")
     steps = check_int(steps, "steps", 1)
+    alpha = madry_alpha(eps, steps) if alpha is None else check_positive(alpha, "alpha")
     restarts = check_int(restarts, "restarts", 1)
     loss_fn = get_loss(loss)
 
@@ -120,7 +167,7 @@ def pgd_linf(
 
     return _pgd(
         model, x, y, eps=eps, steps=steps, restarts=restarts, random_start=random_start,
-        loss_fn=loss_fn, generator=generator, start=uniform_start, step=step,
+        loss_fn=loss_fn, generator=generator, start=uniform_start, step=step, early_exit=early_exit,
     )
 
 
@@ -135,6 +182,7 @@ def cw_linf(
     restarts: int = 1,
     random_start: bool = True,
     generator: torch.Generator | None = None,
+    early_exit: bool = True,
 ) -> Tensor:
     """CW-L∞: :func:`pgd_linf` on the Carlini–Wagner margin loss ``max_{j≠y} z_j − z_y``.
 
@@ -143,7 +191,7 @@ def cw_linf(
     """
     return pgd_linf(
         model, x, y, eps=eps, alpha=alpha, steps=steps, restarts=restarts,
-        random_start=random_start, loss="cw", generator=generator,
+        random_start=random_start, loss="cw", generator=generator, early_exit=early_exit,
     )
 
 
@@ -159,19 +207,20 @@ def pgd_l2(
     random_start: bool = True,
     loss: LossArg = "ce",
     generator: torch.Generator | None = None,
+    early_exit: bool = True,
 ) -> Tensor:
     """L2 PGD with restarts; returns the worst point found per sample (detached).
 
     Like :func:`pgd_linf` with the L2 geometry: ``eps`` is the L2 radius in pixel units (any value
-    ≥ 0, e.g. 0.5 on CIFAR-10), each step moves ``alpha`` (default ε/4) along the L2-normalised
+    ≥ 0, e.g. 0.5 on CIFAR-10), each step moves ``alpha`` (default 2.5 ε / steps) along the L2-normalised
     gradient, then projects onto the ε-ball (rescaling δ) and clips to [0, 1] (clipping only
     shrinks δ, so the point stays in the ball). A random start is uniform in the L2 ball. Best
-    point per sample, cost, determinism and the contract are those of :func:`pgd_linf`.
+    point per sample, early exit, cost, determinism and the contract are those of :func:`pgd_linf`.
     """
     check_inputs(x, y)
     eps = check_radius(eps)
-    alpha = eps / 4 if alpha is None else check_positive(alpha, "alpha")
     steps = check_int(steps, "steps", 1)
+    alpha = madry_alpha(eps, steps) if alpha is None else check_positive(alpha, "alpha")
     restarts = check_int(restarts, "restarts", 1)
     loss_fn = get_loss(loss)
 
@@ -180,7 +229,7 @@ def pgd_l2(
 
     return _pgd(
         model, x, y, eps=eps, steps=steps, restarts=restarts, random_start=random_start,
-        loss_fn=loss_fn, generator=generator, start=uniform_l2_start, step=step,
+        loss_fn=loss_fn, generator=generator, start=uniform_l2_start, step=step, early_exit=early_exit,
     )
 
 
