@@ -27,3 +27,32 @@ class DataError(RobustPruneError):
 
 class CheckpointError(RobustPruneError):
     """A checkpoint file missing, corrupt or inconsistent with its sidecar."""
+
+
+class OutputPathError(RobustPruneError):
+    """An output file or folder that cannot be written (checked before the work starts)."""
+
+
+class DivergenceError(RobustPruneError):
+    """Training diverged: the loss or the weights became non-finite (NaN or infinity) or exploded.
+
+    ``result`` holds the training history up to the divergence (a ``TrainResult``) when raised by ``fit``; the
+    model has been restored to the last good (best validation) epoch when there was one (``restored_epoch``).
+    """
+
+    def __init__(self, message: str, *, result: object = None, restored_epoch: int | None = None,
+                 where: str = "", advice: str = "") -> None:
+        super().__init__(message)
+        self.result = result
+        self.restored_epoch = restored_epoch
+        self.where = where
+        """When and what: "in epoch 3/10 (step 412): the loss became NaN or infinite (nan)"."""
+        self.advice = advice
+        """How to avoid it, e.g. a lower learning rate."""
+
+
+class RobustPruneWarning(UserWarning):
+    """Something the user should know that does not stop the run (e.g. a limit larger than the data, clamped).
+
+    The CLI prints these as one ``warning: ...`` line on stderr.
+    """

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from robustprune.errors import ConfigError
 
@@ -34,6 +35,16 @@ class TrainConfig(BaseModel):
     max_steps_per_epoch: int | None = Field(None, ge=1)
     progress: bool = True
 
+    @field_validator("lr", "momentum", "weight_decay", "gamma", "warmup_epochs", mode="before")
+    @classmethod
+    def _finite(cls, v: object) -> object:
+        # NaN fails every range check with a misleading message ("should be <= 10"); say what is wrong instead
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isfinite(v):
+            raise ValueError("is not a number (NaN)" if math.isnan(v) else "must be a finite number")
+        if isinstance(v, str) and v.strip().lower() in ("nan", "+nan", "-nan"):
+            raise ValueError("is not a number (NaN)")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
         if any(not 0 < m <= 1 for m in self.milestones):
@@ -53,7 +64,7 @@ def format_validation_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err.get("loc", ())) or "value"
-        msg = err.get("msg", "invalid")
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         inp = err.get("input")
         shown = "" if isinstance(inp, dict) else f" (got {inp!r})"
         parts.append(f"{loc}: {msg}{shown}")

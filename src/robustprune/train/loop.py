@@ -17,6 +17,7 @@ from torch import nn
 
 from robustprune.attacks import pgd_linf
 from robustprune.data import Batches, Split
+from robustprune.errors import DivergenceError
 from robustprune.objectives import Objective
 from robustprune.sparsity import MaskSet
 from robustprune.train.config import TrainConfig
@@ -121,6 +122,61 @@ def evaluate_split(
     return out
 
 
+_CHECK_EVERY = 20
+"""Steps between two reads of the non-finite-loss flag (it is also read at every epoch end)."""
+
+
+_MAX_LOSS = 1e6
+"""An epoch's mean training loss above this means training has blown up (cross-entropy at chance is ln C)."""
+_MAX_WEIGHT = 1e6
+"""A parameter entry larger than this in magnitude means training has blown up (healthy weights are O(1))."""
+
+
+def _bad_weights(model: nn.Module) -> str | None:
+    """What is wrong with the weights, or None: a NaN / infinity in a parameter or floating-point buffer, or a
+    parameter entry above ``_MAX_WEIGHT`` in magnitude. One device synchronisation in all."""
+    params = [(n, p.detach()) for n, p in model.named_parameters() if p.is_floating_point() and p.numel()]
+    buffers = [(n, b) for n, b in model.named_buffers() if b.is_floating_point() and b.numel()]
+    if not params and not buffers:
+        return None
+    dev = (params or buffers)[0][1].device
+    big = [p.abs().max().to(dev) for _, p in params]  # NaN propagates through max
+    fin = [torch.isfinite(b).all().to(dev) for _, b in buffers]
+    big_t = torch.stack(big) if big else torch.zeros(0, device=dev)
+    fin_t = torch.stack(fin) if fin else torch.ones(0, dtype=torch.bool, device=dev)
+    bad_p = ~torch.isfinite(big_t) | (big_t > _MAX_WEIGHT)
+    if not bool(bad_p.any() | ~fin_t.all()):
+        return None
+    if bool(bad_p.any()):
+        i = int(bad_p.nonzero()[0])
+        v = float(big_t[i])
+        if math.isfinite(v):
+            return f"the weights exploded ({params[i][0]}: |w| up to {v:.3g}, above {_MAX_WEIGHT:g})"
+        return f"the weights became NaN or infinite ({params[i][0]})"
+    i = int((~fin_t).nonzero()[0])
+    return f"the weights became NaN or infinite ({buffers[i][0]})"
+
+
+def _diverged(model: nn.Module, result: TrainResult, good: tuple[int, dict[str, torch.Tensor]] | None, epoch: int,
+              cfg: TrainConfig, step: int, what: str, t0: float) -> None:
+    """Stop training: restore the last good state (the best epoch so far, or the last finite epoch when selecting
+    the last one), if any, and raise a one-line :class:`DivergenceError`."""
+    restored = None
+    if good is not None:
+        restored, state = good
+        model.load_state_dict(state)
+    model.eval()
+    result.wall_time = time.perf_counter() - t0
+    result.steps = step
+    how = f"the best by {result.selected_by}" if result.selected_by != "last" else "the last finite one"
+    kept = (f"the model was restored to epoch {restored}, {how} before that" if restored is not None
+            else "no epoch finished before it, so there is no good state to keep")
+    where = f"in epoch {epoch + 1}/{cfg.epochs} (step {step}): {what}"
+    advice = f"lower the learning rate (lr={cfg.lr:g} with {cfg.optimizer}), e.g. by 10x, or add warm-up"
+    raise DivergenceError(f"training diverged {where}; {kept}; {advice}", result=result, restored_epoch=restored,
+                          where=where, advice=advice)
+
+
 def fit(
     model: nn.Module,
     objective: Objective,
@@ -144,6 +200,9 @@ def fit(
     - ``augment``: on-device augmentation name for the training batches (the dataset spec's ``augment``).
     - ``param_groups``: optional optimiser parameter groups (e.g. a 10x learning rate for mask parameters);
       each group's ``lr`` is scaled by the schedule.
+    - Divergence: a non-finite loss (checked every few steps), or at an epoch's end a mean training loss above
+      ``_MAX_LOSS`` or non-finite weights or weights above ``_MAX_WEIGHT`` in magnitude, stop training with :class:`~robustprune.errors.DivergenceError`; the model is first restored to the best
+      epoch so far (``exc.restored_epoch``; ``exc.result`` holds the history).
     """
     device = train.x.device
     model.to(device)
@@ -169,6 +228,15 @@ def fit(
     best = -float("inf")
     t0 = time.perf_counter()
     step = 0
+    # non-finite loss seen since the last check: a device flag, read every ``_CHECK_EVERY`` steps and at epoch end
+    # (reading it each step would synchronise the device at every step)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    last_good: tuple[int, dict[str, torch.Tensor]] | None = None  # for select == "last" only
+
+    def diverged(what: str) -> None:
+        good = (result.best_epoch, best_state) if best_state is not None else last_good
+        _diverged(model, result, good, epoch, cfg, step, what, t0)
+
     try:
         from tqdm.auto import tqdm
 
@@ -191,6 +259,10 @@ def fit(
                     extra = h.extra_loss(model)
                     if extra is not None:
                         loss = loss + extra
+                nonfinite |= ~torch.isfinite(loss.detach())
+                if i % _CHECK_EVERY == 0 and bool(nonfinite):
+                    shown = "" if bool(torch.isfinite(loss.detach())) else f" ({float(loss.detach()):g})"
+                    diverged(f"the loss became NaN or infinite{shown}")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -206,9 +278,17 @@ def fit(
                 if cfg.progress and i % 20 == 0:
                     bar.set_postfix(loss=f"{float(loss_sum) / max(seen, 1):.3f}")
             bar.close()
+            if bool(nonfinite):
+                diverged("the loss became NaN or infinite")
+            mean_loss = float(loss_sum) / max(seen, 1)
+            if mean_loss > _MAX_LOSS:
+                diverged(f"the mean training loss exploded to {mean_loss:.3g} (above {_MAX_LOSS:g})")
+            bad = _bad_weights(model)
+            if bad is not None:
+                diverged(bad)
             metrics: dict[str, float] = {
                 "epoch": epoch + 1,
-                "train_loss": float(loss_sum) / max(seen, 1),
+                "train_loss": mean_loss,
                 "train_acc": float(correct) / max(seen, 1),
                 "lr": optimizer.param_groups[0]["lr"],
             }
@@ -227,6 +307,8 @@ def fit(
                     best = score
                     result.best_epoch = epoch + 1
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            elif epoch + 1 < cfg.epochs:  # the last finite epoch is the state to fall back to if a later one diverges
+                last_good = (epoch + 1, {k: v.detach().clone() for k, v in model.state_dict().items()})
     finally:
         if masks is not None:
             masks.detach()
