@@ -1,4 +1,4 @@
-"""ADMM pruning engine, AdvPrune and PwoA recipes (seeds 001 and 004).
+"""ADMM pruning engine, AdvPrune (Ye2019) and PwoA (Jian2022).
 
 That Π_S is the Euclidean projection onto each set is tested in test_sparsity.py
 (test_project_is_the_euclidean_projection); here: ADMM's use of it.
@@ -17,11 +17,11 @@ from robustprune.data import Split
 from robustprune.errors import ConfigError, UnknownNameError
 from robustprune.methods import (
     METHODS,
-    RECIPES,
     ADMMHook,
+    PruneTask,
     admm_prune,
     advprune,
-    get_recipe,
+    get_method,
     pwoa,
 )
 from robustprune.methods.admm import resolve_keep, rho_schedule, scheme_group
@@ -217,18 +217,20 @@ def test_advprune_uses_pgd_at_in_both_phases():
     assert res.admm.selected_by == "last"
 
 
-def test_recipes_registry():
-    assert len(METHODS) == 9  # magnitude methods unchanged; ADMM recipes live in RECIPES
-    assert {f"{f}-{s}" for f in ("admm", "pwoa") for s in SCHEMES} <= set(RECIPES.names())
-    r = get_recipe("admm-column")
-    assert r.family == "advprune" and r.scheme == "column"
+def test_admm_methods_are_registered_with_their_group():
+    assert {f"{f}-{s}" for f in ("admm", "pwoa") for s in SCHEMES} <= set(METHODS.names())
+    r = get_method("admm-column")
+    assert r.paper.key == "Ye2019" and r.group == "column" and r.rate_kind == "set"
+    assert get_method("pwoa-irregular").group == "unstructured" and get_method("pwoa-filter").paper.key == "Jian2022"
     with pytest.raises(UnknownNameError):
-        get_recipe("admm-banana")
+        get_method("admm-banana")
     m = model()
-    res = r.run(m, eps=0.1, steps=1, train=data(100), val=None, rate=2, admm_cfg=cfg(epochs=1), retrain_cfg=cfg(epochs=0))
-    assert res.scheme == "column" and res.retrain is None
-    with pytest.raises(ConfigError):
-        r.run(m, scheme="filter", eps=0.1, train=data(100), val=None, rate=2, admm_cfg=cfg(), retrain_cfg=cfg())
+    task = PruneTask(train=data(100), eps=0.1, epochs=1)
+    res = r.prune(m, task, 2, {"pgd_steps": 1, "retrain.epochs": 0, "admm.lr": 1e-2})
+    assert res.group == "column" and res.history["retrain"] == [] and res.settings["admm"]["lr"] == 1e-2
+    assert "primal_rel" in res.convergence and res.converged in (True, False)
+    with pytest.raises(ConfigError, match="scheme|unknown|Extra"):
+        r.prune(model(), task, 2, {"scheme": "filter"})
 
 
 # --------------------------------------------------------------------------- PwoA end to end
@@ -255,13 +257,15 @@ def test_pwoa_end_to_end_runs_both_phases_and_times_them():
     assert float((teacher(train.x).argmax(1) == train.y).float().mean()) == teacher_acc
     for n, mk in res.masks.masks.items():
         assert int(mk.sum()) == num_keep(mk.numel(), 0.25)
-    # the registered recipe runs the same thing, with the scheme bound and no HBaR / balancing here
-    res2 = get_recipe("pwoa-filter").run(None, teacher=teacher, train=train, val=None, keep=0.5, use_hbar=False,
-                                         admm_cfg=cfg(epochs=1), retrain_cfg=cfg(epochs=1))
-    assert res2.scheme == "filter" and res2.extras["lambda_x"] is None and res2.extras["balance"]["epoch"] == 1
+    # the registered method runs the same thing, with the scheme bound and no HBaR here
+    student = model(1)
+    task = PruneTask(train=train, epochs=1, teacher=teacher, dataset="mnist")
+    res2 = get_method("pwoa-filter").prune(student, task, 2, {"use_hbar": False, "admm.optimizer": "adam",
+                                                                "admm.lr": 1e-2})
+    assert res2.group == "filter" and res2.extras["lambda_x"] is None and res2.extras["balance"]["epoch"] == 1
 
 
-def test_seed004_table_ix_defaults():
+def test_jian2022_table_ix_defaults():
     from robustprune.methods.pwoa import pwoa_configs, table_ix
 
     t = table_ix("fashion-mnist")

@@ -11,7 +11,7 @@ from conftest import TinyConvNet, blobs
 from robustprune.data import Split
 from robustprune.errors import ConfigError
 from robustprune.methods import (
-    RECIPES,
+    METHODS,
     ANPObjective,
     BetaBernoulliGate,
     GateSet,
@@ -211,16 +211,17 @@ def test_pat_freezes_the_masks_after_bayesian_pruning():
     assert torch.equal(model(x[:5]), model(x[:5]))  # frozen masks are deterministic even in training mode
 
 
-def test_recipes_are_registered_and_bp_runs():
+def test_bayesian_methods_are_registered_and_anp_vs_runs():
     for name in ("bp-bbd", "anp-bbd", "anp-vs-bbd", "pat-bbd", "bp-vib", "anp-vib"):
-        assert RECIPES.get(name).family == "bayesian"
+        m = METHODS.get(name)
+        assert m.rate_kind == "learned" and m.paper.key == "Madaan2020" and m.group == "filter"
     x, y = blobs(200)
     torch.manual_seed(0)
     model = TinyConvNet()
     cfg = TrainConfig(epochs=1, batch_size=50, optimizer="adam", lr=1e-3, weight_decay=0, progress=False,
                       select="last")
-    res = RECIPES.get("anp-vs-bbd").run(model, train=Split(x=x, y=y), val=None, cfg=cfg, eps=0.1, steps=2,
-                                        example=x[:2])
+    res = bayesian_prune(model, "anp-vs", train=Split(x=x, y=y), val=None, cfg=cfg, eps=0.1, steps=2,
+                         example=x[:2])
     assert res.method == "anp-vs" and 0 <= res.unit_sparsity <= 1
     with pytest.raises(ConfigError, match="eps"):
         bayesian_prune(TinyConvNet(), "anp", train=Split(x=x, y=y), val=None, cfg=cfg, example=x[:2])

@@ -1,0 +1,152 @@
+"""One pruning-method interface: every registered method from the CLI, the study and ``robustprune.prune``, on any
+``nn.Module``; settings validated with their sources; rates checked before any work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import robustprune
+from conftest import blobs
+from robustprune.errors import ConfigError
+from robustprune.methods import METHODS, PruneTask, get_method
+from robustprune.sparsity import prunable_layers
+
+
+class MyNet(nn.Module):
+    """A user's own model, written in the functional style (not in the model registry)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1)
+        self.fc1 = nn.Linear(8 * 6 * 6, 16)
+        self.fc2 = nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1((x - 0.5) / 0.25))
+        x = F.relu(self.conv2(x))
+        x = torch.flatten(x, 1)
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def nonzero_fraction(model: nn.Module) -> float:
+    layers = prunable_layers(model, "unstructured").values()
+    return sum(int(torch.count_nonzero(m.weight)) for m in layers) / sum(m.weight.numel() for m in layers)
+
+
+FAST = {"pgd_steps": 1}
+
+
+def fast_settings(name: str) -> dict:
+    fields = get_method(name).Settings.model_fields
+    return {k: v for k, v in FAST.items() if k in fields}
+
+
+@pytest.mark.parametrize("name", ["pwoa-irregular", "admm-irregular", "magnitude-unstructured-global", "hydra",
+                                  "random-unstructured-local"])
+def test_prune_any_module_to_exactly_a_quarter(name):
+    x, y = blobs(240)
+    torch.manual_seed(0)
+    net = MyNet()
+    res = robustprune.prune(net, name, rate=4, data=(x, y), eps=0.1, epochs=1, **fast_settings(name))
+    assert res.model is net and res.rate == 4 and res.rate_kind == "set"
+    assert nonzero_fraction(net) == pytest.approx(0.25, abs=1e-3)
+    assert res.achieved_compression == pytest.approx(4, rel=1e-2)
+    assert res.settings == get_method(name).settings(fast_settings(name)).model_dump(mode="json")
+    assert res.steps > 0 and res.history
+
+
+def test_learned_rate_method_on_a_custom_module_returns_a_plain_model():
+    x, y = blobs(240)
+    torch.manual_seed(0)
+    res = robustprune.prune(MyNet(), "anp-bbd", data=(x, y), eps=0.1, epochs=1, pgd_steps=1, gate_init=-3.0,
+                            mask_lr_factor=50.0)
+    assert res.rate is None and res.rate_kind == "learned" and res.group == "filter"
+    assert not hasattr(res.model, "rp_gates")
+    assert {"mean_expected_pi", "gates_moved_fraction", "units_kept_fraction"} <= set(res.convergence)
+    with pytest.raises(ConfigError, match="learns its compression rate"):
+        robustprune.prune(MyNet(), "anp-bbd", rate=4, data=(x, y), eps=0.1)
+
+
+def test_settings_are_validated_and_every_default_has_a_source():
+    for name in METHODS.names():
+        rows = get_method(name).Settings.describe()
+        assert rows and all(r["source"] for r in rows), name
+    m = get_method("pwoa-irregular")
+    with pytest.raises(ConfigError, match="pwoa-irregular.*alpah|alpah.*pwoa-irregular"):
+        m.settings({"alpah": 1.0})
+    s = m.settings({"admm.lr": 0.02, "retrain": {"epochs": 3}})
+    assert s.admm.lr == 0.02 and s.admm.optimizer == "sgd" and s.retrain.epochs == 3
+    with pytest.raises(ConfigError, match="rate"):
+        robustprune.prune(MyNet(), "admm-irregular", data=blobs(50), eps=0.1)
+
+
+def test_a_setting_reaches_the_method():
+    x, y = blobs(240)
+    torch.manual_seed(0)
+    res = robustprune.prune(MyNet(), "pwoa-irregular", rate=2, data=(x, y), epochs=1, alpha=3.5, balance=False,
+                            use_hbar=False, tau=7.0)
+    assert res.extras["alpha"] == 3.5 and res.extras["tau"] == 7.0
+
+
+def test_rates_are_checked_before_any_work():
+    m = get_method("magnitude-unstructured-global")
+    task = PruneTask(train=robustprune.api._as_split(blobs(50), "data"), start_rate=4.0)
+    with pytest.raises(ConfigError, match="already at compression 4"):
+        m.prune(MyNet(), task, 2)
+    with pytest.raises(ConfigError, match="largest rate"):
+        m.prune(MyNet(), PruneTask(train=task.train), 1e9)
+    with pytest.raises(ConfigError, match="> 1"):
+        m.prune(MyNet(), PruneTask(train=task.train), float("nan"))
+
+
+@pytest.fixture(scope="module")
+def base_checkpoint(tmp_path_factory, request):
+    request.getfixturevalue("fmnist_available")
+    from robustprune.checkpoint import save_checkpoint
+    from robustprune.data import get_spec
+    from robustprune.models import model_for_dataset
+
+    spec = get_spec("fashion-mnist")
+    torch.manual_seed(0)
+    model = model_for_dataset("lenet-mnist-w", spec, width=4)
+    path = tmp_path_factory.mktemp("base") / "base.safetensors"
+    save_checkpoint(path, model, meta={"architecture": "lenet-mnist-w", "dataset": spec.name, "width": 4,
+                                       "num_classes": spec.num_classes, "input_shape": list(spec.shape),
+                                       "mean": list(spec.mean), "std": list(spec.std)})
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(METHODS.names()))
+def test_cli_prunes_with_every_registered_method(name, base_checkpoint, tmp_path):
+    from typer.testing import CliRunner
+
+    from robustprune.cli.main import app
+
+    m = get_method(name)
+    args = ["prune", str(base_checkpoint), "--method", name, "--epochs", "1", "--train-limit", "300",
+            "--out", str(tmp_path), "-q"]
+    if m.rate_kind == "set":
+        args += ["--rate", "4"]
+    for k, v in fast_settings(name).items():
+        args += ["--set", f"{k}={v}"]
+    proc = CliRunner().invoke(app, args)
+    assert proc.exit_code == 0, proc.output
+    out = list(tmp_path.glob("*.safetensors"))
+    assert len(out) == 1
+    meta = json.loads(out[0].with_suffix(".json").read_text()) if out[0].with_suffix(".json").exists() else None
+    if meta is None:
+        from robustprune.checkpoint import load_checkpoint
+
+        meta = load_checkpoint(out[0])[1]
+    meta = meta.get("meta", meta)
+    cfg = meta["config"]
+    assert cfg["method"] == name and cfg["paper"] == m.paper.key and cfg["train_limit"] == 300
+    assert cfg["settings"] == m.settings(fast_settings(name)).model_dump(mode="json")
+    assert cfg["rate"] == (4 if m.rate_kind == "set" else None) and cfg["rate_kind"] == m.rate_kind
+    assert meta["achieved_compression"] >= 1 and len(cfg["parent_sha256"]) == 64
