@@ -14,6 +14,13 @@ FLOPs are MACs for one input of shape ``(C, H, W)``, counted for Conv2d and Line
 * Linear: dense ``weight.numel()`` per output position (1 for a flat input), effective
   ``nonzero(weight)`` per position.
 
+A weight that reads a *removed* unit of the layer before (a conv filter / linear neuron whose weights, bias
+and following BatchNorm affine terms are all zero, so its output is exactly 0) multiplies a zero and is not
+effective either. A unit counts as removed only then: a filter with zero weights but a live bias or BatchNorm
+still emits a constant, and the weights reading it still count. The producer -> (BatchNorm) -> consumer coupling
+comes from :func:`robustprune.models.graph.unit_flows` (torch.fx); a model fx cannot trace is counted by its
+non-zero weights alone.
+
 A module called several times in one forward pass is counted each time.
 """
 
@@ -24,8 +31,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robustprune.errors import ConfigError
+from robustprune.errors import ConfigError, RobustPruneError
 from robustprune.metrics.accuracy import _model_device, eval_mode
+from robustprune.models.graph import unit_flows
 
 _PRUNABLE = (nn.Conv2d, nn.Linear)
 
@@ -39,13 +47,54 @@ def _mask_dict(masks: Any) -> dict[str, Tensor]:
     return d
 
 
-def _nonzero_weight(weight: Tensor, mask: Tensor | None) -> int:
+def _nonzero(weight: Tensor, mask: Tensor | None) -> Tensor:
     nz = weight.detach() != 0
     if mask is not None:
         if mask.shape != weight.shape:
             raise ConfigError(f"mask shape {tuple(mask.shape)} does not match weight shape {tuple(weight.shape)}")
         nz = nz & mask.to(nz.device).bool()
-    return int(nz.sum())
+    return nz
+
+
+def _nonzero_weight(weight: Tensor, mask: Tensor | None) -> int:
+    return int(_nonzero(weight, mask).sum())
+
+
+@torch.no_grad()
+def removed_inputs(model: nn.Module, masks: Any = None) -> dict[str, Tensor]:
+    """``{consumer layer: bool tensor shaped like its weight}``: the weights that read a unit removed entirely from
+    the layer before (weights under ``masks``, bias and BatchNorm affine terms all zero). Empty when the model
+    cannot be traced with torch.fx."""
+    md = _mask_dict(masks)
+    try:
+        flows = unit_flows(model)
+    except RobustPruneError:
+        return {}
+    mods = dict(model.named_modules())
+    out: dict[str, Tensor] = {}
+    for f in flows:
+        if not f.supported or f.consumer is None:
+            continue
+        prod = mods[f.name]
+        w = prod.weight
+        gone = ~_nonzero(w, md.get(f.name)).reshape(w.shape[0], -1).any(dim=1)
+        if getattr(prod, "bias", None) is not None:
+            gone &= prod.bias.detach() == 0
+        if f.norm is not None:
+            bn = mods[f.norm]
+            if not getattr(bn, "affine", False):
+                continue
+            gone &= (bn.weight.detach() == 0) & (bn.bias.detach() == 0)
+        if not bool(gone.any()):
+            continue
+        cw = mods[f.consumer].weight
+        if cw.dim() > 2:
+            cols = gone.view(1, -1, *([1] * (cw.dim() - 2))).expand(cw.shape)
+        else:
+            cols = gone.repeat_interleave(f.positions).view(1, -1).expand(cw.shape)
+        cols = cols.to(cw.device)
+        out[f.consumer] = out[f.consumer] | cols if f.consumer in out else cols
+    return out
 
 
 def count_params(model: nn.Module, masks: Any = None) -> dict[str, int]:
@@ -111,15 +160,16 @@ def layer_flops(model: nn.Module, input_shape: Any, masks: Any = None) -> dict[s
             h.remove()
 
     out: dict[str, dict[str, int]] = {}
+    dead_in = removed_inputs(model, md)
     with torch.no_grad():
         for name, mod in mods.items():
             pos = positions.get(name, 0)
             if pos == 0:
                 continue  # not used in the forward pass
-            out[name] = {
-                "dense": pos * mod.weight.numel(),
-                "effective": pos * _nonzero_weight(mod.weight, md.get(name)),
-            }
+            nz = _nonzero(mod.weight, md.get(name))
+            if name in dead_in:
+                nz = nz & ~dead_in[name]
+            out[name] = {"dense": pos * mod.weight.numel(), "effective": pos * int(nz.sum())}
     return out
 
 

@@ -11,6 +11,12 @@ and weight decay. Two mechanisms do that together:
 
 ``apply`` uses ``masked_fill_`` rather than ``weight *= mask`` so a pruned entry is ``+0.0`` even
 if it had become ``inf``/``nan``.
+
+A unit (conv filter / linear neuron) whose every weight is pruned is removed *entirely*: both mechanisms
+also hold its bias and the affine weight and bias of the BatchNorm right after its layer at zero
+(:func:`robustprune.sparsity.units.unit_param_masks`), so its output is exactly 0, as in the slim model.
+These derived masks are recomputed from the weight masks on every ``apply``; they are not stored.
+``MaskSet(masks, units=False)`` masks the weights only.
 """
 
 from __future__ import annotations
@@ -26,11 +32,14 @@ from robustprune.errors import ConfigError
 class MaskSet:
     """Bool masks keyed by module name (``True`` = weight kept), shaped like ``module.weight``."""
 
-    def __init__(self, masks: Mapping[str, Tensor] | None = None) -> None:
+    def __init__(self, masks: Mapping[str, Tensor] | None = None, *, units: bool = True) -> None:
         self.masks: dict[str, Tensor] = {}
         for name, m in (masks or {}).items():
             self.masks[name] = _as_bool(m, name)
+        self.units = bool(units)
         self._handles: dict[str, torch.utils.hooks.RemovableHandle] = {}
+        self._unit_masks: dict[str, Tensor] = {}
+        self._unit_handles: dict[str, torch.utils.hooks.RemovableHandle] = {}
         self._attached_to: int | None = None
 
     # ------------------------------------------------------------------ construction
@@ -64,7 +73,7 @@ class MaskSet:
         """Logical AND with ``other`` (a new MaskSet); a layer masked in only one of them keeps
         that mask."""
         if other is None:
-            return MaskSet(self.masks)
+            return MaskSet(self.masks, units=self.units)
         other_masks = other.masks if isinstance(other, MaskSet) else dict(other)
         out = dict(self.masks)
         for name, m in other_masks.items():
@@ -78,7 +87,7 @@ class MaskSet:
                 out[name] = out[name] & m.to(out[name].device)
             else:
                 out[name] = m
-        return MaskSet(out)
+        return MaskSet(out, units=self.units)
 
     __and__ = combine
 
@@ -100,13 +109,32 @@ class MaskSet:
                 )
         return mods
 
+    def unit_masks(self, model: nn.Module) -> dict[str, Tensor]:
+        """``{parameter name: bool mask}`` for the biases and BatchNorm affine terms of the fully pruned units
+        (empty with ``units=False``); see :mod:`robustprune.sparsity.units`."""
+        if not self.units:
+            return {}
+        from robustprune.sparsity.units import unit_param_masks
+
+        return unit_param_masks(model, self.masks)
+
     def apply(self, model: nn.Module) -> None:
-        """Set pruned weights to exactly zero, in place, without autograd."""
+        """Set pruned weights -- and the bias and BatchNorm affine terms of fully pruned units -- to exactly
+        zero, in place, without autograd."""
         mods = self._modules(model)
         with torch.no_grad():
             for name, m in self.masks.items():
                 w = mods[name].weight
                 w.masked_fill_(~m.to(w.device), 0)
+            self._unit_masks = self.unit_masks(model)
+            if self._unit_masks:
+                params = dict(model.named_parameters())
+                for pname, m in self._unit_masks.items():
+                    p = params.get(pname)
+                    if p is not None:
+                        p.masked_fill_(~m.to(p.device), 0)
+        if self._handles and self._attached_to == id(model):
+            self._hook_unit_params(model)
 
     def attach(self, model: nn.Module) -> None:
         """Register gradient hooks that zero the gradient of pruned weights.
@@ -121,6 +149,18 @@ class MaskSet:
             w = mods[name].weight
             self._handles[name] = w.register_hook(self._make_hook(name))
         self._attached_to = id(model)
+        self._unit_masks = self.unit_masks(model)
+        self._hook_unit_params(model)
+
+    def _hook_unit_params(self, model: nn.Module) -> None:
+        """Gradient hooks on the bias / BatchNorm parameters of fully pruned units not hooked yet."""
+        if not self._unit_masks:
+            return
+        params = dict(model.named_parameters())
+        for pname in self._unit_masks:
+            p = params.get(pname)
+            if pname not in self._unit_handles and p is not None and p.requires_grad:
+                self._unit_handles[pname] = p.register_hook(self._make_unit_hook(pname))
 
     def _make_hook(self, name: str):
         def hook(grad: Tensor) -> Tensor | None:
@@ -131,11 +171,21 @@ class MaskSet:
 
         return hook
 
+    def _make_unit_hook(self, pname: str):
+        def hook(grad: Tensor) -> Tensor | None:
+            m = self._unit_masks.get(pname)
+            if m is None:
+                return None
+            return grad.masked_fill(~m.to(grad.device), 0)
+
+        return hook
+
     def detach(self) -> None:
         """Remove the gradient hooks registered by :meth:`attach` (no-op if none)."""
-        for h in self._handles.values():
+        for h in [*self._handles.values(), *self._unit_handles.values()]:
             h.remove()
         self._handles.clear()
+        self._unit_handles.clear()
         self._attached_to = None
 
     @property
@@ -144,11 +194,14 @@ class MaskSet:
 
     # hooks belong to one live model: copies and pickles carry the masks only (re-attach them)
     def __getstate__(self) -> dict:
-        return {"masks": self.masks}
+        return {"masks": self.masks, "units": self.units}
 
     def __setstate__(self, state: dict) -> None:
         self.masks = dict(state["masks"])
+        self.units = bool(state.get("units", True))
         self._handles = {}
+        self._unit_handles = {}
+        self._unit_masks = {}
         self._attached_to = None
 
     # ------------------------------------------------------------------ queries

@@ -67,24 +67,42 @@ def _module_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 @torch.no_grad()
 def slim_model(
     model: nn.Module,
-    unit_scales: Mapping[str, Any],
+    unit_scales: Mapping[str, Any] | None = None,
     input_scales: Mapping[str, Any] | None = None,
     *,
+    masks: Any = None,
     example: Tensor | None = None,
     check: bool = True,
     atol: float = 1e-5,
+    reference: nn.Module | None = None,
 ) -> SlimResult:
     """A new, smaller dense model equal to ``model`` with ``unit_scales`` / ``input_scales`` applied (module
     docstring). ``model`` is not changed (it must carry no gates or hooks of its own: pass a plain copy).
 
     ``unit_scales``: ``{layer name: one factor per output unit}`` (bool masks work: True = 1); every named layer
     must be a supported site (:func:`unit_sites`), else ``ConfigError`` with the reason. ``input_scales``:
-    ``{Linear name: one factor per input feature}`` for Linears fed through ``Flatten``. ``check``: compare the
-    logits of the slim and the masked model on random inputs shaped like ``example`` and raise
-    ``RobustPruneError`` when they differ by more than ``atol * max(1, |logits|_max)``.
+    ``{Linear name: one factor per input feature}`` for Linears fed through ``Flatten``.
+
+    ``masks`` (a ``MaskSet`` or ``{layer: bool weight mask}``, instead of ``unit_scales``): slim a *pruned
+    model as it is* -- every unit removed entirely in ``model`` (weights, bias and BatchNorm affine terms all zero,
+    as ``MaskSet.apply`` leaves them) or never read by its consumer is cut; a unit whose weights are pruned but
+    whose bias or BatchNorm is not is refused (``ConfigError``: apply the masks first), since cutting it would
+    change the network. The check then compares with ``model`` itself.
+
+    ``check``: compare the logits of the slim model with the reference -- ``reference`` when given, ``model``
+    itself for ``masks``, else ``model`` with the scales applied by hooks -- on ``example`` (real inputs, up to
+    64 rows) and random inputs shaped like it, and raise ``RobustPruneError`` when they differ by more than
+    ``atol * max(1, |logits|_max)``.
     """
     input_scales = dict(input_scales or {})
     x_ex = example_input(model, example)
+    if masks is not None:
+        if unit_scales:
+            raise ConfigError("pass either masks= or unit_scales to slim_model, not both")
+        unit_scales = _scales_from_masks(model, masks, unit_sites(model, x_ex))
+        reference = model if reference is None else reference
+    elif unit_scales is None:
+        raise ConfigError("slim_model needs unit_scales (one factor per unit of each layer) or masks=")
     sites_all = unit_sites(model, x_ex)
     by_name = {s.name: s for s in sites_all}
     by_consumer = {s.consumer: s for s in sites_all if s.supported}
@@ -174,9 +192,46 @@ def slim_model(
         if lab not in by_name:
             final.append((f"{lab}:in", k, t))
     res = SlimResult(model=slim, units=units, inputs=inputs, order=final)
+    slim.rp_slim = True  # marks a model whose layer shapes differ from its architecture's (see checkpoint)
     if check:
-        res.max_abs_diff = check_equivalent(model, slim, by_name, scales, in_scales, x_ex, atol=atol)
+        real = example if example is not None and example.dim() == x_ex.dim() else None
+        res.max_abs_diff = check_equivalent(model, slim, by_name, scales, in_scales, x_ex, atol=atol,
+                                            reference=reference, inputs=real)
     return res
+
+
+def _scales_from_masks(model: nn.Module, masks: Any, sites: list) -> dict[str, Tensor]:
+    """``{layer: 0/1 per unit}`` for :func:`slim_model` ``masks=``: 0 for a unit removed entirely in ``model`` or
+    never read by its consumer (its consumer weights are all pruned); refuses half-removed units."""
+    from robustprune.sparsity.units import dead_units, unit_removed
+
+    md = {str(k): torch.as_tensor(v).bool() for k, v in dict(getattr(masks, "masks", masks)).items()}
+    dead_rows = dead_units(md)
+    scales: dict[str, Tensor] = {}
+    for site in sites:
+        if not site.supported:
+            continue
+        mod = model.get_submodule(site.name)
+        gone = unit_removed(model, site.name, site.bn).cpu()
+        if site.name in dead_rows:
+            half = dead_rows[site.name].cpu() & ~gone
+            if bool(half.any()):
+                idx = torch.nonzero(half).flatten().tolist()
+                raise ConfigError(
+                    f"units {idx[:8]} of {site.name!r} have every weight pruned but a non-zero bias or BatchNorm, so "
+                    "they still output a constant; apply the masks with MaskSet.apply(model) first (it removes "
+                    "such units entirely)"
+                )
+        cons = model.get_submodule(site.consumer)
+        cw = cons.weight.detach()
+        cm = md.get(site.consumer)
+        nz = cw != 0 if cm is None else (cw != 0) & cm.to(cw.device)
+        read = nz.transpose(0, 1).reshape(site.num_units, -1).any(dim=1).cpu() if cw.dim() > 2 else \
+            nz.reshape(cw.shape[0], site.num_units, site.positions).any(dim=2).any(dim=0).cpu()
+        drop = gone | ~read
+        if bool(drop.any()):
+            scales[site.name] = (~drop).float().to(mod.weight.device)
+    return scales
 
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -25,19 +25,11 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from robustprune.errors import ConfigError
+from robustprune.models.graph import BATCHNORMS as _BN
+from robustprune.models.graph import PER_UNIT, ZERO_PRESERVING, trace_graph, unit_flows
 
-
-#: element-wise activations with f(0) = 0 (a removed unit's zero stays zero)
-ZERO_PRESERVING: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Hardswish, nn.Tanh, nn.Hardtanh, nn.Softsign, nn.Tanhshrink, nn.Hardshrink, nn.Softshrink,
-)
-PER_UNIT: tuple[type[nn.Module], ...] = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout,
-    nn.Identity,
-)
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d)
+__all__ = ["PER_UNIT", "ZERO_PRESERVING", "UnitSite", "example_input", "supported_sites", "unit_sites",
+           "units_per_layer"]
 
 
 @dataclass(frozen=True)
@@ -156,8 +148,54 @@ def _trace(model: nn.Module, x: Tensor) -> tuple[list[_Call], Tensor, dict[str, 
 
 def unit_sites(model: nn.Module, example: Tensor | None = None) -> list[UnitSite]:
     """Every hidden Conv2d/Linear of ``model`` (not the logits layer) with how its units are coupled (see
-    :class:`UnitSite`), in execution order. One forward pass in eval mode on ``example`` (2 rows)."""
+    :class:`UnitSite`), in execution order.
+
+    The couplings are read from the ``torch.fx`` graph (:func:`robustprune.models.graph.unit_flows`), so models
+    written in the functional style (``torch.relu``, ``torch.flatten``, ``x.view(x.size(0), -1)``) work; one
+    forward pass in eval mode on ``example`` (2 rows) measures the spatial size of each unit. A model that
+    ``torch.fx`` cannot trace falls back to following tensors through forward hooks (modules only)."""
     x = example_input(model, example)
+    try:
+        graph = trace_graph(model)
+    except ConfigError as exc:
+        return _hook_sites(model, x, fx_error=str(exc))
+    flows = unit_flows(model, graph)
+    sizes = _output_positions(model, x, [f.name for f in flows])
+    sites: list[UnitSite] = []
+    for f in flows:
+        if f.is_output:
+            continue  # the logits layer
+        if f.name not in sizes:
+            continue  # not run in the forward pass
+        sites.append(UnitSite(f.name, f.kind, f.num_units, f.gate_at, f.norm, f.consumer if f.supported else None,
+                              f.positions if f.supported else 1, sizes[f.name], f.reason))
+    return sites
+
+
+def _output_positions(model: nn.Module, x: Tensor, names: Sequence[str]) -> dict[str, int]:
+    """``{layer: spatial positions of one output unit}`` from one forward pass (eval mode, modes restored)."""
+    sizes: dict[str, int] = {}
+    handles = []
+    for name in names:
+        def hook(_m, _i, out, name=name):
+            t = _first_tensor(out)
+            sizes[name] = int(math.prod(t.shape[2:])) if t is not None and t.dim() > 2 else 1
+        handles.append(model.get_submodule(name).register_forward_hook(hook))
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, t in flags:
+            m.training = t
+    return sizes
+
+
+def _hook_sites(model: nn.Module, x: Tensor, fx_error: str | None = None) -> list[UnitSite]:
+    """:func:`unit_sites` by following tensors through forward hooks (for models torch.fx cannot trace)."""
     calls, out, counts, funcs = _trace(model, x)
     weight_idx = [i for i, c in enumerate(calls) if isinstance(c.module, (nn.Conv2d, nn.Linear))]
     sites: list[UnitSite] = []
@@ -169,6 +207,8 @@ def unit_sites(model: nn.Module, example: Tensor | None = None) -> list[UnitSite
         units = c.module.out_channels if kind == "conv" else c.module.out_features
         out_pos = int(math.prod(c.out.shape[2:])) if c.out is not None and c.out.dim() > 2 else 1
         site = _follow(calls, i, out, counts, funcs, kind, units, out_pos)
+        if fx_error and site.reason is not None and "outside any module" in site.reason:
+            site = replace(site, reason=f"{site.reason}; and {fx_error[:1].lower()}{fx_error[1:]}")
         sites.append(site)
     return sites
 
