@@ -1,11 +1,27 @@
 """The results database (SQLite): the single source of truth of a study.
 
-Tables (``checks`` and ``vulnerability`` are described beside their columns below):
+Tables:
 
-``models``  one row per finished model cell (a trained base model or a pruned + fine-tuned model), keyed by the
-            hash of the config that made it; reused when the same cell comes up again.
-``results`` one row per (model, attack, ε): the result row of DESIGN.md. A model's rows for one attack are
-            written in one transaction, so a crash never leaves half an evaluation behind.
+``meta``           key -> JSON value. ``robustprune_schema`` (an integer, :data:`SCHEMA_VERSION`) marks a database
+                   robustprune created; every other command refuses a file without it (or with another version).
+``models``         one row per finished model cell (a trained base model or a pruned + fine-tuned model), keyed by
+                   the hash of the config that made it (``model_id``); reused when the same cell comes up again.
+``results``        one row per (model, attack, ε). A model's rows for one attack are written in one transaction, so
+                   a crash never leaves half an evaluation behind.
+``checks``         the sanity checks of evaluations, one row per (model, evaluation, check); ``ran`` says whether
+                   the check ran (1) or was skipped (0, ``detail`` says why).
+``vulnerability``  latent vulnerability of a model under one attack's examples.
+
+Vocabulary (``docs/``'s glossary): the compression rate ``rate`` is c (1/c of the prunable weights remain; 1.0
+for the unpruned model; NULL when the method learns its rate, ``rate_kind`` = 'learned', and the achieved value
+is ``achieved_compression``); ``group`` is the pruning group (unstructured | kernel | filter | column | none);
+``settings`` is the method's settings as JSON; ``model_key`` hashes the model's whole config except the seed, so
+rows of different seeds of one configuration share it (the report averages over seeds only within a
+``model_key``, attack, ε and n); ``converged`` is 1 / 0 / NULL (not measured); ``flags`` is a JSON list of
+strings (see :data:`FLAGS`).
+
+Reading commands open the database read-only (``ResultsStore(path, readonly=True)``, SQLite ``mode=ro``): they
+never write into a file, and a file that is not a robustprune database of this schema is refused with one line.
 """
 
 from __future__ import annotations
@@ -13,24 +29,52 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from robustprune.errors import RobustPruneError
 
+SCHEMA_KEY = "robustprune_schema"
+SCHEMA_VERSION = 2
+"""Version 2: ``group`` / ``rate`` / ``rate_kind`` / ``settings`` / ``model_key`` / ``converged`` / ``flags``
+(version 1, unmarked, had ``scheme`` and ``target_compression``, 0 meaning learned)."""
+
+GROUPS = ("unstructured", "kernel", "filter", "column", "none")
+RATE_KINDS = ("set", "learned", "none")
+
+FLAG_CHANCE = "chance-accuracy"
+FLAG_NOTHING_PRUNED = "nothing-pruned"
+FLAG_NOT_CONVERGED = "not-converged"
+FLAGS: dict[str, str] = {
+    FLAG_CHANCE: "accuracy at chance level (the model collapsed)",
+    FLAG_NOTHING_PRUNED: "nothing was pruned (the model equals its parent's sparsity)",
+    FLAG_NOT_CONVERGED: "the method did not converge",
+}
+"""Known flags and what they mean; any other string is allowed and shown as it is."""
+
+JSON_RESULT_COLUMNS = ("settings", "flags")
+"""Columns of ``results`` stored as JSON and decoded by :meth:`ResultsStore.results` (``attack_config`` stays the
+JSON text it always was)."""
+
 RESULT_COLUMNS: dict[str, str] = {
-    "model_id": "TEXT NOT NULL",          # config hash of the model cell
+    "model_id": "TEXT NOT NULL",          # config hash of the model cell (seed included)
+    "model_key": "TEXT",                  # hash of the model's config without the seed (shared across seeds)
     "study": "TEXT",
     "dataset": "TEXT NOT NULL",
     "architecture": "TEXT NOT NULL",
     "width": "REAL",
     "method": "TEXT NOT NULL",            # 'unpruned' for the base model
-    "scheme": "TEXT",                     # unstructured | kernel | filter | column | none
-    "scope": "TEXT",                      # local | global | none
-    "score": "TEXT",                      # magnitude | random | none
+    "group": "TEXT",                      # unstructured | kernel | filter | column | none
+    "scope": "TEXT",                      # local | global | learned | none
+    "score": "TEXT",                      # magnitude | random | admm | bayesian | none
     "schedule": "TEXT",                   # iterative | one-shot | none
-    "target_compression": "REAL NOT NULL",  # c: 1/c of prunable weights remain
+    "rate": "REAL",                       # c: 1/c of prunable weights remain; 1 unpruned; NULL when learned
+    "rate_kind": "TEXT NOT NULL",         # set | learned | none (unpruned)
+    "settings": "TEXT",                   # JSON of the method's settings
+    "converged": "INTEGER",               # 1 | 0 | NULL (not measured)
+    "flags": "TEXT",                      # JSON list of strings, e.g. ["chance-accuracy"]
     "achieved_sparsity": "REAL",          # zeros actually present / prunable weights
     "achieved_compression": "REAL",       # prunable weights / non-zero prunable weights
     "params_total": "INTEGER",
@@ -43,86 +87,240 @@ RESULT_COLUMNS: dict[str, str] = {
     "eps": "REAL NOT NULL",
     "eps_str": "TEXT NOT NULL",           # RobustBench style, e.g. '8/255' or '0.1'
     "robust_acc": "REAL",
-    "n_eval": "INTEGER",
+    "n_eval": "INTEGER",                  # test points the row was measured on
     "attack_config": "TEXT",              # JSON of the attack's settings
     "attack_hash": "TEXT NOT NULL",
     "seed": "INTEGER",
     "config_hash": "TEXT",                # hash of the whole cell config (model + attack)
     "code_version": "TEXT",
     "train_wall_time": "REAL",            # seconds to make the model (training / pruning + fine-tuning)
+    "train_epochs": "REAL",               # training budget of the same, in epochs (over the training split) ...
+    "train_steps": "INTEGER",             # ... and in gradient steps
     "eval_wall_time": "REAL",             # seconds for this attack
     "created_at": "REAL",
 }
 
 MODEL_COLUMNS: dict[str, str] = {
     "model_id": "TEXT PRIMARY KEY",
+    "model_key": "TEXT",
     "study": "TEXT",
     "kind": "TEXT",                       # base | pruned
     "parent_id": "TEXT",
     "dataset": "TEXT",
     "architecture": "TEXT",
     "method": "TEXT",
-    "target_compression": "REAL",
+    "group": "TEXT",
+    "rate": "REAL",
+    "rate_kind": "TEXT",
+    "settings": "TEXT",                   # JSON
     "seed": "INTEGER",
     "checkpoint": "TEXT",
+    "checkpoint_sha256": "TEXT",
+    "converged": "INTEGER",
+    "convergence": "TEXT",                # JSON: the method's convergence signals (rho, residuals, gates, loss curve)
+    "flags": "TEXT",                      # JSON list
     "metrics": "TEXT",                    # JSON
     "config": "TEXT",                     # JSON
     "wall_time": "REAL",
+    "train_epochs": "REAL",
+    "train_steps": "INTEGER",
     "created_at": "REAL",
 }
-
+JSON_MODEL_COLUMNS = {"settings": dict, "convergence": dict, "flags": list, "metrics": dict, "config": dict}
 
 CHECK_COLUMNS: dict[str, str] = {
     "model_id": "TEXT NOT NULL",
     "evaluation_id": "TEXT NOT NULL",     # hash of the evaluation's settings (attacks, n, seed, transfer source)
     "name": "TEXT NOT NULL",              # e.g. eps_monotone:pgd, large_eps, input_gradients
-    "passed": "INTEGER",                  # 1 / 0 (NULL: not decided)
+    "ran": "INTEGER NOT NULL DEFAULT 1",  # 1: the check ran; 0: it was skipped (detail says why)
+    "passed": "INTEGER",                  # 1 / 0 (NULL: not decided, or skipped)
     "value": "REAL",                      # the measured quantity the threshold applies to
     "threshold": "REAL",
     "detail": "TEXT",
     "code_version": "TEXT",
     "created_at": "REAL",
 }
-"""Table ``checks`` (created on first use): the sanity checks of evaluations, one row per (model, evaluation, check)."""
 
 VULNERABILITY_COLUMNS: dict[str, str] = {
     "model_id": "TEXT NOT NULL",
     "threat": "TEXT NOT NULL",            # white | black (transfer from the unpruned base model)
     "attack_hash": "TEXT NOT NULL",       # the result rows' attack whose examples were measured
     "eps_str": "TEXT NOT NULL",
-    "network": "REAL",                    # V of the network (seed 000 Eq. 2)
+    "network": "REAL",                    # V of the network (Madaan2020 Eq. 2)
     "layers": "TEXT",                     # JSON {layer: V_l}
     "features": "TEXT",                   # JSON {layer: [V per channel / unit]} (the histograms)
     "n_points": "INTEGER",
     "created_at": "REAL",
 }
-"""Table ``vulnerability`` (created on first use): latent vulnerability of a model under one attack's examples."""
+
+TABLES = ("meta", "models", "results", "checks", "vulnerability")
+
+
+def _q(name: str) -> str:
+    """A quoted SQL identifier (``group`` is a keyword)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _cols(columns: Mapping[str, str]) -> str:
+    return ", ".join(f"{_q(k)} {v}" for k, v in columns.items())
+
+
+def _insert_sql(table: str, names: Sequence[str]) -> str:
+    return (f"INSERT OR REPLACE INTO {table} ({', '.join(_q(n) for n in names)}) "
+            f"VALUES ({', '.join('?' for _ in names)})")
+
+
+def _dump(value: Any, empty: Any) -> str:
+    if isinstance(value, str):
+        json.loads(value)  # already JSON: must parse
+        return value
+    return json.dumps(empty if value is None else value, sort_keys=True, default=str)
+
+
+def _load(text: Any, empty: type) -> Any:
+    if text is None or text == "":
+        return empty()
+    return json.loads(text)
+
+
+def _rerun_hint(path: Path) -> str:
+    return f"rerun the study into a new folder (robustprune study SPEC --out NEW_DIR) or move {path} away"
+
+
+def validate_row(row: Mapping[str, Any], *, table: str = "results") -> None:
+    """Refuse a row that breaks the vocabulary (a programming error in the writer: ``ValueError``)."""
+    kind = row.get("rate_kind")
+    rate = row.get("rate")
+    if table == "results" or kind is not None:
+        if kind not in RATE_KINDS:
+            raise ValueError(f"{table} row: rate_kind must be one of {RATE_KINDS}, got {kind!r}")
+        if kind == "learned" and rate is not None:
+            raise ValueError(f"{table} row: a learned rate is stored as rate NULL (the achieved value goes in "
+                             f"achieved_compression), got rate={rate!r}")
+        if kind == "set" and (rate is None or float(rate) < 1.0):
+            raise ValueError(f"{table} row: a set rate must be a compression rate c >= 1, got {rate!r}")
+        if kind == "none" and rate is not None and float(rate) != 1.0:
+            raise ValueError(f"{table} row: rate_kind 'none' (unpruned) has rate 1.0, got {rate!r}")
+    group = row.get("group")
+    if group is not None and group not in GROUPS:
+        raise ValueError(f"{table} row: group must be one of {GROUPS}, got {group!r}")
+    conv = row.get("converged")
+    if conv is not None and conv not in (0, 1, True, False):
+        raise ValueError(f"{table} row: converged must be 1, 0 or None, got {conv!r}")
+    flags = row.get("flags")
+    if flags is not None:
+        parsed = json.loads(flags) if isinstance(flags, str) else flags
+        if not isinstance(parsed, (list, tuple)) or not all(isinstance(f, str) for f in parsed):
+            raise ValueError(f"{table} row: flags must be a list of strings, got {flags!r}")
 
 
 class ResultsStore:
-    """SQLite store. Safe to open from several processes (WAL journal, retries on a busy database)."""
+    """SQLite store. Safe to open from several processes (WAL journal, retries on a busy database).
 
-    def __init__(self, path: str | Path) -> None:
+    ``ResultsStore(path)`` creates the database (and its folder) when absent and marks it with the schema
+    version; an existing file must carry the marker of this version. ``ResultsStore(path, readonly=True)`` never
+    writes: the file must exist and be a robustprune database of this schema. Either way, anything else is a
+    one-line :class:`RobustPruneError` that says what is wrong and how to fix it.
+    """
+
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly
         try:
-            self._db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._create()
+            if readonly:
+                if not self.path.is_file():
+                    raise RobustPruneError(f"no results database at {self.path}; run `robustprune study --out "
+                                           f"{self.path.parent}` first")
+                if self.path.stat().st_size == 0:
+                    raise RobustPruneError(f"{self.path} is an empty file, not a robustprune results database; "
+                                           + _rerun_hint(self.path))
+                uri = "file:" + quote(str(self.path.resolve())) + "?mode=ro"
+                self._db = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
+                self._db.row_factory = sqlite3.Row
+                self._check_marker()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                existed = self.path.is_file() and self.path.stat().st_size > 0
+                self._db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
+                self._db.row_factory = sqlite3.Row
+                if existed:
+                    self._check_marker()  # before anything writes: a foreign file stays untouched
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._create()
         except sqlite3.DatabaseError as exc:
             raise RobustPruneError(
                 f"results database {self.path} cannot be opened ({exc}); move it away or choose another --out"
             ) from None
+        except RobustPruneError:
+            db = getattr(self, "_db", None)
+            if db is not None:
+                db.close()
+            raise
+
+    # ---- schema ---------------------------------------------------------------------------------------------
+    def _tables(self) -> set[str]:
+        return {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    def _check_marker(self) -> None:
+        tables = self._tables()
+        if not tables:
+            raise RobustPruneError(f"{self.path} holds no tables: it is not a robustprune results database; "
+                                   + _rerun_hint(self.path))
+        version = None
+        if "meta" in tables:
+            try:
+                row = self._db.execute("SELECT value FROM meta WHERE key = ?", (SCHEMA_KEY,)).fetchone()
+            except sqlite3.DatabaseError:
+                row = None
+            try:
+                version = json.loads(row[0]) if row else None
+            except (TypeError, ValueError):
+                version = row[0]
+        if version is None:
+            if {"results", "models"} <= tables:
+                raise RobustPruneError(f"{self.path} was written by an older robustprune (no schema marker; this "
+                                       f"version reads schema {SCHEMA_VERSION}); " + _rerun_hint(self.path))
+            raise RobustPruneError(f"{self.path} is not a robustprune results database (tables "
+                                   f"{', '.join(sorted(tables))}); " + _rerun_hint(self.path))
+        if version != SCHEMA_VERSION:
+            raise RobustPruneError(f"{self.path} has results schema {version}, this robustprune reads schema "
+                                   f"{SCHEMA_VERSION}; " + _rerun_hint(self.path))
 
     def _create(self) -> None:
-        cols = ", ".join(f"{k} {v}" for k, v in RESULT_COLUMNS.items())
-        self._db.execute(f"CREATE TABLE IF NOT EXISTS results (id INTEGER PRIMARY KEY AUTOINCREMENT, {cols}, "
-                         "UNIQUE(model_id, attack_hash, eps_str))")
-        mcols = ", ".join(f"{k} {v}" for k, v in MODEL_COLUMNS.items())
-        self._db.execute(f"CREATE TABLE IF NOT EXISTS models ({mcols})")
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        self._db.execute("BEGIN IMMEDIATE")  # one creator at a time: a concurrent study waits, then sees the marker
+        try:
+            if self._tables():
+                self._check_marker()
+            else:
+                self._db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+                self._db.execute(f"CREATE TABLE models ({_cols(MODEL_COLUMNS)})")
+                self._db.execute(f"CREATE TABLE results (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                                 f"{_cols(RESULT_COLUMNS)}, UNIQUE(model_id, attack_hash, eps_str))")
+                self._db.execute(f"CREATE TABLE checks (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                                 f"{_cols(CHECK_COLUMNS)}, UNIQUE(model_id, evaluation_id, name))")
+                self._db.execute(f"CREATE TABLE vulnerability (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                                 f"{_cols(VULNERABILITY_COLUMNS)}, UNIQUE(model_id, threat, attack_hash, eps_str))")
+                self._db.execute("CREATE INDEX results_model ON results (model_id)")
+                self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (SCHEMA_KEY, json.dumps(SCHEMA_VERSION)))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _write(self) -> None:
+        if self.readonly:
+            raise RobustPruneError(f"{self.path} was opened read-only; open it with ResultsStore(path) to write")
+
+    def _transaction(self, sql: str, values: Sequence[tuple]) -> None:
+        self._write()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany(sql, values)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self._db.close()
@@ -133,31 +331,47 @@ class ResultsStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # ---- meta -----------------------------------------------------------------------------------------------
+    def set_meta(self, key: str, value: Any) -> None:
+        self._write()
+        if key == SCHEMA_KEY:
+            raise ValueError(f"meta key {SCHEMA_KEY!r} is the store's own")
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value, default=str)))
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row["value"]) if row else default
+
     # ---- models ---------------------------------------------------------------------------------------------
-    def get_model(self, model_id: str) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT * FROM models WHERE model_id = ?", (model_id,)).fetchone()
-        if row is None:
-            return None
+    @staticmethod
+    def _decode_model(row: sqlite3.Row) -> dict[str, Any]:
         out = dict(row)
-        for k in ("metrics", "config"):
-            out[k] = json.loads(out[k]) if out[k] else {}
+        for k, empty in JSON_MODEL_COLUMNS.items():
+            out[k] = _load(out[k], empty)
         return out
 
-    def put_model(self, record: dict[str, Any]) -> None:
+    def get_model(self, model_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT * FROM models WHERE model_id = ?", (model_id,)).fetchone()
+        return None if row is None else self._decode_model(row)
+
+    def put_model(self, record: Mapping[str, Any]) -> None:
+        """Insert (or replace) one model row. JSON columns (settings, convergence, flags, metrics, config) take
+        Python objects; unknown keys are refused."""
+        unknown = set(record) - set(MODEL_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown model columns {sorted(unknown)}; known: {list(MODEL_COLUMNS)}")
+        validate_row(record, table="models")
         rec = {k: record.get(k) for k in MODEL_COLUMNS}
         rec["created_at"] = rec["created_at"] or time.time()
-        for k in ("metrics", "config"):
-            rec[k] = json.dumps(rec[k] or {}, sort_keys=True, default=str)
-        names = ", ".join(rec)
-        marks = ", ".join("?" for _ in rec)
-        self._db.execute(f"INSERT OR REPLACE INTO models ({names}) VALUES ({marks})", tuple(rec.values()))
+        for k, empty in JSON_MODEL_COLUMNS.items():
+            rec[k] = _dump(rec[k], empty())
+        if rec["converged"] is not None:
+            rec["converged"] = int(bool(rec["converged"]))
+        self._write()
+        self._db.execute(_insert_sql("models", list(rec)), tuple(rec.values()))
 
     def models(self) -> list[dict[str, Any]]:
-        rows = [dict(r) for r in self._db.execute("SELECT * FROM models ORDER BY created_at")]
-        for r in rows:
-            for k in ("metrics", "config"):
-                r[k] = json.loads(r[k]) if r[k] else {}
-        return rows
+        return [self._decode_model(r) for r in self._db.execute("SELECT * FROM models ORDER BY created_at")]
 
     # ---- results --------------------------------------------------------------------------------------------
     def has_result(self, model_id: str, attack_hash: str, eps_str: str) -> bool:
@@ -165,84 +379,79 @@ class ResultsStore:
                                (model_id, attack_hash, eps_str)).fetchone()
         return row is not None
 
-    def put_results(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert (or replace) rows in one transaction: all of them land, or none."""
+    def put_results(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert (or replace) rows in one transaction: all of them land, or none. ``settings`` and
+        ``attack_config`` take dicts, ``flags`` a list of strings; unknown keys are refused."""
         if not rows:
             return
         unknown = set().union(*(r.keys() for r in rows)) - set(RESULT_COLUMNS)
         if unknown:
-            raise ValueError(f"unknown result columns {sorted(unknown)}")
+            raise ValueError(f"unknown result columns {sorted(unknown)} (schema {SCHEMA_VERSION}: 'scheme' is now "
+                             f"'group', 'target_compression' is 'rate' + 'rate_kind')")
         names = list(RESULT_COLUMNS)
-        sql = f"INSERT OR REPLACE INTO results ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"
         now = time.time()
         values = []
         for r in rows:
+            validate_row(r)
             r = dict(r)
             r.setdefault("created_at", now)
             if isinstance(r.get("attack_config"), (dict, list)):
                 r["attack_config"] = json.dumps(r["attack_config"], sort_keys=True)
+            r["settings"] = _dump(r.get("settings"), {})
+            r["flags"] = _dump(sorted(set(json.loads(r["flags"]) if isinstance(r.get("flags"), str)
+                                          else (r.get("flags") or []))), [])
+            if r.get("converged") is not None:
+                r["converged"] = int(bool(r["converged"]))
             values.append(tuple(r.get(k) for k in names))
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._db.executemany(sql, values)
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+        self._transaction(_insert_sql("results", names), values)
 
     def results(self, where: str = "", params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        """Rows (oldest first) with ``settings`` decoded to a dict and ``flags`` to a list (``attack_config``
+        stays JSON text). ``where`` is SQL over the columns; quote ``"group"``."""
         sql = "SELECT * FROM results" + (f" WHERE {where}" if where else "") + " ORDER BY id"
-        return [dict(r) for r in self._db.execute(sql, tuple(params))]
-
-    def set_meta(self, key: str, value: Any) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value, default=str)))
-
-    def get_meta(self, key: str, default: Any = None) -> Any:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return json.loads(row["value"]) if row else default
+        out = []
+        for r in self._db.execute(sql, tuple(params)):
+            d = dict(r)
+            d["settings"] = _load(d["settings"], dict)
+            d["flags"] = _load(d["flags"], list)
+            out.append(d)
+        return out
 
     # ---- sanity checks ------------------------------------------------------------------------------------
-    def _create_checks(self) -> None:
-        cols = ", ".join(f"{k} {v}" for k, v in CHECK_COLUMNS.items())
-        self._db.execute(f"CREATE TABLE IF NOT EXISTS checks (id INTEGER PRIMARY KEY AUTOINCREMENT, {cols}, "
-                         "UNIQUE(model_id, evaluation_id, name))")
-
-    def put_checks(self, model_id: str, checks: Sequence[dict[str, Any]], *, evaluation_id: str = "",
+    def put_checks(self, model_id: str, checks: Sequence[Mapping[str, Any]], *, evaluation_id: str = "",
                    code_version: str | None = None) -> None:
-        """Insert (or replace) an evaluation's sanity checks ``[{name, passed, detail, value, threshold}]`` in
-        one transaction."""
-        self._create_checks()
+        """Insert (or replace) an evaluation's sanity checks ``[{name, passed, detail, value, threshold, ran}]`` in
+        one transaction. ``ran`` defaults to True; a skipped check is ``{"name": ..., "ran": False, "detail":
+        "why it was skipped"}`` (``passed`` is then stored as NULL)."""
         if not checks:
             return
         names = list(CHECK_COLUMNS)
-        sql = f"INSERT OR REPLACE INTO checks ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"
         now = time.time()
         values = []
         for c in checks:
-            passed = c.get("passed")
-            rec = {"model_id": model_id, "evaluation_id": evaluation_id, "name": c["name"],
+            ran = bool(c.get("ran", True))
+            passed = c.get("passed") if ran else None
+            rec = {"model_id": model_id, "evaluation_id": evaluation_id, "name": c["name"], "ran": int(ran),
                    "passed": None if passed is None else int(bool(passed)), "value": c.get("value"),
                    "threshold": c.get("threshold"), "detail": c.get("detail"), "code_version": code_version,
                    "created_at": now}
             values.append(tuple(rec[k] for k in names))
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._db.executemany(sql, values)
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+        self._transaction(_insert_sql("checks", names), values)
+
+    def checks(self, model_id: str | None = None) -> list[dict[str, Any]]:
+        """Stored sanity checks (of one model, or all), oldest first; ``passed`` as bool (None: undecided or
+        skipped), ``ran`` as bool."""
+        sql = "SELECT * FROM checks" + (" WHERE model_id = ?" if model_id is not None else "") + " ORDER BY id"
+        rows = [dict(r) for r in self._db.execute(sql, (model_id,) if model_id is not None else ())]
+        for r in rows:
+            r["passed"] = None if r["passed"] is None else bool(r["passed"])
+            r["ran"] = bool(r["ran"])
+        return rows
 
     # ---- latent vulnerability -----------------------------------------------------------------------------
-    def _create_vulnerability(self) -> None:
-        cols = ", ".join(f"{k} {v}" for k, v in VULNERABILITY_COLUMNS.items())
-        self._db.execute(f"CREATE TABLE IF NOT EXISTS vulnerability (id INTEGER PRIMARY KEY AUTOINCREMENT, {cols}, "
-                         "UNIQUE(model_id, threat, attack_hash, eps_str))")
-
     def has_vulnerability(self, model_id: str, threat: str, attack_hash: str | None = None,
                           eps_str: str | None = None) -> bool:
         """A measurement of ``model_id`` under ``threat`` is stored (of that attack and ε when given)."""
-        self._create_vulnerability()
         sql, args = "SELECT 1 FROM vulnerability WHERE model_id = ? AND threat = ?", [model_id, threat]
         if attack_hash is not None:
             sql, args = sql + " AND attack_hash = ?", args + [attack_hash]
@@ -253,7 +462,7 @@ class ResultsStore:
     def put_vulnerability(self, model_id: str, threat: str, attack_hash: str, eps_str: str, *, network: float,
                           layers: dict[str, float], features: dict[str, list[float]], n_points: int) -> None:
         """Insert (or replace) one measurement (a single statement: atomic)."""
-        self._create_vulnerability()
+        self._write()
         self._db.execute(
             "INSERT OR REPLACE INTO vulnerability (model_id, threat, attack_hash, eps_str, network, layers, features, "
             "n_points, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -262,18 +471,8 @@ class ResultsStore:
 
     def vulnerabilities(self) -> list[dict[str, Any]]:
         """Every stored measurement, oldest first, with ``layers`` / ``features`` decoded."""
-        self._create_vulnerability()
         rows = [dict(r) for r in self._db.execute("SELECT * FROM vulnerability ORDER BY id")]
         for r in rows:
             r["layers"] = json.loads(r["layers"]) if r["layers"] else {}
             r["features"] = json.loads(r["features"]) if r["features"] else {}
-        return rows
-
-    def checks(self, model_id: str | None = None) -> list[dict[str, Any]]:
-        """Stored sanity checks (of one model, or all), oldest first; ``passed`` as bool (None: undecided)."""
-        self._create_checks()
-        sql = "SELECT * FROM checks" + (" WHERE model_id = ?" if model_id is not None else "") + " ORDER BY id"
-        rows = [dict(r) for r in self._db.execute(sql, (model_id,) if model_id is not None else ())]
-        for r in rows:
-            r["passed"] = None if r["passed"] is None else bool(r["passed"])
         return rows
