@@ -6,7 +6,7 @@ Tables:
                    robustprune created; every other command refuses a file without it (or with another version).
 ``models``         one row per finished model cell (a trained base model or a pruned + fine-tuned model), keyed by
                    the hash of the config that made it (``model_id``); reused when the same cell comes up again.
-``results``        one row per (model, attack, ε). A model's rows for one attack are written in one transaction, so
+``results``        one row per (model, attack, ε, n). A model's rows for one attack are written in one transaction, so
                    a crash never leaves half an evaluation behind.
 ``checks``         the sanity checks of evaluations, one row per (model, evaluation, check); ``ran`` says whether
                    the check ran (1) or was skipped (0, ``detail`` says why).
@@ -209,7 +209,10 @@ def validate_row(row: Mapping[str, Any], *, table: str = "results") -> None:
         raise ValueError(f"{table} row: converged must be 1, 0 or None, got {conv!r}")
     flags = row.get("flags")
     if flags is not None:
-        parsed = json.loads(flags) if isinstance(flags, str) else flags
+        try:
+            parsed = json.loads(flags) if isinstance(flags, str) else flags
+        except ValueError:
+            parsed = flags
         if not isinstance(parsed, (list, tuple)) or not all(isinstance(f, str) for f in parsed):
             raise ValueError(f"{table} row: flags must be a list of strings, got {flags!r}")
 
@@ -296,7 +299,7 @@ class ResultsStore:
                 self._db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
                 self._db.execute(f"CREATE TABLE models ({_cols(MODEL_COLUMNS)})")
                 self._db.execute(f"CREATE TABLE results (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-                                 f"{_cols(RESULT_COLUMNS)}, UNIQUE(model_id, attack_hash, eps_str))")
+                                 f"{_cols(RESULT_COLUMNS)}, UNIQUE(model_id, attack_hash, eps_str, n_eval))")
                 self._db.execute(f"CREATE TABLE checks (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                                  f"{_cols(CHECK_COLUMNS)}, UNIQUE(model_id, evaluation_id, name))")
                 self._db.execute(f"CREATE TABLE vulnerability (id INTEGER PRIMARY KEY AUTOINCREMENT, "
@@ -374,10 +377,14 @@ class ResultsStore:
         return [self._decode_model(r) for r in self._db.execute("SELECT * FROM models ORDER BY created_at")]
 
     # ---- results --------------------------------------------------------------------------------------------
-    def has_result(self, model_id: str, attack_hash: str, eps_str: str) -> bool:
-        row = self._db.execute("SELECT 1 FROM results WHERE model_id = ? AND attack_hash = ? AND eps_str = ? LIMIT 1",
-                               (model_id, attack_hash, eps_str)).fetchone()
-        return row is not None
+    def has_result(self, model_id: str, attack_hash: str, eps_str: str, n_eval: int | None = None) -> bool:
+        """A row of this model, attack and ε is stored (on ``n_eval`` points when given: a rerun on another number
+        of points is another row, never a reuse)."""
+        sql = "SELECT 1 FROM results WHERE model_id = ? AND attack_hash = ? AND eps_str = ?"
+        args: tuple = (model_id, attack_hash, eps_str)
+        if n_eval is not None:
+            sql, args = sql + " AND n_eval = ?", args + (int(n_eval),)
+        return self._db.execute(sql + " LIMIT 1", args).fetchone() is not None
 
     def put_results(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert (or replace) rows in one transaction: all of them land, or none. ``settings`` and
