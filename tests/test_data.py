@@ -416,8 +416,9 @@ def test_svhn_without_scipy_names_the_extra(tmp_path, monkeypatch):
     for name in ("train_32x32.mat", "test_32x32.mat"):
         (tmp_path / name).write_bytes(b"")
     monkeypatch.setitem(sys.modules, "scipy.io", None)
-    with pytest.raises(DataError, match=r"robustprune\[svhn\]"):
+    with pytest.raises(DataError, match=r"robustprune\[svhn\]") as exc:
         load_splits("svhn", data_dir=tmp_path)
+    assert 'pip install -e ".[svhn]"' in str(exc.value)  # the command that works from a clone, too
 
 
 def _imagenette(tmp_path: Path, n_train=2, n_val=1):
@@ -454,8 +455,9 @@ def test_imagenette_without_pillow_names_the_extra(tmp_path, monkeypatch):
     for split in ("train", "val"):
         (tmp_path / split / "n01").mkdir(parents=True)
     monkeypatch.setitem(sys.modules, "PIL", None)
-    with pytest.raises(DataError, match=r"robustprune\[imagenette\]"):
+    with pytest.raises(DataError, match=r"robustprune\[imagenette\]") as exc:
         load_splits("imagenette", data_dir=tmp_path)
+    assert 'pip install -e ".[imagenette]"' in str(exc.value)
 
 
 # ---------------------------------------------------------------------------------------- crop-flip

@@ -1,4 +1,4 @@
-"""Small helpers shared by every layer: seeding, devices, generators, config hashing."""
+"""Small helpers shared by every layer: seeding, devices, generators, config hashing, output-path checks."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,3 +73,83 @@ def parse_eps(value: str | float) -> float:
         a, b = s.split("/", 1)
         return float(a) / float(b)
     return float(s)
+
+
+def install_hint(extra: str) -> str:
+    """How to install an optional extra, from a clone and from the package index (both, since either may apply).
+
+    >>> install_hint("autoattack")
+    'pip install -e ".[autoattack]" (from a clone of the repository) or pip install \\'robustprune[autoattack]\\''
+    """
+    return f"pip install -e \".[{extra}]\" (from a clone of the repository) or pip install 'robustprune[{extra}]'"
+
+
+def _output_error(what: str, path: Path, reason: str) -> Exception:
+    from robustprune.errors import OutputPathError
+
+    return OutputPathError(f"cannot write {what} {path}: {reason}; choose another path (nothing was computed yet)")
+
+
+def _folder_problem(p: Path) -> str | None:
+    """Why files cannot be written into folder ``p`` (created with its parents when missing), or None."""
+    if p.exists() and not p.is_dir():
+        return "it exists and is not a folder"
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        return "a part of the path exists and is not a folder"
+    except OSError as exc:
+        return f"the folder cannot be created ({exc.strerror or exc.__class__.__name__})"
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".robustprune-write-test-", dir=p)
+    except OSError as exc:
+        return f"the folder is not writable ({exc.strerror or exc.__class__.__name__})"
+    try:
+        os.write(fd, b"ok")
+    except OSError as exc:
+        return f"the folder is not writable ({exc.strerror or exc.__class__.__name__})"
+    finally:
+        os.close(fd)
+        try:
+            os.unlink(probe)
+        except OSError:
+            pass
+    return None
+
+
+def check_writable_dir(path: str | os.PathLike[str], what: str = "output folder") -> Path:
+    """Make sure files can be written into folder ``path`` *before* any work starts; return it as a Path.
+
+    Creates the folder (and its parents) when missing, then creates and removes a small probe file in it, so an
+    unwritable, immutable, read-only or pseudo (``/proc``) folder, or a path that names an existing regular file,
+    fails now with a one-line :class:`~robustprune.errors.OutputPathError` instead of after the computation.
+    ``what`` names the path in the message (e.g. ``"--out folder"``).
+    """
+    p = Path(path).expanduser()
+    problem = _folder_problem(p)
+    if problem is not None:
+        raise _output_error(what, p, problem)
+    return p
+
+
+def check_writable_file(path: str | os.PathLike[str], what: str = "output file", *, overwrite: bool = True) -> Path:
+    """Make sure file ``path`` can be written *before* any work starts; return it as a Path.
+
+    Its folder is created when missing and test-written (see :func:`check_writable_dir`); the path must not be a
+    folder; an existing file must be writable (and is refused when ``overwrite`` is False). The file itself is not
+    created or touched, so nothing is left behind if the work later fails.
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise _output_error(what, p, "it is a folder; give a file name")
+    problem = _folder_problem(p.parent)
+    if problem is not None:
+        raise _output_error(what, p, f"its folder {p.parent}: {problem}")
+    if p.exists():
+        if not overwrite:
+            raise _output_error(what, p, "it exists already")
+        if not os.access(p, os.W_OK):
+            raise _output_error(what, p, "the existing file is not writable")
+    return p

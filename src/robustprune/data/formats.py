@@ -24,6 +24,7 @@ import numpy as np
 
 from robustprune.data.specs import DatasetSpec
 from robustprune.errors import DataError
+from robustprune.utils import install_hint
 
 
 class RawData(NamedTuple):
@@ -283,8 +284,8 @@ class _CifarFormat(_Format):
         return RawData(_readonly(x_tr), _readonly(y_tr), _readonly(test[0]), _readonly(test[1]))
 
 
-_SCIPY_MISSING = "svhn needs scipy to read .mat files: pip install 'robustprune[svhn]'"
-_PIL_MISSING = "imagenette needs Pillow to decode images: pip install 'robustprune[imagenette]'"
+_SCIPY_MISSING = f"svhn needs scipy to read .mat files: {install_hint('svhn')}"
+_PIL_MISSING = f"imagenette needs Pillow to decode images: {install_hint('imagenette')}"
 
 
 class _SvhnFormat(_Format):

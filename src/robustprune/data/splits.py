@@ -13,7 +13,7 @@ from torch import Tensor
 
 from robustprune.data.formats import load_raw
 from robustprune.data.specs import DEFAULT_DATASET, DatasetSpec, get_spec
-from robustprune.errors import ConfigError
+from robustprune.errors import ConfigError, RobustPruneWarning
 
 
 @dataclass
@@ -64,6 +64,12 @@ def _check_count(n: object, what: str) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ConfigError(f"{what} must be a non-negative integer, got {n!r}")
     return int(n)
+
+
+def _say_clamped(what: str, asked: int, have: int, of: str) -> None:
+    """A limit above the data's size is clamped to it; say so (once per message: Python's default warning filter)."""
+    warnings.warn(f"{what}={asked} is more than the {have} {of}; using all {have}", RobustPruneWarning,
+                  stacklevel=3)
 
 
 def _val_count(val_size: int | float, n_train: int) -> int:
@@ -145,10 +151,17 @@ def load_splits(
     perm = torch.randperm(n_train, generator=g)
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     if train_limit is not None:
-        train_idx = train_idx[: _check_count(train_limit, "train_limit")]
+        limit = _check_count(train_limit, "train_limit")
+        if limit > len(train_idx):
+            _say_clamped("train_limit", limit, len(train_idx), f"training images of {spec.name} (after the "
+                         f"{n_val} validation images)")
+        train_idx = train_idx[:limit]
     test_idx = torch.arange(len(raw.y_test))
     if test_limit is not None:
-        test_idx = test_idx[: _check_count(test_limit, "test_limit")]
+        limit = _check_count(test_limit, "test_limit")
+        if limit > len(test_idx):
+            _say_clamped("test_limit", limit, len(test_idx), f"test images of {spec.name}")
+        test_idx = test_idx[:limit]
 
     x_tr, y_tr = _as_tensor(raw.x_train, dev), _as_tensor(raw.y_train, dev)
     x_te, y_te = _as_tensor(raw.x_test, dev), _as_tensor(raw.y_test, dev)
