@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from robustprune.errors import ConfigError, RobustPruneError
-from robustprune.utils import parse_eps
+from robustprune.errors import ConfigError, RobustPruneError, RobustPruneWarning
+from robustprune.utils import check_writable_file, parse_eps
 
 app = typer.Typer(
     help="Make neural networks small and adversarially robust at once, and measure that robustness honestly.",
@@ -28,6 +29,31 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.
 
 def _echo(msg: str) -> None:
     typer.echo(msg)
+
+
+def _warn(msg: str) -> None:
+    """One ``warning: ...`` line on stderr."""
+    typer.echo(f"warning: {msg}", err=True)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        try:
+            from robustprune.provenance import code_version
+
+            version = code_version()
+        except ImportError:
+            from robustprune import __version__ as version
+        typer.echo(f"robustprune {version}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_version_callback)] = False,
+) -> None:
+    """Make neural networks small and adversarially robust at once, and measure that robustness honestly."""
 
 
 class ListWhat(str, Enum):
@@ -107,13 +133,14 @@ def train(
     arch: Annotated[str, typer.Option(help="Architecture (see `robustprune list models`).")] = "lenet5-caffe",
     width: Annotated[float, typer.Option(help="Width factor of the architecture.")] = 1.0,
     objective: Annotated[str, typer.Option(help="NAME[:key=value,...], e.g. pgd-at:eps=0.1,steps=10")] = "pgd-at",
-    epochs: int = 10,
-    batch_size: int = 128,
+    epochs: Annotated[int, typer.Option(help="Training epochs (at least 1).")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 128,
     optimizer: Annotated[str, typer.Option(help="sgd or adam")] = "adam",
-    lr: float = 1e-3,
-    weight_decay: float = 0.0,
-    schedule: Annotated[str, typer.Option(help="constant, step or cosine")] = "cosine",
-    seed: int = 0,
+    lr: Annotated[float, typer.Option(help="Base learning rate (scaled over training by --schedule).")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="L2 weight decay of the optimiser.")] = 0.0,
+    schedule: Annotated[str, typer.Option(
+        help="Learning-rate schedule: constant, step or cosine.")] = "cosine",
+    seed: Annotated[int, typer.Option(help="Seed of the initialisation, data order and validation split.")] = 0,
     train_limit: Annotated[Optional[int], typer.Option(help="Use only this many training images.")] = None,
     val_size: Annotated[int, typer.Option(help="Validation images carved from the training set.")] = 5000,
     out: Annotated[Path, typer.Option(help="Checkpoint to write (.safetensors, with a .json beside it).")] = Path(
@@ -125,15 +152,21 @@ def train(
     """Train a model (natural or adversarial) and save the validation-selected checkpoint."""
     from robustprune.checkpoint import save_checkpoint
     from robustprune.data import load_splits
+    from robustprune.errors import DivergenceError
     from robustprune.models import model_for_dataset
     from robustprune.objectives import build_objective
     from robustprune.train import TrainConfig, evaluate_split, fit, validated
     from robustprune.utils import default_device, seed_everything
 
+    if epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1 (got {epochs}): with no training epoch an untrained model "
+                          "would be saved")
     obj_name, obj_kw = parse_kv(objective, "objective")
     cfg = validated(TrainConfig, dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
                                       weight_decay=weight_decay, schedule=schedule, seed=seed, progress=not quiet),
                     "training settings")
+    check_writable_file(out, "--out checkpoint")
+    check_writable_file(_sidecar(out), "--out checkpoint's sidecar")
     dev = default_device(device)
     splits = load_splits(dataset, data_dir=data_dir, val_size=val_size, seed=seed, device=dev, train_limit=train_limit)
     if obj_name != "natural":
@@ -141,15 +174,35 @@ def train(
     obj = build_objective(obj_name, **obj_kw)
     seed_everything(seed)
     model = model_for_dataset(arch, splits.spec, width=width).to(dev)
-    res = fit(model, obj, splits.train, splits.val, cfg, val_eps=obj_kw.get("eps"), augment=splits.spec.augment)
+    if not quiet:
+        _echo(f"training {arch} on {splits.spec.name} ({len(splits.train)} images, {len(splits.val)} for validation)"
+              f" with {obj_name} for {epochs} epoch(s), {optimizer} lr {lr:g} ({schedule} schedule)")
+    try:
+        res = fit(model, obj, splits.train, splits.val, cfg, val_eps=obj_kw.get("eps"),
+                  augment=splits.spec.augment)
+    except DivergenceError as exc:
+        if not exc.where:
+            raise
+        raise DivergenceError(f"training diverged {exc.where}; no checkpoint was written to {out}; {exc.advice}",
+                              result=exc.result, restored_epoch=exc.restored_epoch, where=exc.where,
+                              advice=exc.advice) from None
     s = splits.spec
     meta = {"architecture": arch, "dataset": s.name, "num_classes": s.num_classes, "input_shape": list(s.shape),
             "width": width, "mean": list(s.mean), "std": list(s.std),
-            "config": {"objective": {"name": obj_name, **obj_kw}, "train": cfg.model_dump()}, "train": res.to_dict()}
+            "config": {"objective": {"name": obj_name, **obj_kw}, "train": cfg.model_dump(),
+                       "train_limit": train_limit, "val_size": val_size},
+            "train": res.to_dict()}
     save_checkpoint(out, model, meta=meta)
     ev = evaluate_split(model, splits.val, n=min(1000, len(splits.val)), eps=obj_kw.get("eps"), steps=20, seed=seed)
     _echo(f"saved {out} (best epoch {res.best_epoch} by {res.selected_by}, {res.wall_time:.0f}s); validation: "
           + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()))
+
+
+def _sidecar(path: Path) -> Path:
+    """The JSON sidecar written beside a checkpoint."""
+    from robustprune.checkpoint import sidecar_path
+
+    return Path(sidecar_path(path))
 
 
 @app.command()
@@ -214,8 +267,8 @@ def evaluate(
              "several budgets as eps=0.05;0.1 (quote it). Repeat for several attacks. Default: pgd at the "
              "dataset's eps.")] = None,
     n: Annotated[int, typer.Option(help="Test points (the first n of the test split).")] = 1000,
-    batch_size: int = 500,
-    seed: int = 0,
+    batch_size: Annotated[int, typer.Option(help="Points attacked at once (lower it if memory runs out).")] = 500,
+    seed: Annotated[int, typer.Option(help="Seed of the attacks' random starts.")] = 0,
     db: Annotated[Optional[Path], typer.Option(help="Also append the rows (and checks) to this results database.")
                   ] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write a RobustBench-style JSON here.")] = None,
@@ -228,6 +281,8 @@ def evaluate(
     check_n: Annotated[int, typer.Option(help="Points the sanity checks rerun attacks on.")] = 100,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print the plan before the work starts.")
+                     ] = False,
 ) -> None:
     """Clean and robust accuracy of a checkpoint on the test split, with sanity checks next to the numbers."""
     from robustprune.checkpoint import load_checkpoint
@@ -240,7 +295,13 @@ def evaluate(
         raise ConfigError(f"--n must be at least 1 (got {n})")
     if check_n < 1:
         raise ConfigError(f"--check-n must be at least 1 (got {check_n})")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1 (got {batch_size})")
     specs = _eval_attack_configs(attack or ["pgd"])
+    if json_out is not None:
+        check_writable_file(json_out, "--json file")
+    if db is not None:
+        check_writable_file(db, "--db database")
     dev = default_device(device)
     model, meta, _ = load_checkpoint(checkpoint, dev)
     source = None
@@ -249,9 +310,20 @@ def evaluate(
         if src_meta.get("dataset") != meta.get("dataset"):
             raise ConfigError(f"--transfer-from {transfer_from} was trained on {src_meta.get('dataset')!r}, the "
                               f"evaluated model on {meta.get('dataset')!r}; transfer needs the same dataset")
-    splits = load_splits(meta["dataset"], data_dir=data_dir, val_size=0, device=dev, test_limit=n)
+    with warnings.catch_warnings():  # the data layer's "test_limit exceeds the test split" is said below as --n
+        warnings.simplefilter("ignore", RobustPruneWarning)
+        splits = load_splits(meta["dataset"], data_dir=data_dir, val_size=0, device=dev, test_limit=n)
     test = splits.test
     spec = splits.spec
+    if n > len(test):
+        _warn(f"--n {n} is more than the {len(test)} test images of {spec.name}; evaluating all {len(test)}")
+        n = len(test)
+    plan = _plan_lines(specs, n=n, dataset=spec.name, default_eps={"Linf": spec.eps_linf, "L2": spec.eps_l2},
+                       transfer_from=transfer_from, checks=not no_checks, check_n=min(check_n, n),
+                       vulnerability=vulnerability)  # also refuses an attack without budgets, before any work
+    if not quiet:
+        for line in plan:
+            _echo(line)
     model_id = config_hash({"checkpoint": str(checkpoint.resolve()), "meta": meta.get("config")})
     source_id = str(transfer_from) if transfer_from is not None else "source"
     report = evaluate_model(model, test.x[:n], test.y[:n], specs, default_eps=spec.eps_linf,
@@ -264,13 +336,15 @@ def evaluate(
         doc = report.to_json(model=str(checkpoint), dataset=meta["dataset"], architecture=meta["architecture"],
                              width=meta.get("width"), transfer_from=str(transfer_from) if transfer_from else None,
                              code_version=code_version(), **sizes)
-        json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(doc, indent=2))
         _echo(f"wrote {json_out}")
     if db is not None:
         cfg = meta.get("config", {})
         base = {"dataset": meta["dataset"], "architecture": meta["architecture"], "width": meta.get("width"),
-                "method": cfg.get("method", "unpruned"), "target_compression": float(cfg.get("rate", 1.0)),
+                "method": cfg.get("method", "unpruned"), "rate": cfg.get("rate", 1.0) if cfg.get("method") else 1.0,
+                "rate_kind": cfg.get("rate_kind", "set") if cfg.get("method") else "none",
+                "group": cfg.get("group", "none"), "settings": cfg.get("settings", {}),
+                "flags": meta.get("flags", []),
                 "seed": seed, "model_id": model_id, "code_version": code_version(), "study": "evaluate"}
         evaluation_id = config_hash({"attacks": [s.settings() | {"eps": list(s.eps)} for s in specs], "n": n,
                                      "seed": seed, "transfer_from": source_id if source is not None else None})
@@ -294,6 +368,30 @@ def _eval_attack_configs(texts: list[str]) -> list[Any]:
         eps = kw.pop("eps", ())
         out.append(AttackConfig.build(name, eps, **kw))
     return out
+
+
+def _plan_lines(specs: list[Any], *, n: int, dataset: str, default_eps: dict[str, float], transfer_from: Path | None,
+                checks: bool, check_n: int, vulnerability: bool) -> list[str]:
+    """What ``evaluate`` is about to run, printed before the work starts (the work itself shows no progress)."""
+    lines = [f"plan: {n} test point(s) of {dataset}; clean accuracy, then {len(specs)} attack(s):"]
+    for s in specs:
+        norm = s.info.norm  # as evaluation.run.budgets_for picks the default budget
+        default = default_eps.get(norm)
+        if not s.eps and default is None:  # the evaluation would refuse it after the clean pass; refuse it now
+            raise ConfigError(f"attack {s.name!r} ({norm}) needs budgets: give eps=..., e.g. {s.name}:eps=0.5;1.0")
+        eps = ", ".join(f"{e:g}" for e in s.eps) if s.eps else f"{default:g} (the dataset's default {norm} budget)"
+        opts = ", ".join(f"{k}={v}" for k, v in sorted(s.options.items()))
+        lines.append(f"  {s.name}: eps {eps}" + (f"; {opts}" if opts else ""))
+    if transfer_from is not None:
+        lines.append(f"  the same attacks crafted on {transfer_from} and transferred (black-box)")
+    if vulnerability:
+        lines.append("  latent vulnerability of every layer under each budget attack")
+    if checks:
+        lines.append(f"  sanity checks on the first {check_n} point(s): rerun at a very large eps, rerun with more "
+                     "steps/restarts, input gradients (skip them with --no-checks)")
+    else:
+        lines.append("  no sanity checks (--no-checks)")
+    return lines
 
 
 def _print_evaluation(report: Any, sizes: dict[str, Any]) -> None:
@@ -352,24 +450,51 @@ def study(
 
 
 @app.command()
-def report(out: Annotated[Path, typer.Argument(help="A study's output folder.")]) -> None:
+def report(
+    out: Annotated[Path, typer.Argument(help="A study's output folder.")],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not list the files written.")] = False,
+) -> None:
     """(Re)write the report of a study folder from its results database."""
     from robustprune.study import write_report
 
     for f in write_report(out):
-        _echo(f"wrote {f}")
+        if not quiet:
+            _echo(f"wrote {f}")
+
+
+INTERRUPTED = "interrupted; finished work is kept"
+"""What Ctrl-C prints (exit status 130): checkpoints, rows and study cells written before it stay valid."""
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+    """Warnings meant for the user (``RobustPruneWarning``) as one ``warning: ...`` line; others as usual."""
+    if isinstance(category, type) and issubclass(category, RobustPruneWarning):
+        typer.echo(f"warning: {message}", err=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit status 2."""
+    """Entry point: user errors become one line on stderr and exit status 2; Ctrl-C exits 130 with one line."""
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         app()
     except RobustPruneError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("interrupted; finished cells are kept in the results database", err=True)
+    except KeyboardInterrupt:  # raised outside a command (typer turns one inside a command into exit 130)
+        typer.echo(INTERRUPTED, err=True)
         sys.exit(130)
+    except SystemExit as exc:
+        if exc.code == 130:  # typer's conversion of a KeyboardInterrupt inside a command
+            typer.echo(INTERRUPTED, err=True)
+        raise
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":
