@@ -13,8 +13,9 @@ TINY = {
     "name": "tiny", "architectures": ["lenet-mnist-w"], "width": 4, "train_limit": 1500, "val_size": 300,
     "eval_n": 100, "base_train": {"epochs": 1, "batch_size": 100, "optimizer": "adam", "lr": 5e-3,
                                   "weight_decay": 0, "progress": False, "val_size": 200},
-    "finetune_train": {"epochs": 1, "batch_size": 100, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0,
-                       "progress": False, "val_size": 200},
+    "method_settings": {m: {"finetune": {"batch_size": 100, "optimizer": "adam", "lr": 1e-3}}
+                        for m in ("magnitude-unstructured-global", "random-filter-local")},
+    "method_rates": {},
     "finetune_limit": 500, "methods": ["magnitude-unstructured-global", "random-filter-local"],
     "compression": [1, 2, 4], "attacks": [{"name": "pgd", "eps": [0.05, 0.1], "steps": 5}],
 }
@@ -38,7 +39,11 @@ def test_tiny_study_rows_resume_and_report(tmp_path):
         vulns = store.vulnerabilities()
         checks = store.checks()
     assert len(rows) == n_rows
-    by = {(r["method"], r["target_compression"], r["attack"], r["eps_str"]): r for r in rows}
+    by = {(r["method"], r["rate"], r["attack"], r["eps_str"]): r for r in rows}
+    for r in rows:  # one vocabulary in the stored rows
+        assert r["group"] in ("unstructured", "filter", "none") and isinstance(r["settings"], dict)
+        assert r["rate_kind"] == ("none" if r["method"] == "unpruned" else "set")
+        assert r["model_key"] and r["train_epochs"] is not None and r["train_steps"] is not None
     assert not any(r["attack"].startswith("transfer-") for r in rows if r["method"] == "unpruned")
     # vulnerability at the dataset's eps (0.1): white-box for every model, black-box for the pruned ones
     assert sorted(v["threat"] for v in vulns) == ["black"] * (models - 1) + ["white"] * models
@@ -72,13 +77,52 @@ def test_tiny_study_rows_resume_and_report(tmp_path):
     assert third.models_trained == 0 and third.rows_written == models + (models - 1)
 
 
-def test_study_runs_admm_recipes_to_the_exact_rate(tmp_path):
+def test_study_runs_hydra_anp_vs_pwoa_and_magnitude_through_one_loop(tmp_path):
+    """Four families in one study, each reached through the PruningMethod interface; every row carries group, the
+    rate (set or learned) and the method's settings; ADMM cells record their convergence signal."""
+    phase = {"batch_size": 100, "optimizer": "adam", "lr": 1e-3, "epochs": 1}
     spec = load_study_spec(None, {
-        **TINY, "methods": ["admm-irregular", "pwoa-filter"], "compression": [1, 4], "recipe_compression": [4],
+        **TINY, "methods": ["hydra", "anp-vs-bbd", "pwoa-filter", "magnitude-unstructured-global"],
+        "compression": [1, 4], "attacks": [{"name": "pgd", "eps": [0.1], "steps": 2}], "transfer": False,
+        "vulnerability": False, "method_settings": {
+            "hydra": {"pgd_steps": 1, "prune": phase, "finetune": phase},
+            "anp-vs-bbd": {"pgd_steps": 1, "train": {**phase, "epochs": 0.4}},
+            "pwoa-filter": {"update_every": 2, "admm": {**phase, "select": "last"}, "retrain": phase},
+            "magnitude-unstructured-global": {"finetune": phase}},
+    })
+    out = tmp_path / "study"
+    first = run_study(spec, out, log=lambda m: None)
+    assert first.models_trained == 5 and first.rows_written == 5 * 2
+    with ResultsStore(out / "results.sqlite") as store:
+        rows = {(r["method"], r["attack"]): r for r in store.results()}
+        models = {m["method"]: m for m in store.models()}
+    expect = {"hydra": ("unstructured", 4.0, "set"), "anp-vs-bbd": ("filter", None, "learned"),
+              "pwoa-filter": ("filter", 4.0, "set"), "magnitude-unstructured-global": ("unstructured", 4.0, "set")}
+    for name, (group, rate, kind) in expect.items():
+        r = rows[(name, "clean")]
+        assert (r["group"], r["rate"], r["rate_kind"]) == (group, rate, kind), name
+        assert r["settings"] == load_settings(name, spec.method_settings[name])
+    assert rows[("hydra", "clean")]["achieved_compression"] == pytest.approx(4, rel=0.01)
+    assert "primal_rel" in models["pwoa-filter"]["convergence"]
+    assert models["pwoa-filter"]["converged"] in (0, 1, False, True)
+    assert "churn_per_epoch" in models["hydra"]["convergence"]
+    again = run_study(spec, out, log=lambda m: None)
+    assert again.models_trained == 0 and again.rows_written == 0
+
+
+def load_settings(name, values):
+    from robustprune.methods import get_method
+
+    return get_method(name).settings(values).model_dump(mode="json")
+
+
+def test_study_runs_admm_methods_to_the_exact_rate(tmp_path):
+    admm = {"epochs": 1, "batch_size": 100, "optimizer": "adam", "lr": 1e-3, "select": "last"}
+    spec = load_study_spec(None, {
+        **TINY, "methods": ["admm-irregular", "pwoa-filter"], "compression": [1, 4],
         "attacks": [{"name": "pgd", "eps": [0.1], "steps": 3}],
-        "recipe": {"admm_train": {"epochs": 1, "batch_size": 100, "optimizer": "adam", "lr": 1e-3,
-                                  "weight_decay": 0, "progress": False, "select": "last", "max_steps_per_epoch": 4},
-                   "update_every": 2, "pgd_steps": 2},
+        "method_settings": {"admm-irregular": {"admm": admm, "update_every": 2, "pgd_steps": 2},
+                            "pwoa-filter": {"admm": admm, "update_every": 2}},
     })
     out = tmp_path / "study"
     first = run_study(spec, out, log=lambda m: None)
@@ -86,7 +130,7 @@ def test_study_runs_admm_recipes_to_the_exact_rate(tmp_path):
     with ResultsStore(out / "results.sqlite") as store:
         rows = {(r["method"], r["attack"]): r for r in store.results()}
         assert rows[("admm-irregular", "clean")]["achieved_sparsity"] == pytest.approx(0.75, abs=0.01)
-        assert rows[("pwoa-filter", "clean")]["scheme"] == "filter"
+        assert rows[("pwoa-filter", "clean")]["group"] == "filter"
         # filter pruning empties whole conv filters: a quarter of them remain in every conv layer
         ckpt = store.get_model(rows[("pwoa-filter", "clean")]["model_id"])["checkpoint"]
     from robustprune.checkpoint import load_checkpoint
@@ -101,20 +145,18 @@ def test_study_runs_admm_recipes_to_the_exact_rate(tmp_path):
 
 def test_study_runs_a_bayesian_recipe_to_a_learned_rate_and_reports_it(tmp_path):
     """ANP in a study: gates trained on the base model, then folded into a plain checkpoint of the same
-    architecture whose pruned units are exactly zero; stored with target rate 0 ("learned") and shown with its
-    achieved rate. The seed 000 Table 1 of the report reads exactly the stored rows and vulnerability."""
+    architecture whose pruned units are exactly zero; stored with rate NULL and rate_kind "learned" and shown with its
+    achieved rate."""
     from robustprune.checkpoint import load_checkpoint
     from robustprune.models import model_for_dataset
     from robustprune.data import get_spec
-    from robustprune.study.html_report import robustness_table
 
     spec = load_study_spec(None, {
         **TINY, "methods": ["anp-bbd"], "compression": [1],
         "attacks": [{"name": "pgd", "eps": [0.1], "steps": 3}],
         # a very low initial keep probability: most units are pruned after a few steps (a deterministic check)
-        "recipe": {"bayes_train": {"epochs": 1, "batch_size": 100, "optimizer": "adam", "lr": 1e-3,
-                                   "weight_decay": 0, "progress": False, "max_steps_per_epoch": 3},
-                   "pgd_steps": 2, "gate_init": -12.0},
+        "method_settings": {"anp-bbd": {"train": {"epochs": 0.6, "batch_size": 100, "optimizer": "adam",
+                                                  "lr": 1e-3}, "pgd_steps": 2, "gate_init": -12.0}},
     })
     out = tmp_path / "study"
     first = run_study(spec, out, log=lambda m: None)
@@ -123,7 +165,7 @@ def test_study_runs_a_bayesian_recipe_to_a_learned_rate_and_reports_it(tmp_path)
         rows = store.results()
         vulns = store.vulnerabilities()
         anp = next(m for m in store.models() if m["method"] == "anp-bbd")
-    assert anp["target_compression"] == 0.0 and anp["metrics"]["unit_sparsity"] > 0.5
+    assert anp["rate"] is None and anp["rate_kind"] == "learned" and anp["convergence"]["unit_sparsity"] > 0.5
     model, meta, masks = load_checkpoint(out / anp["checkpoint"])
     plain = model_for_dataset("lenet-mnist-w", get_spec("fashion-mnist"), width=4)
     assert set(model.state_dict()) == set(plain.state_dict())  # a plain checkpoint of the architecture
@@ -139,15 +181,4 @@ def test_study_runs_a_bayesian_recipe_to_a_learned_rate_and_reports_it(tmp_path)
     assert clean["achieved_sparsity"] == pytest.approx(1 - kept / total, abs=1e-6)
     assert clean["achieved_sparsity"] > 0.5
 
-    (table,) = robustness_table(rows, vulns)
-    base, e = table["entries"]
-    assert base["method"] == "unpruned" and e["method"] == "anp-bbd" and e["label"].startswith("learned (×")
-    by = {(r["method"], r["attack"]): r["robust_acc"] for r in rows}
-    assert table["white"] == "pgd@0.1" and table["black"] == "transfer-pgd@0.1"
-    assert e["values"]["white"]["mean"] == by[("anp-bbd", "pgd")]
-    assert e["values"]["black"]["mean"] == by[("anp-bbd", "transfer-pgd")]
-    assert e["values"]["clean"]["change"] == pytest.approx(
-        100 * (by[("anp-bbd", "clean")] - by[("unpruned", "clean")]) / by[("unpruned", "clean")])
-    v_anp = next(v["network"] for v in vulns if v["model_id"] == anp["model_id"] and v["threat"] == "white")
-    assert e["values"]["v_white"]["mean"] == v_anp
     assert "learned (×" in (out / "report.md").read_text()

@@ -16,12 +16,13 @@ TINY = {
     "name": "tiny-ray", "architectures": ["lenet-mnist-w"], "width": 4, "train_limit": 1000, "val_size": 200,
     "eval_n": 100, "base_train": {"epochs": 1, "batch_size": 100, "optimizer": "adam", "lr": 5e-3,
                                   "weight_decay": 0, "progress": False, "val_size": 100},
-    "finetune_train": {"epochs": 1, "batch_size": 100, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0,
-                       "progress": False, "val_size": 100},
+    "method_settings": {m: {"finetune": {"batch_size": 100, "optimizer": "adam", "lr": 1e-3}}
+                        for m in ("magnitude-unstructured-global", "random-filter-local")},
+    "method_rates": {},
     "finetune_limit": 300, "methods": ["magnitude-unstructured-global", "random-filter-local"],
     "compression": [1, 2], "attacks": [{"name": "pgd", "eps": [0.1], "steps": 3}],
 }
-KEY = ("model_id", "method", "target_compression", "attack", "eps_str", "seed")
+KEY = ("model_id", "method", "rate", "attack", "eps_str", "seed")
 VALUES = ("robust_acc", "clean_acc", "achieved_sparsity", "params_nonzero", "flops_effective", "n_eval")
 
 

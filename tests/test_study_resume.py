@@ -23,8 +23,9 @@ TINY = {
     "name": "tiny-resume", "architectures": ["lenet-mnist-w"], "width": 4, "train_limit": 1500, "val_size": 300,
     "eval_n": 100, "base_train": {"epochs": 1, "batch_size": 100, "optimizer": "adam", "lr": 5e-3,
                                   "weight_decay": 0, "progress": False, "val_size": 200},
-    "finetune_train": {"epochs": 1, "batch_size": 100, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0,
-                       "progress": False, "val_size": 200},
+    "method_settings": {m: {"finetune": {"batch_size": 100, "optimizer": "adam", "lr": 1e-3}}
+                        for m in ("magnitude-unstructured-global", "random-filter-local")},
+    "method_rates": {},
     "finetune_limit": 500, "methods": ["magnitude-unstructured-global", "random-filter-local"],
     "compression": [1, 2, 4], "attacks": [{"name": "pgd", "eps": [0.05, 0.1], "steps": 5}],
 }
@@ -108,9 +109,9 @@ def test_sigkill_mid_study_then_rerun_finishes_exactly(tmp_path):
     assert len(rows) == N_ROWS
     keys = [(r["model_id"], r["attack_hash"], r["eps_str"]) for r in rows]
     assert len(set(keys)) == N_ROWS
-    cells = {(r["method"], r["target_compression"], r["attack"], r["eps_str"]) for r in rows}
+    cells = {(r["method"], r["rate"], r["attack"], r["eps_str"]) for r in rows}
     assert len(cells) == N_ROWS
-    assert {(r["method"], r["target_compression"]) for r in rows} == {
+    assert {(r["method"], r["rate"]) for r in rows} == {
         ("unpruned", 1.0), *((mm, c) for mm in TINY["methods"] for c in (2.0, 4.0))}
     # every model has its row, its checkpoint and exactly its result rows (3, + 2 transfer rows when pruned)
     assert len(models) == N_MODELS and len({m["model_id"] for m in models}) == N_MODELS
