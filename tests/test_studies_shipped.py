@@ -15,8 +15,10 @@ FILES = sorted(STUDIES.glob("*.yaml"))
 
 def test_the_shipped_files_are_there():
     names = {p.name for p in FILES}
-    assert {"default.yaml", "seed003-pruning-face-of-adversaries.yaml", "seed001-advprune.yaml",
-            "seed004-pwoa.yaml", "seed000-anp-mnist.yaml", "seed000-anp-cifar.yaml"} <= names
+    assert {"default.yaml", "merkle2022-pruning-face-of-adversaries.yaml",
+            "merkle2022-pruning-face-of-adversaries-mnist.yaml", "ye2019-advprune.yaml", "jian2022-pwoa.yaml",
+            "madaan2020-anp-mnist.yaml", "madaan2020-anp-cifar.yaml"} <= names
+    assert not any(n.startswith("seed0") for n in names)
 
 
 def test_default_yaml_is_the_main_job():
@@ -33,19 +35,51 @@ def test_every_study_file_validates(path):
         AttackConfig.build(a.name, a.eps, **{k: v for k, v in a.settings().items() if k != "name"})
 
 
-def test_paper_scale_files_have_the_seeds_settings():
-    s3 = load_study_spec(STUDIES / "seed003-pruning-face-of-adversaries.yaml")
-    assert set(s3.architectures) == {"vgg11", "preact-resnet8"} and s3.datasets == ("cifar10",)
-    assert len(s3.methods) == 9 and s3.compression == (1, 2, 4, 8, 16, 32, 64)
-    assert len(s3.attacks[0].eps) == 4 and len(s3.seeds) > 1
-    s3m = load_study_spec(STUDIES / "seed003-pruning-face-of-adversaries-mnist.yaml")
-    assert s3m.datasets == ("mnist",) and s3m.architectures == ("cnn5",) and len(s3m.methods) == 9
-    assert all(m.startswith("admm-") for m in load_study_spec(STUDIES / "seed001-advprune.yaml").methods)
-    assert all(m.startswith("pwoa-") for m in load_study_spec(STUDIES / "seed004-pwoa.yaml").methods)
-    s0 = load_study_spec(STUDIES / "seed000-anp-mnist.yaml")
-    assert set(s0.methods) == {"bp-bbd", "anp-bbd", "anp-vs-bbd", "pat-bbd"} and s0.base_objective.name == "natural"
-    assert s0.recipe.bayes_train.epochs == 200 and s0.recipe.bayes_train.batch_size == 64  # seed 000 App. C
-    assert s0.attacks[0].steps == 40 and 0.3 in s0.attacks[0].eps
+def _settings(spec, method):
+    """The method's validated settings under this study (its defaults where the study gives none)."""
+    from robustprune.methods import get_method
+
+    return get_method(method).settings(spec.method_settings.get(method, {}))
+
+
+def test_paper_scale_files_have_the_papers_settings():
+    m22 = load_study_spec(STUDIES / "merkle2022-pruning-face-of-adversaries.yaml")
+    assert set(m22.architectures) == {"vgg11", "preact-resnet8"} and m22.datasets == ("cifar10",)
+    assert len(m22.methods) == 9 and m22.compression == (1, 2, 4, 8, 16, 32, 64)
+    assert len(m22.attacks[0].eps) == 4 and len(m22.seeds) > 1
+    for m in m22.methods:  # iterative halving, 10 fine-tuning epochs per step, every method alike
+        s = _settings(m22, m)
+        assert s.schedule == "iterative" and s.finetune.epochs == 10 and s.finetune.select == "val_clean"
+    m22m = load_study_spec(STUDIES / "merkle2022-pruning-face-of-adversaries-mnist.yaml")
+    assert m22m.datasets == ("mnist",) and m22m.architectures == ("cnn5",) and len(m22m.methods) == 9
+    assert all(_settings(m22m, m).finetune.epochs == 5 for m in m22m.methods)
+
+    y19 = load_study_spec(STUDIES / "ye2019-advprune.yaml")
+    assert all(m.startswith("admm-") for m in y19.methods) and len(y19.methods) == 3
+    for m in y19.methods:  # Ye2019: SGD, ADMM phase then masked PGD-10 adversarial retraining
+        s = _settings(y19, m)
+        assert s.admm.epochs == 50 and s.admm.optimizer == "sgd" and s.retrain.epochs == 50
+        assert s.rho == 0.001 and s.update_every == 1 and s.update_unit == "epoch" and s.pgd_steps == 10
+
+    j22 = load_study_spec(STUDIES / "jian2022-pwoa.yaml")
+    assert all(m.startswith("pwoa-") for m in j22.methods) and len(j22.methods) == 3
+    for m in j22.methods:  # Jian2022: ADMM 50 epochs, fine-tuning 100, temperature 30, no adversarial examples
+        s = _settings(j22, m)
+        assert s.admm.epochs == 50 and s.retrain.epochs == 100 and s.tau == 30 and s.mix_ratio == 0
+        assert s.use_hbar
+
+    a20 = load_study_spec(STUDIES / "madaan2020-anp-mnist.yaml")
+    assert set(a20.methods) == {"bp-bbd", "anp-bbd", "anp-vs-bbd", "pat-bbd"}
+    assert a20.base_objective.name == "natural"
+    for m in a20.methods:  # Madaan2020 App. C: 200 epochs, batch 64, Adam, masks at 10x, gamma 4 on LeNet-5
+        s = _settings(a20, m)
+        assert s.train.epochs == 200 and s.train.batch_size == 64 and s.train.optimizer == "adam"
+        assert s.gamma == 4.0 and s.mask_lr_factor == 10.0 and s.pgd_steps == 40
+    assert _settings(a20, "anp-vs-bbd").vs_lambda == 1.0
+    assert _settings(a20, "pat-bbd").at == _settings(a20, "pat-bbd").train
+    assert a20.attacks[0].steps == 40 and 0.3 in a20.attacks[0].eps
+    a20c = load_study_spec(STUDIES / "madaan2020-anp-cifar.yaml")
+    assert all(_settings(a20c, m).gamma == 2.0 and _settings(a20c, m).train.epochs == 200 for m in a20c.methods)
 
 
 def test_report_of_a_folder_without_database_is_a_one_line_error(tmp_path):
@@ -57,10 +91,10 @@ def test_report_of_a_folder_without_database_is_a_one_line_error(tmp_path):
 
 def test_grid_expansion_counts_of_the_shipped_files():
     """Shared work: one base model per dataset/architecture/seed, one pruned model per method and rate (one per
-    Bayesian recipe), every model evaluated under every attack budget (+ transfer rows for pruned models)."""
+    method that learns its rate), every model evaluated under every attack budget (+ transfer rows for pruned models)."""
     from robustprune.study.runner import StudyRunner
 
-    spec = load_study_spec(STUDIES / "seed003-pruning-face-of-adversaries.yaml")
+    spec = load_study_spec(STUDIES / "merkle2022-pruning-face-of-adversaries.yaml")
     n_base = len(spec.datasets) * len(spec.architectures) * len(spec.seeds)
     rates = len([r for r in spec.compression if r > 1])
     budgets = sum(len(a.eps) for a in spec.attacks)
@@ -70,12 +104,19 @@ def test_grid_expansion_counts_of_the_shipped_files():
     per_pruned = 1 + budgets * (2 if spec.transfer else 1)
     assert plan["rows"] == n_base * (1 + budgets) + plan["pruned_models"] * per_pruned
 
-    # Bayesian recipes learn their rate: one model each per base model, whatever the compression list says
-    s0 = load_study_spec(STUDIES / "seed000-anp-cifar.yaml")
+    # Madaan2020's methods learn their rate: one model each per base model, whatever the compression list says
+    s0 = load_study_spec(STUDIES / "madaan2020-anp-cifar.yaml")
     plan0 = StudyRunner(s0, "/nonexistent").plan()
     n0 = 2 * 1 * 3
     assert plan0["base_models"] == n0 and plan0["pruned_models"] == n0 * 4
     assert plan0["rows"] == n0 * (1 + 4) + n0 * 4 * (1 + 4 * 2)
+
+    # Ye2019 / Jian2022: every method to every rate of compression above 1, each pruned from the base model (the
+    # main job's method_rates for admm-irregular / pwoa-irregular must not leak into them)
+    for name, n_models in (("ye2019-advprune.yaml", 1 * 2 * 1 * 3 * 4), ("jian2022-pwoa.yaml", 2 * 1 * 1 * 3 * 3)):
+        s = load_study_spec(STUDIES / name)
+        assert all(s.rates_for(m) == [r for r in s.compression if r > 1] for m in s.methods)
+        assert StudyRunner(s, "/nonexistent").plan()["pruned_models"] == n_models
 
     main = StudyRunner(load_study_spec(STUDIES / "default.yaml"), "/nonexistent").plan()
     assert main == StudyRunner(load_study_spec(None), "/nonexistent").plan()
