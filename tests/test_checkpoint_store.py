@@ -62,8 +62,8 @@ def test_checkpoint_for_the_wrong_architecture_is_refused(tmp_path):
 
 
 def _row(model_id="m1", eps=0.1, acc=0.5):
-    return {"model_id": model_id, "dataset": "d", "architecture": "a", "method": "unpruned", "target_compression": 1.0,
-            "attack": "pgd", "eps": eps, "eps_str": str(eps), "attack_hash": "h", "robust_acc": acc}
+    return {"model_id": model_id, "dataset": "d", "architecture": "a", "method": "unpruned", "rate": 1.0, "rate_kind": "none",
+            "attack": "pgd", "eps": eps, "eps_str": str(eps), "attack_hash": "h", "robust_acc": acc, "n_eval": 100}
 
 
 def test_store_replaces_same_key_and_rolls_back_bad_batches(tmp_path):

@@ -33,6 +33,7 @@ produce a silently wrong model.
 from robustprune.sparsity.slim.check import check_equivalent, masked_forward_hooks
 from robustprune.sparsity.slim.cut import SelectLinear, SlimResult, slim_model
 from robustprune.sparsity.slim.fold import fold_unit_scales
+from robustprune.sparsity.slim.shapes import layer_shapes, rebuild_layers
 from robustprune.sparsity.slim.trace import (
     PER_UNIT,
     ZERO_PRESERVING,
@@ -45,5 +46,5 @@ from robustprune.sparsity.slim.trace import (
 
 __all__ = [
     "PER_UNIT", "ZERO_PRESERVING", "SelectLinear", "SlimResult", "UnitSite", "check_equivalent", "example_input",
-    "fold_unit_scales", "masked_forward_hooks", "slim_model", "supported_sites", "unit_sites", "units_per_layer",
+    "fold_unit_scales", "layer_shapes", "masked_forward_hooks", "rebuild_layers", "slim_model", "supported_sites", "unit_sites", "units_per_layer",
 ]
