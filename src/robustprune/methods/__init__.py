@@ -54,8 +54,9 @@ from robustprune.methods.bayesian import (
     insert_gates,
     remove_gates,
     route_gradients,
+    vib_prune,
 )
-from robustprune.methods.vib import VIBGate, vib_prune
+from robustprune.methods.vib import VIBGate
 from robustprune.methods.anp import BayesianMethod
 from robustprune.methods.hydra import HydraMethod, HydraResult, hydra
 

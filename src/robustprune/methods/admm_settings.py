@@ -10,7 +10,6 @@ from robustprune.methods.admm import (
     JIAN2022_RHO,
     JIAN2022_RHO_FACTOR,
     JIAN2022_RHO_MAX,
-    admm_convergence,  # noqa: F401  (re-exported for the methods)
     auto_update_every,
 )
 from robustprune.methods.interface import MethodSettings, PruneTask, setting

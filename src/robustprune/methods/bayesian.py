@@ -42,528 +42,48 @@ Mask parameters train with a 10x larger learning rate than the weights (App. C),
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustprune.data import Split
 from robustprune.errors import ConfigError
-from robustprune.objectives import Natural, ObjectiveOutput, PGDAT, forward_pair
-from robustprune.objectives.vulnerability import ATVS, forward_pair_features, vs_sources
-from robustprune.sparsity.slim import (
-    SlimResult,
-    UnitSite,
-    example_input,
-    fold_unit_scales,
-    slim_model,
-    unit_sites,
+from robustprune.methods.bayesian_objectives import ANPObjective, GatedObjective, route_gradients
+from robustprune.methods.gate_insertion import (
+    GateBank,
+    GateInfo,
+    GateSet,
+    fold_gates,
+    gate_param_groups,
+    insert_gates,
+    remove_gates,
 )
+from robustprune.methods.gates import (
+    EULER_GAMMA,
+    GATE_ATTR,
+    BetaBernoulliGate,
+    UnitGate,
+    keep_at_least_one,
+    kumaraswamy_beta_kl,
+    kumaraswamy_mean,
+)
+from robustprune.objectives import Natural, PGDAT
+from robustprune.objectives.vulnerability import ATVS
+from robustprune.sparsity.slim import SlimResult
 from robustprune.train import TrainConfig, TrainResult, fit
 from robustprune.utils import make_generator
 
-EULER_GAMMA = 0.5772156649015329
-#: attribute under which the gates are stored on the model
-GATE_ATTR = "rp_gates"
+__all__ = [
+    "ANPObjective", "BAYESIAN_METHODS", "BayesianResult", "BetaBernoulliGate", "EULER_GAMMA", "GATE_ATTR", "GateBank",
+    "GateInfo", "GateSet", "GatedObjective", "UnitGate", "at_vs", "bayesian_prune", "fold_gates",
+    "gate_param_groups", "gate_statistics", "insert_gates", "keep_at_least_one", "kumaraswamy_beta_kl",
+    "kumaraswamy_mean", "remove_gates", "route_gradients", "vib_prune",
+]
 
-
-# =============================================================================================== gates
-class UnitGate(nn.Module):
-    """A multiplicative mask on ``num_units`` units. Subclasses define :meth:`kl_per_unit`,
-    :meth:`test_scale` (deterministic, pruned units exactly 0) and :meth:`sample_scale` (training).
-
-    ``frozen``: the test-time mask is used in training too and the parameters get no gradients (PAT).
-    ``generator``: optional ``torch.Generator`` (on the parameters' device) for the training noise.
-    ``positions``: elements per unit at the gated site (``H*W`` for a conv map; VIB's KL counts them).
-    """
-
-    def __init__(self, num_units: int, positions: int = 1) -> None:
-        super().__init__()
-        if int(num_units) < 1:
-            raise ConfigError(f"a gate needs at least one unit, got {num_units}")
-        self.num_units = int(num_units)
-        self.positions = int(positions)
-        self.frozen = False
-        self.generator: torch.Generator | None = None
-
-    # -- to override
-    def kl_per_unit(self) -> Tensor:
-        raise NotImplementedError
-
-    def test_scale(self) -> Tensor:
-        raise NotImplementedError
-
-    def sample_scale(self, batch: int) -> Tensor:
-        raise NotImplementedError
-
-    # -- shared
-    def kl(self) -> Tensor:
-        return self.kl_per_unit().sum()
-
-    @torch.no_grad()
-    def keep(self) -> Tensor:
-        """Bool mask of the units the test-time mask keeps."""
-        return self.test_scale() != 0
-
-    def scale(self, batch: int) -> Tensor:
-        """``(batch, units)`` multipliers: sampled in training mode, deterministic otherwise (or when frozen)."""
-        if self.training and not self.frozen:
-            return self.sample_scale(batch)
-        return self.test_scale().unsqueeze(0).expand(batch, -1)
-
-    def gate_tensor(self, x: Tensor, unit_dim: int = 1) -> Tensor:
-        """``x`` with unit ``k`` (along ``unit_dim``) multiplied by its mask."""
-        if x.shape[unit_dim] != self.num_units:
-            raise ConfigError(f"gate for {self.num_units} units applied to a tensor of shape {tuple(x.shape)}")
-        z = self.scale(x.shape[0]).to(x.dtype)
-        shape = [x.shape[0]] + [1] * (x.dim() - 1)
-        shape[unit_dim] = self.num_units
-        return x * z.reshape(shape)
-
-    def freeze(self, frozen: bool = True) -> None:
-        self.frozen = bool(frozen)
-        for p in self.parameters():
-            p.requires_grad_(not frozen)
-
-    def _uniform(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        g = self.generator
-        if g is not None and g.device.type != like.device.type:
-            g = None
-        return torch.rand(shape, generator=g, device=like.device, dtype=like.dtype)
-
-    def extra_repr(self) -> str:
-        return f"units={self.num_units}" + (", frozen" if self.frozen else "")
-
-
-def keep_at_least_one(keep: Tensor, score: Tensor) -> Tensor:
-    """``keep`` (bool per unit), or, when it keeps nothing, only the unit with the largest ``score``.
-
-    The rule of every gate's test-time mask (and the same as magnitude pruning, which keeps at least one group per
-    layer): a gated layer keeps at least one unit, so a too strong sparsity pressure (e.g. a large KL scale gamma)
-    thins a layer down to its most important unit instead of removing it -- a zero-width layer would cut the
-    network and cannot be built by :func:`robustprune.sparsity.slim.slim_model`."""
-    if keep.numel() == 0 or bool(keep.any()):
-        return keep
-    out = torch.zeros_like(keep)
-    out[int(torch.argmax(score.detach()))] = True
-    return out
-
-
-def kumaraswamy_beta_kl(a: Tensor, b: Tensor, prior_alpha: float) -> Tensor:
-    """Closed-form ``KL[Kumaraswamy(a, b) || Beta(prior_alpha, 1)]`` per element (module docstring)."""
-    return ((a - prior_alpha) / a * (-EULER_GAMMA - torch.digamma(b) - 1.0 / b)
-            + torch.log(a * b / prior_alpha) - (b - 1.0) / b)
-
-
-def kumaraswamy_mean(a: Tensor, b: Tensor) -> Tensor:
-    """``E[pi] = b B(1 + 1/a, b)`` for ``pi ~ Kumaraswamy(a, b)``."""
-    return b * torch.exp(torch.lgamma(1.0 + 1.0 / a) + torch.lgamma(b) - torch.lgamma(1.0 + 1.0 / a + b))
-
-
-class BetaBernoulliGate(UnitGate):
-    """Beta-Bernoulli dropout gate (module docstring). ``alpha`` is the prior's ``alpha/K`` (1e-4),
-    ``temperature`` the concrete relaxation's (0.1), ``threshold`` the pruning threshold on ``E[pi]`` (1e-3)."""
-
-    def __init__(self, num_units: int, positions: int = 1, *, alpha: float = 1e-4, a_uc_init: float = -1.0,
-                 b_uc_init: float = 0.5413, temperature: float = 0.1, threshold: float = 1e-3) -> None:
-        super().__init__(num_units, positions)
-        for v, who in ((alpha, "alpha"), (temperature, "temperature")):
-            if not (math.isfinite(float(v)) and float(v) > 0):
-                raise ConfigError(f"Beta-Bernoulli {who} must be > 0, got {v!r}")
-        if not 0 <= float(threshold) < 1:
-            raise ConfigError(f"Beta-Bernoulli threshold must be in [0, 1), got {threshold!r}")
-        self.alpha = float(alpha)
-        self.temperature = float(temperature)
-        self.threshold = float(threshold)
-        self.a_uc = nn.Parameter(torch.full((self.num_units,), float(a_uc_init)))
-        self.b_uc = nn.Parameter(torch.full((self.num_units,), float(b_uc_init)))
-
-    def ab(self) -> tuple[Tensor, Tensor]:
-        """``a = softplus(max(a_uc, -10))``, ``b = softplus(clip(b_uc, -10, 50))`` (the reference clamps)."""
-        return F.softplus(self.a_uc.clamp(min=-10.0)), F.softplus(self.b_uc.clamp(-10.0, 50.0))
-
-    def kl_per_unit(self) -> Tensor:
-        a, b = self.ab()
-        return kumaraswamy_beta_kl(a, b, self.alpha)
-
-    def expected_pi(self) -> Tensor:
-        a, b = self.ab()
-        return kumaraswamy_mean(a, b)
-
-    def test_scale(self) -> Tensor:
-        """``E[pi_k]`` where ``E[pi_k] >= threshold``, else 0 -- but never 0 for every unit: when all of a layer's
-        units fall below the threshold, the one with the largest ``E[pi]`` is kept (:func:`keep_at_least_one`),
-        so a layer is never removed whole and slimming never builds a zero-width layer."""
-        e = self.expected_pi()
-        keep = keep_at_least_one(e >= self.threshold, e)
-        return torch.where(keep, e, torch.zeros_like(e))
-
-    def sample_pi(self) -> Tensor:
-        a, b = self.ab()
-        u = self._uniform((self.num_units,), a).clamp(1e-6, 1 - 1e-6)
-        return (1 - u.pow(1.0 / b)).pow(1.0 / a)
-
-    def sample_scale(self, batch: int) -> Tensor:
-        pi = self.sample_pi()
-        eps = torch.finfo(pi.dtype).eps
-        pi = pi.clamp(eps, 1 - eps)
-        v = self._uniform((batch, self.num_units), pi).clamp(eps, 1 - eps)
-        logits = (torch.log(pi) - torch.log1p(-pi)) + (torch.log(v) - torch.log1p(-v))
-        return torch.sigmoid(logits / self.temperature)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", alpha/K={self.alpha:g}, tau={self.temperature:g}, thres={self.threshold:g}"
-
-
-def _gate_factory(gate: str | type | Callable[..., UnitGate]) -> Callable[..., UnitGate]:
-    if isinstance(gate, str):
-        key = gate.lower()
-        if key in ("bbd", "beta-bernoulli", "bb"):
-            return BetaBernoulliGate
-        if key == "vib":
-            from robustprune.methods.vib import VIBGate
-
-            return VIBGate
-        raise ConfigError(f"unknown gate type {gate!r}; choose 'bbd' (Beta-Bernoulli dropout) or 'vib'")
-    if callable(gate):
-        return gate
-    raise ConfigError(f"gate must be 'bbd', 'vib' or a UnitGate class, got {gate!r}")
-
-
-# =============================================================================================== insertion
-@dataclass(frozen=True)
-class GateInfo:
-    """Where a gate acts: ``kind`` "output" (units of ``layer``, hooked on ``module``) or "input" (input features
-    of the Linear ``layer``, a pre-hook on it); ``site`` the traced coupling of the producing layer."""
-
-    key: str
-    kind: str
-    layer: str
-    module: str
-    site: UnitSite
-
-
-class GateBank(nn.Module):
-    """Holds the gates of a model so they are parameters of it. A pass-through: ``forward(x) = x``, because an
-    ``nn.Sequential`` model calls every child (the gates themselves act through hooks, never as a module call)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gates = nn.ModuleDict()
-        self.info: dict[str, GateInfo] = {}
-
-    def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
-        return x
-
-    def extra_repr(self) -> str:
-        return "pass-through container of unit gates (applied by forward hooks)"
-
-
-class _OutputGateHook:
-    """Forward hook returning the gated output. A callable object (not a closure), so ``copy.deepcopy`` of the
-    model maps it to the copied gate."""
-
-    rp_gate_hook = True
-
-    def __init__(self, gate: UnitGate) -> None:
-        self.gate = gate
-
-    def __call__(self, module: nn.Module, inputs: Any, output: Tensor) -> Tensor:
-        return self.gate.gate_tensor(output, 1)
-
-
-class _InputGateHook:
-    rp_gate_hook = True
-
-    def __init__(self, gate: UnitGate) -> None:
-        self.gate = gate
-
-    def __call__(self, module: nn.Module, args: tuple) -> tuple:
-        return (self.gate.gate_tensor(args[0], 1),) + tuple(args[1:])
-
-
-def _key(prefix: str, name: str) -> str:
-    return f"{prefix}_{name.replace('.', '_')}"
-
-
-def insert_gates(
-    model: nn.Module,
-    gate: str | type | Callable[..., UnitGate] = "bbd",
-    *,
-    example: Tensor | None = None,
-    layers: Sequence[str] | None = None,
-    inputs: bool = True,
-    **gate_kwargs: Any,
-) -> GateSet:
-    """Put a gate on the output units of every supported hidden Conv2d/Linear of ``model`` (in place).
-
-    ``layers``: restrict to these layer names (each must be a supported site, else ``ConfigError`` with the
-    reason). ``inputs``: also gate the input features of a Linear fed through ``Flatten`` of a spatial map
-    (LeNet's 800 features). ``gate``: "bbd" (:class:`BetaBernoulliGate`), "vib"
-    (:class:`robustprune.methods.vib.VIBGate`) or a :class:`UnitGate` class; ``gate_kwargs`` go to it.
-    ``example``: a batch for tracing (default: from ``model.arch_config``). ResNets: only inner block convs.
-    """
-    if hasattr(model, GATE_ATTR):
-        raise ConfigError("the model already has gates; remove them first (remove_gates(model))")
-    factory = _gate_factory(gate)
-    x = example_input(model, example)
-    sites = unit_sites(model, x)
-    by_name = {s.name: s for s in sites}
-    if layers is not None:
-        wanted = [str(n) for n in layers]
-        for n in wanted:
-            if n not in by_name:
-                raise ConfigError(f"{n!r} is not a hidden Conv2d/Linear layer; hidden layers: {', '.join(by_name)}")
-            if not by_name[n].supported:
-                raise ConfigError(f"cannot gate {n!r}: {by_name[n].reason}")
-        chosen = [s for s in sites if s.name in wanted]
-    else:
-        chosen = [s for s in sites if s.supported]
-    if not chosen:
-        reasons = "; ".join(f"{s.name}: {s.reason}" for s in sites[:3])
-        raise ConfigError(f"no layer of this model can carry unit gates ({reasons or 'no hidden layers'})")
-    bank = GateBank()
-    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
-    mods = dict(model.named_modules())
-    for s in chosen:
-        key = _key("out", s.name)
-        g = factory(s.num_units, s.out_positions, **gate_kwargs).to(dev)
-        bank.gates[key] = g
-        bank.info[key] = GateInfo(key, "output", s.name, s.gate_at, s)
-        mods[s.gate_at].register_forward_hook(_OutputGateHook(g))
-        if inputs and s.positions > 1 and s.consumer is not None:
-            ikey = _key("in", s.consumer)
-            lin = mods[s.consumer]
-            gi = factory(lin.in_features, 1, **gate_kwargs).to(dev)
-            bank.gates[ikey] = gi
-            bank.info[ikey] = GateInfo(ikey, "input", s.consumer, s.consumer, s)
-            lin.register_forward_pre_hook(_InputGateHook(gi))
-    model.add_module(GATE_ATTR, bank)
-    return GateSet(model)
-
-
-def _strip_hooks(model: nn.Module) -> None:
-    for mod in model.modules():
-        for d in (mod._forward_hooks, mod._forward_pre_hooks):
-            for hid in [k for k, h in d.items() if getattr(h, "rp_gate_hook", False)]:
-                del d[hid]
-
-
-def remove_gates(model: nn.Module) -> None:
-    """Remove the gates (hooks and ``model.rp_gates``) from ``model`` in place; the weights are unchanged
-    (the masks are *not* folded in -- use :meth:`GateSet.slim` for that)."""
-    _strip_hooks(model)
-    if hasattr(model, GATE_ATTR):
-        delattr(model, GATE_ATTR)
-
-
-class GateSet:
-    """A view of the gates of ``model`` (made by :func:`insert_gates`; ``GateSet(model)`` finds them again, e.g.
-    on a deep copy)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        bank = getattr(model, GATE_ATTR, None)
-        if not isinstance(bank, GateBank):
-            raise ConfigError("the model has no unit gates; add them with insert_gates(model)")
-        self.model = model
-        self.bank = bank
-
-    # ------------------------------------------------------------------ access
-    def items(self) -> Iterator[tuple[GateInfo, UnitGate]]:
-        for key, info in self.bank.info.items():
-            yield info, self.bank.gates[key]
-
-    @property
-    def gates(self) -> list[UnitGate]:
-        return [g for _, g in self.items()]
-
-    def parameters(self) -> list[nn.Parameter]:
-        return list(self.bank.parameters())
-
-    def __len__(self) -> int:
-        return len(self.bank.info)
-
-    # ------------------------------------------------------------------ KL and masks
-    def kl(self) -> Tensor:
-        """Sum of the gates' KL terms (unscaled)."""
-        return torch.stack([g.kl() for g in self.gates]).sum()
-
-    @torch.no_grad()
-    def output_scales(self) -> dict[str, Tensor]:
-        """``{layer: test-time multiplier per output unit}`` (0 = pruned)."""
-        return {i.layer: g.test_scale().detach().clone() for i, g in self.items() if i.kind == "output"}
-
-    @torch.no_grad()
-    def input_scales(self) -> dict[str, Tensor]:
-        """``{Linear: test-time multiplier per input feature}`` for the input gates."""
-        return {i.layer: g.test_scale().detach().clone() for i, g in self.items() if i.kind == "input"}
-
-    @torch.no_grad()
-    def units(self) -> list[tuple[str, int, int]]:
-        """``(label, kept, total)`` per gate in Appendix-2 order (an input gate is labelled ``<linear>:in``)."""
-        return [(i.layer + (":in" if i.kind == "input" else ""), int(g.keep().sum()), g.num_units)
-                for i, g in self.items()]
-
-    def units_string(self, dense: bool = False) -> str:
-        return "-".join(str(t if dense else k) for _, k, t in self.units())
-
-    def unit_sparsity(self) -> float:
-        """Fraction of gated units the test-time masks prune (seed 000's "Sparsity")."""
-        u = self.units()
-        tot = sum(t for _, _, t in u)
-        return 1.0 - sum(k for _, k, _ in u) / tot if tot else 0.0
-
-    # ------------------------------------------------------------------ training state
-    def freeze(self, frozen: bool = True) -> None:
-        """Freeze the masks (deterministic test-time masks in training too, no gradients): PAT's second phase."""
-        for g in self.gates:
-            g.freeze(frozen)
-
-    def set_generator(self, generator: torch.Generator | None) -> None:
-        for g in self.gates:
-            g.generator = generator
-
-    # ------------------------------------------------------------------ export
-    def plain_copy(self) -> nn.Module:
-        """A deep copy of the model without gates (weights as they are)."""
-        m = copy.deepcopy(self.model)
-        remove_gates(m)
-        return m
-
-    def slim(self, *, example: Tensor | None = None, check: bool = True, atol: float = 1e-5) -> SlimResult:
-        """The physically smaller dense model equal to the gated model in eval mode
-        (:func:`robustprune.sparsity.slim.slim_model` with the test-time masks folded in)."""
-        return slim_model(self.plain_copy(), self.output_scales(), self.input_scales(), example=example,
-                          check=check, atol=atol)
-
-
-def fold_gates(model: nn.Module, *, example: Tensor | None = None, check: bool = True,
-               atol: float = 1e-5) -> tuple[nn.Module, dict[str, Tensor]]:
-    """The gated ``model`` (eval mode: test-time masks) as a plain model of the same architecture, with the masks
-    folded into the weights and pruned units' weights exactly zero, plus the weight masks
-    (:func:`robustprune.sparsity.slim.fold_unit_scales`); what a study stores as the pruned checkpoint."""
-    gates = GateSet(model)
-    return fold_unit_scales(gates.plain_copy(), gates.output_scales(), gates.input_scales(), example=example,
-                            check=check, atol=atol)
-
-
-def gate_param_groups(model: nn.Module, gates: GateSet, lr: float, factor: float = 10.0,
-                      gate_weight_decay: float = 0.0) -> list[dict]:
-    """Optimiser groups for ``fit(param_groups=...)``: the weights at ``lr``, the (trainable) mask parameters at
-    ``factor * lr`` without weight decay (seed 000 App. C: variational parameters learn 10x faster)."""
-    gate_ids = {id(p) for p in gates.parameters()}
-    weights = [p for p in model.parameters() if p.requires_grad and id(p) not in gate_ids]
-    masks = [p for p in gates.parameters() if p.requires_grad]
-    groups: list[dict] = [{"params": weights, "lr": float(lr)}]
-    if masks:
-        groups.append({"params": masks, "lr": float(lr) * float(factor), "weight_decay": float(gate_weight_decay)})
-    return groups
-
-
-# =============================================================================================== objectives
-@dataclass
-class GatedObjective:
-    """``inner`` loss ``+ kl_scale * KL(gates)``, for weights and masks alike (BP with ``inner = Natural()``).
-    ``kl_scale = gamma / N`` (the ELBO per data point, scaled by gamma)."""
-
-    inner: Any
-    gates: GateSet
-    kl_scale: float
-
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None
-                 ) -> ObjectiveOutput:
-        out = self.inner(model, x, y, generator=generator)
-        return ObjectiveOutput(out.loss + self.kl_scale * self.gates.kl(), out.logits, adv_logits=out.adv_logits)
-
-
-def route_gradients(loss_weights: Tensor, loss_masks: Tensor, mask_params: Sequence[Tensor]) -> Tensor:
-    """A scalar whose gradient is ``d loss_weights / d theta`` for every parameter *not* in ``mask_params`` and
-    ``d loss_masks / d M`` for those in it; its value is ``loss_weights``.
-
-    ``loss_weights + <g, M> - <g, M>.detach()`` with ``g = d(loss_masks - loss_weights)/dM`` (one
-    ``torch.autograd.grad`` over the shared graph): ``fit`` can then take one ``backward()`` and one optimiser
-    step for both parameter groups, exactly like the reference code's two optimisers on two losses.
-    """
-    params = [p for p in mask_params if p.requires_grad]
-    if not params or not torch.is_grad_enabled() or not loss_weights.requires_grad:
-        return loss_weights
-    diff = loss_masks - loss_weights
-    if not diff.requires_grad:
-        return loss_weights
-    grads = torch.autograd.grad(diff, params, retain_graph=True, allow_unused=True)
-    corr = [(g.detach() * p).sum() for g, p in zip(grads, params) if g is not None]
-    if not corr:
-        return loss_weights
-    c = torch.stack(corr).sum()
-    return loss_weights + c - c.detach()
-
-
-@dataclass
-class ANPObjective:
-    """Adversarial Neural Pruning (seed 000 Eq. 6, Alg. 1), optionally with vulnerability suppression (ANP-VS).
-
-    Adversarial examples: PGD-``steps`` (L-inf ``eps``, step ``alpha``, default eps/4) on the network with its
-    *test-time* masks (eval mode; "from the pruned state of the network", Alg. 1 line 4). Then, with sampled
-    masks (training mode),
-
-    * weights: ``L_theta = beta CE(x) + (1 - beta) CE(x_adv) + lam V(x, x_adv) + kl_scale KL``,
-    * masks:   ``L_M = CE(x_adv) + kl_scale KL``,
-
-    combined by :func:`route_gradients` into one scalar for ``fit``. ``beta = 1/3`` is the reference code's
-    ``(CE + 2 CE_adv) / 3``. ``last`` keeps the latest terms (tensors with their graph, for inspection/tests).
-    """
-
-    gates: GateSet
-    eps: float
-    kl_scale: float
-    beta: float = 1.0 / 3.0
-    lam: float = 0.0
-    alpha: float | None = None
-    steps: int = 10
-    layers: Sequence[str] | None = None
-    last: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
-    _sources: dict[int, list[str]] = field(default_factory=dict, init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        self.attack = PGDAT(eps=self.eps, alpha=self.alpha, steps=self.steps)
-        self.eps = self.attack.eps
-        if not 0 <= float(self.beta) <= 1:
-            raise ConfigError(f"ANP beta (weight of the clean loss) must be in [0, 1], got {self.beta!r}")
-        if not (math.isfinite(float(self.lam)) and float(self.lam) >= 0):
-            raise ConfigError(f"ANP-VS lam must be a finite number >= 0, got {self.lam!r}")
-        if not float(self.kl_scale) >= 0:
-            raise ConfigError(f"kl_scale must be >= 0, got {self.kl_scale!r}")
-
-    def _vs_sources(self, model: nn.Module, x: Tensor) -> list[str]:
-        if id(model) not in self._sources:
-            self._sources[id(model)] = vs_sources(model, x, self.layers)
-        return self._sources[id(model)]
-
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None
-                 ) -> ObjectiveOutput:
-        x_adv = self.attack.craft(model, x, y, generator=generator)
-        if self.lam > 0:
-            logits, logits_adv, vul = forward_pair_features(model, x, x_adv, self._vs_sources(model, x))
-        else:
-            logits, logits_adv = forward_pair(model, x, x_adv)
-            vul = logits.new_zeros(())
-        ce_clean = F.cross_entropy(logits, y)
-        ce_adv = F.cross_entropy(logits_adv, y)
-        kl = self.kl_scale * self.gates.kl()
-        loss_w = self.beta * ce_clean + (1 - self.beta) * ce_adv + self.lam * vul + kl
-        loss_m = ce_adv + kl
-        loss = route_gradients(loss_w, loss_m, self.gates.parameters())
-        self.last = {"ce_clean": ce_clean, "ce_adv": ce_adv, "vulnerability": vul, "kl_term": kl,
-                     "loss_weights": loss_w, "loss_masks": loss_m, "x_adv": x_adv}
-        return ObjectiveOutput(loss, logits, adv_logits=logits_adv)
-
-
-# =============================================================================================== recipes
 BAYESIAN_METHODS: tuple[str, ...] = ("bp", "anp", "anp-vs", "pat")
 
 
@@ -731,3 +251,11 @@ def at_vs(
     obj = ATVS(eps=eps, lam=lam, alpha=alpha, steps=steps, beta=beta)
     return fit(model, obj, train, val, cfg, val_eps=val_eps if val_eps is not None else eps, augment=augment,
                desc="at-vs")
+
+
+
+def vib_prune(model: nn.Module, method: str = "anp", **kwargs: Any) -> BayesianResult:
+    """:func:`bayesian_prune` with VIB gates: ``method="bp"`` is BP (VIB), ``"anp"`` is ANP-VIB, ``"anp-vs"``
+    ANP-VIB with vulnerability suppression, ``"pat"`` PAT with VIB masks."""
+    kwargs.pop("gate", None)
+    return bayesian_prune(model, method, gate="vib", **kwargs)

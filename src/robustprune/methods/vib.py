@@ -25,13 +25,12 @@ with VIB gates (masks on the adversarial ELBO of Eq. 16, weights on the clean/ad
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from robustprune.errors import ConfigError
-from robustprune.methods.bayesian import BayesianResult, UnitGate, bayesian_prune, keep_at_least_one
+from robustprune.methods.gates import UnitGate, keep_at_least_one
 
 VIB_EPS = 1e-8
 
@@ -71,10 +70,3 @@ class VIBGate(UnitGate):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", positions={self.positions}, log_alpha_thres={self.threshold:g}"
-
-
-def vib_prune(model: nn.Module, method: str = "anp", **kwargs: Any) -> BayesianResult:
-    """:func:`robustprune.methods.bayesian.bayesian_prune` with VIB gates: ``method="bp"`` is BP (VIB),
-    ``"anp"`` is ANP-VIB, ``"anp-vs"`` ANP-VIB with vulnerability suppression, ``"pat"`` PAT with VIB masks."""
-    kwargs.pop("gate", None)
-    return bayesian_prune(model, method, gate="vib", **kwargs)
