@@ -65,8 +65,8 @@ def test_report_html_is_self_contained_and_tables_are_right(tmp_path):
     assert "robustprune study tiny.yaml --out" in page and "&quot;html-test&quot;" in page
     # no status text without JavaScript; the non-converged model is marked with its signals
     assert "checking figures" not in page and "<p id=render-status class=note></p>" in page
-    assert "† did not converge: magnitude-filter-local c=4 (seeds 0, 1 of 2: primal_residual max 0.4, rho_final 0.033)" \
-        in page
+    assert ("† did not converge: magnitude-filter-local c=4 (seeds 0, 1 of 2: primal_residual max 0.4, "
+            "rho_final 0.033)") in page
     assert "more_iterations (not run in a study (cost))" in page  # which checks did not run
     # no paper referred to by an internal seed number
     assert not re.search(r"seed 00\d", page)

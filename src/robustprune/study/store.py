@@ -305,7 +305,8 @@ class ResultsStore:
                 self._db.execute(f"CREATE TABLE vulnerability (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                                  f"{_cols(VULNERABILITY_COLUMNS)}, UNIQUE(model_id, threat, attack_hash, eps_str))")
                 self._db.execute("CREATE INDEX results_model ON results (model_id)")
-                self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (SCHEMA_KEY, json.dumps(SCHEMA_VERSION)))
+                self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?)",
+                                 (SCHEMA_KEY, json.dumps(SCHEMA_VERSION)))
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -339,7 +340,8 @@ class ResultsStore:
         self._write()
         if key == SCHEMA_KEY:
             raise ValueError(f"meta key {SCHEMA_KEY!r} is the store's own")
-        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value, default=str)))
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                         (key, json.dumps(value, default=str)))
 
     def get_meta(self, key: str, default: Any = None) -> Any:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

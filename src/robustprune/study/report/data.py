@@ -430,8 +430,8 @@ def _name_variants(entries: list[Entry]) -> None:
     """Entries of one method that are different configurations at the same rate (or on different n, or from
     different unpruned models) get a short label saying what differs."""
     by_method: dict[str, dict[tuple, list[Entry]]] = {}
-    for e in entries:
-        by_method.setdefault(e.method, {}).setdefault(line_key(e), []).append(e)
+    for e in entries:  # n is not a variant: every table has an n column, and figures name n when it differs
+        by_method.setdefault(e.method, {}).setdefault(line_key(e)[:9], []).append(e)
     for method, lines in by_method.items():
         if len(lines) < 2:
             continue
@@ -440,8 +440,6 @@ def _name_variants(entries: list[Entry]) -> None:
         differ = sorted({s for cfg in settings for s in cfg if len({_short(c.get(s)) for c in settings}) > 1})
         for i, k in enumerate(keys):
             parts = [f"{s}={_short(settings[i].get(s))}" for s in differ[:3]]
-            if len({kk[9] for kk in keys}) > 1:
-                parts.append(f"n={k[9]}")
             if len({kk[8] for kk in keys}) > 1 and not parts:
                 parts.append(f"base {str(k[8])[:6]}")
             for name, pos in (("group", 5), ("scope", 6), ("schedule", 7)):

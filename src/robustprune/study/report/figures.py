@@ -117,7 +117,8 @@ def robust_vs_compression_png(data: ReportData, marks: Marks) -> bytes | None:
                     if st:
                         rate = e.x if learned else (e.rate or 1.0)
                         pts.append((rate, (e.x, 100 * st.mean, None if st.std is None else 100 * st.std, e)))
-                label = line[0].name + (" (rate learned)" if learned else "")
+                label = line[0].name + (" (rate learned)" if learned else "") + (
+                    f" n={line[0].n_eval}" if len(data.n_values) > 1 else "")
                 for seg in (segments(pts, grid) if not learned else [[p for _, p in pts]]):
                     _plot_points(ax, seg, color, marks, label if label not in handles else None, learned,
                                  connect=not learned)
