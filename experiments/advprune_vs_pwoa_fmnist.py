@@ -1,23 +1,27 @@
 #!/usr/bin/env python3
-"""Issue 4 on Fashion-MNIST: ADMM pruning (AdvPrune, seed 001) and PwoA (seed 004) side by side.
+"""AdvPrune (Ye2019) vs PwoA (Jian2022) on Fashion-MNIST: the two ADMM pruning methods side by side.
+
+The registered methods ``admm-*`` (AdvPrune) and ``pwoa-*`` (PwoA) (``robustprune list methods``,
+``robustprune.methods.get_method``) run these methods with their papers' defaults; this script calls the functions
+behind them (``robustprune.methods.advprune``, ``pwoa``, ``admm_prune``) directly, to vary phases and objectives.
 
 (a) PwoA at 4x and 8x vs pruning the same robust model with CE (the same ADMM + masked fine-tuning,
-    natural cross-entropy instead of distillation + HBaR: seed 004 Tables II-IV, row L_CE);
-(b) AdvPrune irregular vs column vs filter at one rate (seed 001 Sec. 5);
+    natural cross-entropy instead of distillation + HBaR: Jian2022 Tables II-IV, row L_CE);
+(b) AdvPrune irregular vs column vs filter at one rate (Ye2019 Sec. 5);
 (c) lenet-mnist-w: a w_small net obtained by pruning a w_big net (AdvPrune, per-layer keep = the small
     layer's size / the big layer's size) vs the w_small net adversarially trained from scratch with the
-    same total number of epochs (seed 001 Sec. 4.1);
-(d) training time of PwoA vs AdvPrune at the same rate and scheme (seed 004 Fig. 3);
-(e) seed 004 Table II ablation at --advprune-rate (4x) with --pwoa-scheme (irregular) pruning of the same
+    same total number of epochs (Ye2019 Sec. 4.1);
+(d) training time of PwoA vs AdvPrune at the same rate and scheme (Jian2022 Fig. 3);
+(e) Jian2022 Table II ablation at --advprune-rate (4x) with --pwoa-scheme (irregular) pruning of the same
     teacher: CE (ADMM + masked retraining with natural cross-entropy), CE+HBaR (HBaR around natural CE in
     both phases, Table IX MNIST lambdas), KD (PwoA without HBaR) and KD+HBaR (PwoA);
-(f) seed 004 Table V: PwoA loss + ce_weight * CE for each --ce-weights at --advprune-rate, --pwoa-scheme;
-(g) seed 004 Fig. 2: PwoA-pruned --arch at each --lite-rates vs a "Lite" --arch (width scaled so its
+(f) Jian2022 Table V: PwoA loss + ce_weight * CE for each --ce-weights at --advprune-rate, --pwoa-scheme;
+(g) Jian2022 Fig. 2: PwoA-pruned --arch at each --lite-rates vs a "Lite" --arch (width scaled so its
     Conv2d/Linear weight count is ~1/rate of the full one) PGD-AT from scratch for admm + retrain epochs;
-(h) seed 001 Tables 7-8: C&W-Linf (--cw-steps) next to PGD-20 for the teacher and the part-(b) AdvPrune models
+(h) Ye2019 Tables 7-8: C&W-Linf (--cw-steps) next to PGD-20 for the teacher and the part-(b) AdvPrune models
     (from this run, else their checkpoints in --workdir), and PGD-20 transfer from each source (teacher,
     pruned models, the w-big PGD-AT net of (c)/(i) when its checkpoint exists) to each target;
-(i) seed 001 Table 5: the w-small net initialised from the first channels of the w-big PGD-AT net of (c)
+(i) Ye2019 Table 5: the w-small net initialised from the first channels of the w-big PGD-AT net of (c)
     (inherited initialisation), then PGD-AT for the same epochs as (c)'s from-scratch net.
 
 Every model is evaluated on the first --test-n test images: clean accuracy, PGD-20 (L∞, ε = --eps,
@@ -26,9 +30,10 @@ Every model is evaluated on the first --test-n test images: clean accuracy, PGD-
 Results go to --out as Markdown. Defaults aim at ~2-4 minutes per trained model on 2 CPU cores;
 ``--tiny`` is a smoke test of the whole pipeline in about a minute.
 
-    python experiments/issue4_fmnist.py --out runs/issue4.md
-    python experiments/issue4_fmnist.py --tiny --out /tmp/issue4_tiny.md
-    python experiments/issue4_fmnist.py --teacher runs/issue4/teacher.safetensors --out runs/issue4.md
+    python experiments/advprune_vs_pwoa_fmnist.py --out runs/advprune_vs_pwoa_fmnist.md
+    python experiments/advprune_vs_pwoa_fmnist.py --tiny --out /tmp/advprune_vs_pwoa_fmnist_tiny.md
+    python experiments/advprune_vs_pwoa_fmnist.py --teacher runs/advprune_vs_pwoa_fmnist/teacher.safetensors \
+        --out runs/advprune_vs_pwoa_fmnist.md
 """
 
 from __future__ import annotations
@@ -84,11 +89,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--admm-lr", type=float, default=1e-3)
     p.add_argument("--retrain-epochs", type=int, default=3)
     p.add_argument("--retrain-lr", type=float, default=5e-4)
-    p.add_argument("--rho", type=float, default=0.01, help="seed 004 App. B: 0.01")
-    p.add_argument("--rho-factor", type=float, default=1.35, help="seed 004 App. B: x1.35 per update")
-    p.add_argument("--rho-max", type=float, default=1.0, help="seed 004 App. B: cap 1")
+    p.add_argument("--rho", type=float, default=0.01, help="Jian2022 App. B: 0.01")
+    p.add_argument("--rho-factor", type=float, default=1.35, help="Jian2022 App. B: x1.35 per update")
+    p.add_argument("--rho-max", type=float, default=1.0, help="Jian2022 App. B: cap 1")
     p.add_argument("--update-every", type=int, default=25,
-                   help="Z/U update period; seed 004 uses 3 epochs of ~470 steps over 50 epochs, scaled down here")
+                   help="Z/U update period; Jian2022 uses 3 epochs of ~470 steps over 50 epochs, scaled down here")
     p.add_argument("--update-unit", default="step", choices=["step", "epoch"])
     p.add_argument("--pgd-steps", type=int, default=10, help="PGD steps of adversarial training")
     # (a) PwoA
@@ -245,7 +250,7 @@ def lite_width(arch: str, spec: Any, rate: float) -> tuple[float, int]:
 
 
 def inherit_first_channels(small: nn.Module, big: nn.Module) -> None:
-    """Seed 001 Table 5: copy the leading slice of each of ``big``'s tensors into ``small`` (same architecture,
+    """Ye2019 Table 5: copy the leading slice of each of ``big``'s tensors into ``small`` (same architecture,
     smaller width: first output channels / units, first input channels / features)."""
     sd_big = big.state_dict()
     new = {}
@@ -313,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"AA on the first {a.aa_n} test images" if a.aa_n else "AA on all test images")
 
     def write_out(final: bool = False) -> list[str]:
-        text = [f"# Issue 4 on Fashion-MNIST (eps {a.eps:g}, {len(splits.train)} train / {len(xt)} test images)", "",
+        text = [f"# AdvPrune (Ye2019) vs PwoA (Jian2022) on Fashion-MNIST (eps {a.eps:g}, "
+                f"{len(splits.train)} train / {len(xt)} test images)", "",
                 "Accuracies on the first test images; PGD-20 L∞ with α = ε/4; AA = AutoAttack standard "
                 f"({aa_note()}; n/a where it did not run). nonzero/prunable: non-zero Conv2d/Linear weights. "
                 "Times: wall seconds per phase, including each epoch's validation (PGD-10 on --val-n points). "
@@ -424,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"time {res.times['total']:.1f}s")
             write_out()
 
-    if "f" in a.parts:  # seed 004 Table V
+    if "f" in a.parts:  # Jian2022 Table V
         rate = a.advprune_rate
         f_rows = []
         for cw in a.ce_weights:
@@ -441,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             f_rows.append([f"{cw:g}", "yes" if cw > 0 else "no", pct(ev["clean"]), pct(ev["pgd20"]), pct(ev["aa"]),
                            "n/a" if alpha is None else f"{alpha:.3g}", secs(tms.get("total")) + (" (= part a)" if reused else "")])
             log(f"(f) ce_weight {cw:g}: clean {pct(ev['clean'])} PGD-20 {pct(ev['pgd20'])} AA {pct(ev['aa'])}")
-            extra_f = [f"## (f) seed 004 Table V: PwoA (KD{'' if a.no_hbar else ' + HBaR'}) + ce_weight * CE at "
+            extra_f = [f"## (f) Jian2022 Table V: PwoA (KD{'' if a.no_hbar else ' + HBaR'}) + ce_weight * CE at "
                        f"{rate:g}x {a.pwoa_scheme}", "",
                        "alpha: the distillation weight after App. B balancing (ce_weight is not rebalanced).", "",
                        table(["ce_weight", "CE", "clean %", "PGD-20 %", "AA %", "alpha", "total s"], f_rows), ""]
@@ -452,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
             extra[:] = extra_backup
         extra += extra_f
 
-    if "g" in a.parts:  # seed 004 Fig. 2
+    if "g" in a.parts:  # Jian2022 Fig. 2
         g_rows = []
         lite_epochs = a.admm_epochs + a.retrain_epochs
         full_n = sparsity_report(teacher)["prunable"]
@@ -482,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
                            secs(t_lite)])
             log(f"(g) Lite {rate:g}x (w {w:.3f}, {n_w} weights): clean {pct(ev['clean'])} PGD-20 {pct(ev['pgd20'])} "
                 f"AA {pct(ev['aa'])} time {t_lite:.1f}s")
-            extra_g = [f"## (g) seed 004 Fig. 2: PwoA-pruned {a.arch} vs Lite {a.arch} trained from scratch", "",
+            extra_g = [f"## (g) Jian2022 Fig. 2: PwoA-pruned {a.arch} vs Lite {a.arch} trained from scratch", "",
                        f"Full model: {full_n} Conv2d/Linear weights. Lite: width chosen so its weight count is "
                        f"closest to full/rate; PGD-{a.pgd_steps} AT (eps {a.eps:g}, lr {a.teacher_lr:g}, Adam, cosine) "
                        f"for {lite_epochs} epochs = ADMM + retraining epochs of PwoA, same training images, "
@@ -495,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
             extra[:] = extra_backup
         extra += extra_g
 
-    if "i" in a.parts:  # seed 001 Table 5
+    if "i" in a.parts:  # Ye2019 Table 5
         big, t_big = w_big_net(a, splits, workdir, cache)
         if "c" not in a.parts:
             ev = evaluate(big, xt, yt, a.eps)
@@ -517,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"(i) inherited: clean {pct(ev['clean'])} PGD-20 {pct(ev['pgd20'])}")
         write_out()
 
-    if "h" in a.parts:  # seed 001 Tables 7-8
+    if "h" in a.parts:  # Ye2019 Tables 7-8
         from robustprune.attacks import get_attack_info
         from robustprune.checkpoint import load_checkpoint
         from robustprune.evaluation import transfer_attack
@@ -566,10 +572,10 @@ def main(argv: list[str] | None = None) -> int:
                 raw[f"h8-{sname}->{tname}"] = acc
             h8.append(row)
             log(f"(h) transfer from {sname}: {row[1:]}")
-        extra += [f"## (h) seed 001 Table 7: C&W-L∞ (eps {a.eps:g}, {a.cw_steps} steps) next to PGD-20", "",
+        extra += [f"## (h) Ye2019 Table 7: C&W-L∞ (eps {a.eps:g}, {a.cw_steps} steps) next to PGD-20", "",
                   table(["model", "non-zero weights", "clean %", "PGD-20 %", f"C&W-L∞ ({a.cw_steps} st) %", "C&W s"],
                         h7), "",
-                  "## (h) seed 001 Table 8: PGD-20 transfer, rows = source, columns = target (robust accuracy %, a "
+                  "## (h) Ye2019 Table 8: PGD-20 transfer, rows = source, columns = target (robust accuracy %, a "
                   "point counts when the target is right on it clean and on the transferred example; the source "
                   "attacks only points it classifies correctly; diagonal = white-box PGD-20)", "",
                   table(["source \\ target", *targets], h8), ""]

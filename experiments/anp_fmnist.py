@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
-"""Issue 5 on Fashion-MNIST: seed 000 Table 1 / Appendix-1 with LeNet-5-Caffe on subsets.
+"""ANP (Madaan2020) on Fashion-MNIST: Table 1 / Appendix-1 with LeNet-5-Caffe on subsets.
 
-Methods (every pruning / fine-tuning phase starts from the same standard-trained network, as seed 000 App. C:
+BP, ANP and ANP-VS are the registered methods ``bp-bbd``, ``anp-bbd``, ``anp-vs-bbd`` (and ``*-vib``), HYDRA
+(Sehwag2020) is ``hydra`` (``robustprune list methods``, ``robustprune.methods.get_method``); this script calls
+the functions behind them (``robustprune.methods.bayesian_prune``, ``hydra``) directly, with its own budgets.
+
+Methods (every pruning / fine-tuning phase starts from the same standard-trained network, as Madaan2020 App. C:
 "we pretrain all the networks using the standard-training procedure followed by network sparsification"):
 
 * Standard -- natural training;
@@ -19,15 +23,15 @@ Methods (every pruning / fine-tuning phase starts from the same standard-trained
 
 Evaluation on the first ``--test-n`` test images: clean accuracy; white-box PGD (L-inf ``--eps``,
 ``--eval-steps`` steps of eps/4, random start); black-box transfer PGD crafted on a separately trained source
-(a standard network for Standard/BP, an AT network for the adversarially trained ones, as seed 000 Sec. 4.1;
+(a standard network for Standard/BP, an AT network for the adversarially trained ones, as Madaan2020 Sec. 4.1;
 ``--bb-source at`` reuses the AT model instead of training a second one); the network vulnerability (Eq. 2) on
 the white-box and on the black-box examples; xFLOPs, run-time memory (hidden feature maps, % of Standard) and
 sparsity (units pruned, and weights pruned) of the *slim* networks -- the gated networks with their pruned units
 removed physically (their logits are checked equal to the gated networks'); and the measured latency of the
 slim ANP network against the dense one. Checkpoints are selected on the validation split, never on test.
 
-    python experiments/issue5_fmnist.py --out runs/issue5.md              # ~10-15 min on 2 CPU cores
-    python experiments/issue5_fmnist.py --tiny --out /tmp/issue5_tiny.md  # smoke test, ~1-2 min
+    python experiments/anp_fmnist.py --out runs/anp_fmnist.md              # ~10-15 min on 2 CPU cores
+    python experiments/anp_fmnist.py --tiny --out /tmp/anp_fmnist_tiny.md  # smoke test, ~1-2 min
 """
 
 from __future__ import annotations
@@ -77,9 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-n", type=int, default=500, help="validation points used for selection each epoch")
     p.add_argument("--test-n", type=int, default=1000)
     p.add_argument("--eps", type=float, default=0.1, help="L-inf radius (pixel units), training and evaluation")
-    p.add_argument("--train-steps", type=int, default=5, help="PGD steps for training examples (seed 000: 10)")
+    p.add_argument("--train-steps", type=int, default=5, help="PGD steps for training examples (Madaan2020: 10)")
     p.add_argument("--eval-steps", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=64, help="seed 000 App. C: 64")
+    p.add_argument("--batch-size", type=int, default=64, help="Madaan2020 App. C: 64")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of standard / AT / AT-VS / HYDRA")
     p.add_argument("--prune-lr", type=float, default=2e-3,
                    help="Adam learning rate of the weights in BP / ANP / ANP-VS; the masks get 10x (App. C)")
@@ -106,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--at-beta", type=float, default=None, help="clean weight of AT / AT-VS (default: --beta)")
     p.add_argument("--lam", type=float, default=1.0, help="vulnerability suppression weight of AT-VS")
     p.add_argument("--a-uc-init", type=float, default=-1.0, help="initial a_uc of the gates (reference: -1)")
-    p.add_argument("--vib", action="store_true", help="also BP (VIB) and ANP (VIB) rows (seed 000 App. B)")
+    p.add_argument("--vib", action="store_true", help="also BP (VIB) and ANP (VIB) rows (Madaan2020 App. B)")
     p.add_argument("--vib-gamma", type=float, default=0.005,
                    help="KL scale of the VIB rows (x 1/N; 0.005 at N = 5000 is the VIBNet code's factor 1e-6)")
     p.add_argument("--bb-source", default="separate", choices=["separate", "at"])
@@ -337,7 +341,7 @@ def write_outputs(a: argparse.Namespace, info: dict[str, dict[str, Any]], lat: d
                   slims: dict[str, Any], total: float, sweep: dict[str, list] | None = None,
                   order: list[str] | None = None) -> None:
     lines = [
-        f"# Issue 5: seed 000 Table 1 / Appendix-1 on Fashion-MNIST ({a.arch}, width {a.width:g})",
+        f"# ANP (Madaan2020): Table 1 / Appendix-1 on Fashion-MNIST ({a.arch}, width {a.width:g})",
         "",
         f"Train {a.train_limit} images (validation {a.val_size}, {a.val_n} used per epoch for selection), test "
         f"{a.test_n}. L-inf eps = {a.eps:g}; training PGD-{a.train_steps}, evaluation PGD-{a.eval_steps} "
@@ -375,7 +379,7 @@ def write_outputs(a: argparse.Namespace, info: dict[str, dict[str, Any]], lat: d
         + ", ".join(f"{k} {fmt(info[k].get('slim_check'), '.1e')}" for k in slims) + "); memory = hidden feature "
         "maps, % of Standard (the ANP code's im2col+weights count: "
         + ", ".join(f"{k} {fmt(info[k].get('memory_pct_anp_code'), '.2f')}%" for k in slims) + "). Sparsity: units "
-        "= gated units pruned (seed 000's 'Sparsity'); weights = prunable weights removed (HYDRA: zeros, no speed-up "
+        "= gated units pruned (Madaan2020's 'Sparsity'); weights = prunable weights removed (HYDRA: zeros, no speed-up "
         f"on dense kernels; per-layer keep {info['HYDRA'].get('hydra_keep', 0):.4f}; its top-k masks were recomputed "
         f"{info['HYDRA'].get('hydra_topk_max')} times per layer for {info['HYDRA'].get('hydra_score_steps')} "
         "score-optimisation steps, i.e. once per step plus once per validation pass).",
