@@ -11,12 +11,15 @@ units. Features are taken with forward hooks on named modules (``features.3``, `
 
 from robustprune.models.base import MODELS, Net, Normalize
 from robustprune.models.convnets import VGG_CFGS
+from robustprune.models.custom import build_model, load_factory
 from robustprune.models.factory import create_model, model_for_dataset, model_names
 from robustprune.models.resnets import BasicBlock, PreActBlock, wide_resnet
 
 __all__ = [
     "MODELS",
     "VGG_CFGS",
+    "build_model",
+    "load_factory",
     "BasicBlock",
     "Net",
     "Normalize",
