@@ -279,3 +279,23 @@ def test_evaluate_attack_without_budget_is_refused_before_work(monkeypatch, caps
         code, _, err = cli(monkeypatch, capsys, "evaluate", str(checkpoint), "--data-dir", str(mnist_dir),
                            "--attack", "l0:steps=2", *quiet)
         assert "needs budgets" in one_error(code, err)
+
+
+def test_evaluate_refuses_a_checkpoint_with_nan_weights(monkeypatch, capsys, mnist_dir, checkpoint, tmp_path):
+    import torch
+
+    from robustprune.checkpoint import load_checkpoint, save_checkpoint
+
+    model, meta, masks = load_checkpoint(checkpoint, "cpu")
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[3] = float("nan")
+    bad = tmp_path / "nan.safetensors"
+    save_checkpoint(bad, model, meta=meta, masks=masks)
+    db = tmp_path / "r.sqlite"
+    code, out, err = cli(monkeypatch, capsys, "evaluate", str(bad), "--data-dir", str(mnist_dir), "--n", "10",
+                         "--no-checks", "--db", str(db))
+    assert "NaN" in one_error(code, err)  # refused at load (checkpoint.py) or by the CLI before any work
+    assert not db.exists() and "%" not in out  # no number printed, no row stored
+    code, out, err = cli(monkeypatch, capsys, "evaluate", str(checkpoint), "--data-dir", str(mnist_dir), "--n", "10",
+                         "--no-checks", "--transfer-from", str(bad))
+    assert str(bad) in one_error(code, err)

@@ -153,3 +153,20 @@ def check_writable_file(path: str | os.PathLike[str], what: str = "output file",
         if not os.access(p, os.W_OK):
             raise _output_error(what, p, "the existing file is not writable")
     return p
+
+
+def nonfinite_tensor(model: torch.nn.Module) -> str | None:
+    """Name of the first parameter or floating-point buffer of ``model`` holding a NaN or an infinity, else None.
+
+    One device synchronisation in all. A model with such weights (e.g. from a diverged training) gives meaningless
+    accuracies: refuse to evaluate or store it.
+    """
+    named = [(n, t) for n, t in [*model.named_parameters(), *model.named_buffers()]
+             if t.is_floating_point() and t.numel()]
+    if not named:
+        return None
+    dev = named[0][1].device
+    ok = torch.stack([torch.isfinite(t.detach()).all().to(dev) for _, t in named])
+    if bool(ok.all()):
+        return None
+    return named[int((~ok).nonzero()[0])][0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import warnings
@@ -281,7 +282,7 @@ def evaluate(
     check_n: Annotated[int, typer.Option(help="Points the sanity checks rerun attacks on.")] = 100,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print the plan before the work starts.")
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No plan before the work starts, no progress bars.")
                      ] = False,
 ) -> None:
     """Clean and robust accuracy of a checkpoint on the test split, with sanity checks next to the numbers."""
@@ -304,9 +305,11 @@ def evaluate(
         check_writable_file(db, "--db database")
     dev = default_device(device)
     model, meta, _ = load_checkpoint(checkpoint, dev)
+    _refuse_nonfinite(model, checkpoint)
     source = None
     if transfer_from is not None:
         source, src_meta, _ = load_checkpoint(transfer_from, dev)
+        _refuse_nonfinite(source, transfer_from)
         if src_meta.get("dataset") != meta.get("dataset"):
             raise ConfigError(f"--transfer-from {transfer_from} was trained on {src_meta.get('dataset')!r}, the "
                               f"evaluated model on {meta.get('dataset')!r}; transfer needs the same dataset")
@@ -326,7 +329,8 @@ def evaluate(
             _echo(line)
     model_id = config_hash({"checkpoint": str(checkpoint.resolve()), "meta": meta.get("config")})
     source_id = str(transfer_from) if transfer_from is not None else "source"
-    report = evaluate_model(model, test.x[:n], test.y[:n], specs, default_eps=spec.eps_linf,
+    progress = {"progress": not quiet} if "progress" in inspect.signature(evaluate_model).parameters else {}
+    report = evaluate_model(model, test.x[:n], test.y[:n], specs, **progress, default_eps=spec.eps_linf,
                             eps_by_norm={"Linf": spec.eps_linf, "L2": spec.eps_l2}, batch_size=batch_size, seed=seed,
                             transfer_from=source, transfer_source=source_id, checks=not no_checks,
                             check_subset=check_n, vulnerability=vulnerability, warn=False)
@@ -368,6 +372,17 @@ def _eval_attack_configs(texts: list[str]) -> list[Any]:
         eps = kw.pop("eps", ())
         out.append(AttackConfig.build(name, eps, **kw))
     return out
+
+
+def _refuse_nonfinite(model: Any, path: Path) -> None:
+    """A checkpoint with NaN / infinite weights gives meaningless numbers: refuse it before any work or row."""
+    from robustprune.errors import CheckpointError
+    from robustprune.utils import nonfinite_tensor
+
+    bad = nonfinite_tensor(model)
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} has NaN or infinite values in {bad} (a diverged training?); "
+                              "nothing was evaluated or stored; retrain it, e.g. with a lower learning rate")
 
 
 def _plan_lines(specs: list[Any], *, n: int, dataset: str, default_eps: dict[str, float], transfer_from: Path | None,
