@@ -10,10 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from robustprune.errors import ConfigError, UnknownNameError
+from robustprune.errors import ConfigError
 from robustprune.sparsity import (
     GROUPS,
-    PRUNING_METHODS,
     SCOPES,
     SCORES,
     MaskSet,
@@ -538,20 +537,19 @@ def test_sparsity_report_counts_zeros_present():
 # ---------------------------------------------------------------- method names
 
 
-def test_nine_seed003_methods():
-    names = PRUNING_METHODS.names()
-    assert len(names) == 9
+def test_the_nine_merkle2022_selections_parse_and_compute():
+    names = [f"{s}-{g}-{sc}" for g in ("unstructured", "kernel", "filter")
+             for s, sc in (("magnitude", "local"), ("magnitude", "global"), ("random", "local"))]
     for n in names:
         score, group, scope = parse_method(n)
-        sel = PRUNING_METHODS.get(n)
-        assert (sel.score, sel.group, sel.scope) == (score, group, scope) and sel.name == n
-        assert not (score == "random" and scope == "global")
-        compute_masks(small_model(), keep=0.5, generator=gen(0), **sel.as_kwargs())
-    assert set(names) == {
-        f"{s}-{g}-{sc}"
-        for g in ("unstructured", "kernel", "filter")
-        for s, sc in (("magnitude", "local"), ("magnitude", "global"), ("random", "local"))
-    }
+        assert f"{score}-{group}-{scope}" == n
+        compute_masks(small_model(), keep=0.5, generator=gen(0), score=score, group=group, scope=scope)
+
+
+def test_sparsity_holds_no_parallel_method_registry():
+    import robustprune.sparsity as sp
+
+    assert not hasattr(sp, "PRUNING_METHODS") and not hasattr(sp, "method_names")
 
 
 def test_parse_method_rejects():
@@ -563,5 +561,3 @@ def test_parse_method_rejects():
     for bad in ("magnitude-filter", "snip-filter-local", "magnitude-channel-local", "magnitude-filter-layer"):
         with pytest.raises(ConfigError):
             parse_method(bad)
-    with pytest.raises(UnknownNameError):
-        PRUNING_METHODS.get("random-filter-global")

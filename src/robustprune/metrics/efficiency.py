@@ -1,4 +1,4 @@
-"""Compression as seed 000 App. D reports it, and measured latency.
+"""Compression as Madaan2020 (ANP) App. D reports it, and measured latency.
 
 * **xFLOPs** = FLOPs of the original model / FLOPs of the pruned one (App. D (ii)). FLOPs here are the
   multiply-accumulates of the Conv2d and Linear layers (:func:`robustprune.metrics.flops`) for one input. For a
@@ -72,7 +72,7 @@ def activation_memory(model: nn.Module, input_shape: Any) -> dict[str, int]:
 
 def efficiency_report(dense: nn.Module, pruned: nn.Module, input_shape: Any, *, dense_masks: Any = None,
                       pruned_masks: Any = None) -> dict[str, float]:
-    """Seed 000 App. D numbers of ``pruned`` (a slim or a masked model) against the original ``dense`` one:
+    """Madaan2020 (ANP) App. D numbers of ``pruned`` (a slim or a masked model) against the original ``dense`` one:
 
     ``xflops`` (dense MACs / pruned dense MACs), ``xflops_nonzero`` (dense MACs / MACs with a non-zero weight of
     ``pruned``), ``memory_pct`` (feature maps, % of dense), ``memory_pct_anp_code``, ``params_pct`` and

@@ -97,7 +97,7 @@ def lenet5_caffe(
 def lenet_mnist_w(
     *, num_classes=10, in_channels=1, input_size=28, width=1.0, mean=(0.0,), std=(1.0,)
 ) -> Net:
-    """MNIST LeNet of seed 001 (Table 1): conv 2w, conv 4w, FC(196w, 64w), FC(64w, classes).
+    """MNIST LeNet of Ye2019 (AdvPrune) (Table 1): conv 2w, conv 4w, FC(196w, 64w), FC(64w, classes).
 
     ``width`` is the factor w (1 is tiny; the paper uses 1..16). 5x5 convs with padding 2, each
     followed by ReLU and 2x2 max-pool: 28 -> 14 -> 7, so the flatten is 4w*7*7 = 196w.
@@ -119,7 +119,7 @@ def lenet_mnist_w(
 def lenet_cifar_w(
     *, num_classes=10, in_channels=1, input_size=28, width=1.0, mean=(0.0,), std=(1.0,)
 ) -> Net:
-    """CIFAR LeNet of seed 001 (Table 1): conv 6w, conv 16w, FC(400w,120w), FC(120w,84w), FC(84w,classes).
+    """CIFAR LeNet of Ye2019 (AdvPrune) (Table 1): conv 6w, conv 16w, FC(400w,120w), FC(120w,84w), FC(84w,classes).
 
     5x5 convs without padding, each followed by ReLU and 2x2 max-pool: 32 -> 28 -> 14 -> 10 -> 5, so
     the flatten is 16w*5*5 = 400w on 32x32 inputs (16w*4*4 on 28x28). ``width`` is the factor w.
@@ -141,7 +141,7 @@ def lenet_cifar_w(
 def cnn5(
     *, num_classes=10, in_channels=1, input_size=28, width=1.0, mean=(0.0,), std=(1.0,)
 ) -> Net:
-    """CNN5 of seed 003: two 5x5 convs (32, 64) and three dense layers (256, 128, classes).
+    """CNN5 of Merkle2022: two 5x5 convs (32, 64) and three dense layers (256, 128, classes).
 
     conv32 5x5 pad 2 -> ReLU -> maxpool 2 -> conv64 5x5 pad 2 -> ReLU -> maxpool 2 -> FC 256 -> ReLU
     -> FC 128 -> ReLU -> FC classes. On 28x28 the flatten is 64*7*7 = 3136. The paper gives only
@@ -163,7 +163,7 @@ def cnn5(
 
 # ---------------------------------------------------------------------------------------- VGG
 VGG_CFGS: dict[str, tuple[int | str, ...]] = {
-    # seed 001 "CIFAR VGG" with w = 1 (times w): a VGG-16 at 1/16 width.
+    # Ye2019 (AdvPrune) "CIFAR VGG" with w = 1 (times w): a VGG-16 at 1/16 width.
     "vgg-cifar-w": (4, 4, "M", 8, 8, "M", 16, 16, 16, "M", 32, 32, 32, "M", 32, 32, 32, "M"),
     "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
     "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
@@ -213,7 +213,7 @@ def _vgg(
 def vgg_cifar_w(
     *, num_classes=10, in_channels=1, input_size=28, width=1.0, mean=(0.0,), std=(1.0,)
 ) -> Net:
-    """CIFAR VGG of seed 001 (Table 1): 4w,4w,M,8w,8w,M,16w x3,M,32w x3,M,32w x3,M, A, FC(32w, classes).
+    """CIFAR VGG of Ye2019 (AdvPrune) (Table 1): 4w,4w,M,8w,8w,M,16w x3,M,32w x3,M,32w x3,M, A, FC(32w, classes).
 
     3x3 convs with BN and ReLU; ``width`` is the factor w (w = 16 gives VGG-16 with BN). Pools that
     would make the map smaller than 1x1 are skipped; A is AdaptiveAvgPool2d(1).
@@ -242,7 +242,7 @@ def vgg16(
 def vgg11(
     *, num_classes=10, in_channels=1, input_size=28, width=1.0, mean=(0.0,), std=(1.0,)
 ) -> Net:
-    """VGG11-like of seed 003: VGG-11 (config A) convs with BN, global avg-pool, FC(512, classes).
+    """VGG11-like of Merkle2022: VGG-11 (config A) convs with BN, global avg-pool, FC(512, classes).
 
     64,M,128,M,256,256,M,512,512,M,512,512,M with 3x3 convs + BN + ReLU; the ImageNet head (three
     4096-unit FCs) is replaced by one Linear(512, classes), as the paper adapts first/last layers to

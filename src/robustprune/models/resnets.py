@@ -146,7 +146,7 @@ def resnet18(
 def resnet18_w(
     *, num_classes=10, in_channels=1, input_size=28, width=1.0, mean=(0.0,), std=(1.0,)
 ) -> Net:
-    """ResNet-18 of seed 001 (Table 1) with base widths 4w, 8w, 16w, 32w (1/16 of 64..512, times w).
+    """ResNet-18 of Ye2019 (AdvPrune) (Table 1) with base widths 4w, 8w, 16w, 32w (1/16 of 64..512, times w).
 
     ``width`` is the factor w: w = 16 is the standard CIFAR ResNet-18.
     """
@@ -160,7 +160,7 @@ def resnet18_w(
 def preact_resnet8(
     *, num_classes=10, in_channels=1, input_size=28, width=1.0, mean=(0.0,), std=(1.0,)
 ) -> Net:
-    """Pre-activation ResNet-8 (seed 003): 3x3 stem (16), three stages of one pre-act block each
+    """Pre-activation ResNet-8 (Merkle2022): 3x3 stem (16), three stages of one pre-act block each
     (16, 32, 64 channels; strides 1, 2, 2), final BN-ReLU, avg-pool, FC(64, classes).
 
     8 weight layers = stem conv + 3 blocks x 2 convs + FC (1x1 projection shortcuts not counted).

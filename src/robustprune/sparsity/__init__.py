@@ -5,9 +5,14 @@
 * :mod:`.prune`: which groups to cut (``magnitude`` / ``random`` scores, ``local`` / ``global``
   scope): :func:`compute_masks`;
 * :mod:`.masks`: :class:`MaskSet`, how a cut stays cut through training;
-* :mod:`.projection`: :func:`project`, the Euclidean projection used by ADMM (seed 001 Eq. 10-13);
+* :mod:`.projection`: :func:`project`, the Euclidean projection used by ADMM (Ye2019 (AdvPrune) Eq. 10-13);
 * :mod:`.report`: :func:`sparsity_report`, the zeros actually present;
-* :mod:`.names`: method names ``<score>-<group>-<scope>`` and the nine seed-003 methods.
+* :mod:`.names`: selection names ``<score>-<group>-<scope>`` (:func:`parse_method`);
+* :mod:`.units`: a fully pruned unit loses its bias and BatchNorm terms too;
+* :mod:`.slim`: physical removal of pruned units (trace, cut, fold, check, shapes).
+
+Papers by author-year: Ye2019 (AdvPrune), Madaan2020 (ANP), Merkle2022 ("Pruning in the face of
+adversaries"), Jian2022 (PwoA), Sehwag2020 (HYDRA).
 
 When to cut (one-shot, iterative schedules, ADMM) belongs to ``robustprune.methods``.
 """
@@ -23,7 +28,7 @@ from robustprune.sparsity.groups import (
     prunable_layers,
 )
 from robustprune.sparsity.masks import MaskSet
-from robustprune.sparsity.names import PRUNING_METHODS, PruningSelection, method_names, parse_method
+from robustprune.sparsity.names import PruningSelection, parse_method
 from robustprune.sparsity.projection import project, project_mask
 from robustprune.sparsity.prune import SCOPES, SCORES, check_scope, check_score, compute_masks, group_scores
 from robustprune.sparsity.report import sparsity_report
@@ -32,7 +37,6 @@ __all__ = [
     "GROUPS",
     "SCORES",
     "SCOPES",
-    "PRUNING_METHODS",
     "MaskSet",
     "PruningSelection",
     "check_group",
@@ -43,7 +47,6 @@ __all__ = [
     "expand_groups",
     "group_scores",
     "group_view",
-    "method_names",
     "num_groups",
     "num_keep",
     "parse_method",

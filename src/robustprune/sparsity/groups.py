@@ -6,15 +6,15 @@ scheme is a reshaping of ``w`` into a matrix ``(n_groups, group_size)`` (one row
 =================  ==============================================  ===============================
 group              one group is                                    rows of
 =================  ==============================================  ===============================
-``unstructured``   one weight (seed 001 "irregular")               ``w.reshape(-1, 1)``
+``unstructured``   one weight (Ye2019 "irregular")                 ``w.reshape(-1, 1)``
 ``kernel``         one ``k x k`` kernel ``w[o, i]`` of a Conv2d    ``w.reshape(O * I, kh * kw)``
-``filter``         one output channel ``w[o]`` (seed 001 Eq. 11)   ``w.reshape(O, -1)``
+``filter``         one output channel ``w[o]`` (Ye2019 Eq. 11)     ``w.reshape(O, -1)``
 ``column``         one index of the ``C*H*W`` axis across all      ``w.reshape(O, -1).T``
-                   filters, ``w[:, c, h, w]`` (seed 001 Eq. 12)
+                   filters, ``w[:, c, h, w]`` (Ye2019 Eq. 12)
 =================  ==============================================  ===============================
 
 Which layers are prunable (:func:`prunable_layers`): ``unstructured`` prunes every
-``nn.Conv2d`` and ``nn.Linear``; the structured groups prune ``nn.Conv2d`` only (seed 003 §3.3:
+``nn.Conv2d`` and ``nn.Linear``; the structured groups prune ``nn.Conv2d`` only (Merkle2022 §3.3:
 "When pruning structures, we only prune the convolutional layers").
 """
 

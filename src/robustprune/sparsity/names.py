@@ -1,16 +1,11 @@
 """Names of pruning selections: ``"<score>-<group>-<scope>"``, e.g. ``"magnitude-filter-global"``.
 
-``PRUNING_METHODS`` registers the nine methods of seed 003 §3.3:
-
-* ``magnitude-{unstructured,kernel,filter}-{local,global}`` (six),
-* ``random-{unstructured,kernel,filter}-local`` (three).
-
-:func:`parse_method` also accepts the other valid combinations (e.g. ``magnitude-column-local``,
-seed 001's column scheme, and the alias ``irregular`` for ``unstructured``), but it rejects
-``random-*-global`` with a :class:`ConfigError`: seed 003 omits it because, for a large number of
-groups, global random pruning gives the same masks as local random pruning in expectation.
-(:func:`compute_masks` itself still computes ``score="random", scope="global"`` when called
-directly, for whoever wants that baseline explicitly.)
+:func:`parse_method` reads such a name (also e.g. ``magnitude-column-local``, Ye2019's column group, and the
+alias ``irregular`` for ``unstructured``), but it rejects ``random-*-global`` with a :class:`ConfigError`:
+Merkle2022 ("Pruning in the face of adversaries") omits it because, for a large number of groups, global random
+pruning gives the same masks as local random pruning in expectation. (:func:`compute_masks` itself still computes
+``score="random", scope="global"`` when called directly, for whoever wants that baseline explicitly.) Which
+methods exist is the business of the one method registry, ``robustprune.methods``.
 """
 
 from __future__ import annotations
@@ -18,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from robustprune.errors import ConfigError
-from robustprune.registry import Registry
 from robustprune.sparsity.groups import GROUPS, check_group
 from robustprune.sparsity.prune import SCORES, SCOPES, check_scope, check_score
 
@@ -39,18 +33,6 @@ class PruningSelection:
         return {"score": self.score, "group": self.group, "scope": self.scope}
 
 
-PRUNING_METHODS: Registry[PruningSelection] = Registry("pruning method")
-
-for _group in ("unstructured", "kernel", "filter"):
-    for _score, _scope in (("magnitude", "local"), ("magnitude", "global"), ("random", "local")):
-        _sel = PruningSelection(_score, _group, _scope)
-        PRUNING_METHODS.add(
-            _sel.name,
-            _sel,
-            help=f"{_group} pruning, {_scope} {_score} selection (seed 003 §3.3)",
-        )
-
-
 def parse_method(name: str) -> tuple[str, str, str]:
     """``"magnitude-filter-global"`` -> ``("magnitude", "filter", "global")`` (score, group, scope)."""
     parts = str(name).strip().lower().split("-")
@@ -63,12 +45,7 @@ def parse_method(name: str) -> tuple[str, str, str]:
     score, group, scope = check_score(parts[0]), check_group(parts[1]), check_scope(parts[2])
     if score == "random" and scope == "global":
         raise ConfigError(
-            f"{name!r}: random pruning is local only (seed 003 omits global random pruning: it "
+            f"{name!r}: random pruning is local only (Merkle2022 omits global random pruning: it "
             f"equals local random pruning in expectation); use 'random-{group}-local'"
         )
     return score, group, scope
-
-
-def method_names() -> list[str]:
-    """The nine registered seed-003 method names."""
-    return PRUNING_METHODS.names()

@@ -1,4 +1,4 @@
-"""Euclidean projection onto a group-sparsity set (seed 001 Eq. 10-13), used by ADMM.
+"""Euclidean projection onto a group-sparsity set (Ye2019 (AdvPrune) Eq. 10-13), used by ADMM.
 
 ``S = {w : at most k groups of w are non-zero}`` with ``k = round(keep * n_groups)`` (at least 1).
 The Euclidean projection ``argmin_{z in S} ||z - w||_2`` keeps the ``k`` groups with the largest

@@ -1,4 +1,4 @@
-"""Which groups to cut: scores and scope (seed 003 §3.3).
+"""Which groups to cut: scores and scope (Merkle2022 §3.3).
 
 Scores (higher = more important, kept first):
 

@@ -38,7 +38,7 @@ class SlimResult:
     """The slim model and what was kept.
 
     ``units[name] = (kept, total)`` output units of each gated layer; ``inputs[name] = (kept, total)`` input
-    features of each Linear with input scales; ``order``: ``(label, kept, total)`` in the order of seed 000
+    features of each Linear with input scales; ``order``: ``(label, kept, total)`` in the order of Madaan2020 (ANP)
     Appendix-2 (a Linear's kept inputs just before its outputs), see :meth:`units_string`.
     """
 
@@ -53,7 +53,7 @@ class SlimResult:
         return "-".join(str(total if dense else kept) for _, kept, total in self.order)
 
     def unit_sparsity(self) -> float:
-        """Fraction of pruned units over all counted units (seed 000's "Sparsity (%)" / 100)."""
+        """Fraction of pruned units over all counted units (Madaan2020 (ANP)'s "Sparsity (%)" / 100)."""
         tot = sum(t for _, _, t in self.order)
         return 1.0 - sum(k for _, k, _ in self.order) / tot if tot else 0.0
 
