@@ -83,7 +83,11 @@ def test_learned_rates_show_their_achieved_value_and_configurations_stay_apart(t
     assert sorted(r[1] for r in anp) == ["learned (×1.0)", "learned (×4.7)"]  # never "0", never averaged (×2.85)
     assert {r[0] for r in anp} == {"anp-bbd [gamma=0.0001]", "anp-bbd [gamma=1e-06] †"}
     assert "† nothing was pruned: anp-bbd [gamma=1e-06] c=learned (×1.0) (seed 0 of 1)." in md
-    assert "×2.85" not in md and "| 0 |" not in md
+    tables = md.split("## Models")[0]
+    assert "×2.85" not in tables and not re.search(r"\| anp-bbd[^|]*\| 0 \|", md)
+    models = _md_rows(md, "## Models")
+    assert models[0][:4] == ["model id", "role", "method", "c"] and models[1][1] == "unpruned base"
+    assert sorted(r[3] for r in models[2:]) == ["learned (×1.0)", "learned (×4.7)"]
 
 
 def test_apgd_leads_the_headline_table_when_present(tmp_path):
@@ -93,7 +97,8 @@ def test_apgd_leads_the_headline_table_when_present(tmp_path):
     data = load(tmp_path)
     (t,) = headline_tables(data, Marks(data))
     assert t.header[5:] == ["clean (%)", "apgd@0.1 (%)", "pgd@0.1 (%)"]  # PGD only at APGD's ε
-    assert [c.text for c in t.rows[0][5:]] == ["80.0", "62.7", "66.1"]
+    assert [c.text for c in t.rows[0][5:]] == ["80.0", "62.7", "66.1 *"]  # PGD 3.4 points above APGD: marked
+    assert any(n.startswith("* PGD exceeds APGD") for n in t.notes)
     write_report(tmp_path)
     assert "## Headline: clean / APGD / PGD per model" in (tmp_path / "report.md").read_text()
 

@@ -25,7 +25,7 @@ from robustprune.study.report.figures import (
     security_curves_png,
     vulnerability_histograms_png,
 )
-from robustprune.study.report.markdown import provenance_markdown, sections_markdown
+from robustprune.study.report.markdown import provenance_markdown, sections_markdown, table_markdown
 from robustprune.study.report.page import e, img, page, provenance_html, table_html
 from robustprune.study.report.tables import (
     Marks,
@@ -33,6 +33,7 @@ from robustprune.study.report.tables import (
     checks_text,
     comparison_tables,
     headline_tables,
+    models_table,
     n_text,
     robustness_table,
     robustness_tables,
@@ -115,6 +116,9 @@ def write_report(out_dir: str | Path) -> list[Path]:
         text += [f"Base model: {base.get('name')} ({(spec.get('base_train') or {}).get('epochs')} epochs). "
                  "Training budgets per model (seconds, epochs, gradient steps) are in the table of methods at each "
                  "rate.", ""]
+    if models:
+        text += ["## Models", "", "Checkpoints are named by the hash of their config; the unpruned base model of "
+                 "each seed has the role 'unpruned base'.", "", table_markdown(models_table(data, marks))]
     text += provenance_markdown(data.meta)
     md = out / "report.md"
     md.write_text("\n".join(text) + "\n")
@@ -173,6 +177,10 @@ def write_report(out_dir: str | Path) -> list[Path]:
     rt = runtime_chart_png(data)
     if rt:
         blocks.append(img(rt, "run time per model"))
+    if models:
+        blocks.append("<h2>Models</h2><p class=note>Checkpoints are named by the hash of their config; the unpruned "
+                      "base model of each seed has the role 'unpruned base'.</p><details><summary>every model "
+                      f"({len(models)})</summary>" + table_html(models_table(data, marks)) + "</details>")
     blocks += provenance_html(out, data.meta, data.spec,
                               sorted({r["code_version"] for r in rows if r.get("code_version")}))
     files.append(page(out, title=f"robustprune study {name}", blocks=blocks))
