@@ -28,6 +28,7 @@ from robustprune.study.report.figures import (
 from robustprune.study.report.markdown import provenance_markdown, sections_markdown, table_markdown
 from robustprune.study.report.page import e, img, page, provenance_html, table_html
 from robustprune.study.report.tables import (
+    FLAG_WORDS,
     Marks,
     checks_table,
     checks_text,
@@ -39,7 +40,7 @@ from robustprune.study.report.tables import (
     robustness_tables,
     sweet_spot_tables,
 )
-from robustprune.study.store import ResultsStore
+from robustprune.study.store import FLAGS, ResultsStore
 
 __all__ = ["ReportData", "load", "robustness_table", "write_report"]
 
@@ -99,7 +100,8 @@ def write_report(out_dir: str | Path) -> list[Path]:
     intro = (f"Accuracy (%) on {n_text(data)}; seeds {seeds}"
              + (" (one seed: the spread over seeds is unknown)" if len(seeds) < 2 else "; mean ± std over seeds")
              + ". " + CONVENTIONS)
-    flags_line = ("Flags: " + "; ".join(f"{s} {f}" for f, s in marks.symbol.items())
+    flags_line = ("Flags: " + "; ".join(f"{s} {FLAG_WORDS.get(f) or FLAGS.get(f) or f}"
+                                        for f, s in marks.symbol.items())
                   + " (marked on every row and plot point, explained under each table).") if marks.symbol else ""
 
     # ---- Markdown
@@ -128,7 +130,7 @@ def write_report(out_dir: str | Path) -> list[Path]:
 
     # ---- HTML
     blocks = [f"<h1>robustprune study: {e(name)}</h1>", "<p id=render-status class=note></p>",
-              f"<p>{len(models)} models, {len(rows)} result rows. {e(intro)}</p>"]
+              f"<p>{len(models)} models, {len(rows)} result rows. {e(intro.replace('`', '').replace('*', ''))}</p>"]
     if flags_line:
         blocks.append(f"<p class=flag>{e(flags_line)}</p>")
     for i, (title, sec_intro, tables) in enumerate(sections):
