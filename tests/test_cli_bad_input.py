@@ -205,8 +205,8 @@ def test_ctrl_c_exits_130_with_one_line_and_keeps_earlier_output(monkeypatch, ca
 
 
 def test_huge_limits_are_clamped_and_said_once(monkeypatch, capsys, mnist_dir, checkpoint, tmp_path):
-    code, out, err = cli(monkeypatch, capsys, "evaluate", str(checkpoint), "--data-dir", str(mnist_dir), "--n", "100000", "--no-checks",
-                         "--attack", "pgd:eps=0.1,steps=1", "-q")
+    code, out, err = cli(monkeypatch, capsys, "evaluate", str(checkpoint), "--data-dir", str(mnist_dir),
+                         "--n", "100000", "--no-checks", "--attack", "pgd:eps=0.1,steps=1", "-q")
     assert code == 0, err
     warn = [ln for ln in err.splitlines() if ln.startswith("warning:")]
     assert warn == [f"warning: --n 100000 is more than the {N_TEST} test images of mnist; evaluating all {N_TEST}"]
@@ -230,16 +230,16 @@ def test_load_splits_warns_when_a_limit_exceeds_the_data(mnist_dir):
 # ------------------------------------------------------------------------------- progress, CLI consistency
 
 def test_evaluate_prints_its_plan_first(monkeypatch, capsys, mnist_dir, checkpoint):
-    code, out, err = cli(monkeypatch, capsys, "evaluate", str(checkpoint), "--data-dir", str(mnist_dir), "--n", "20", "--check-n", "10",
-                         "--attack", "pgd:eps=0.05;0.1,steps=2")
+    code, out, err = cli(monkeypatch, capsys, "evaluate", str(checkpoint), "--data-dir", str(mnist_dir),
+                         "--n", "20", "--check-n", "10", "--attack", "pgd:eps=0.05;0.1,steps=2")
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("plan: 20 test point(s) of mnist")
     plan = "\n".join(lines[:5])
     assert "pgd: eps 0.05, 0.1" in plan and "steps=2" in plan and "sanity checks on the first 10" in plan
     assert lines.index(next(ln for ln in lines if ln.startswith("clean"))) > 1
-    code, out, err = cli(monkeypatch, capsys, "evaluate", str(checkpoint), "--data-dir", str(mnist_dir), "--n", "20", "--no-checks",
-                         "--attack", "pgd:eps=0.1,steps=1", "--quiet")
+    code, out, err = cli(monkeypatch, capsys, "evaluate", str(checkpoint), "--data-dir", str(mnist_dir),
+                         "--n", "20", "--no-checks", "--attack", "pgd:eps=0.1,steps=1", "--quiet")
     assert code == 0 and "plan:" not in out
 
 

@@ -201,8 +201,10 @@ def fit(
     - ``param_groups``: optional optimiser parameter groups (e.g. a 10x learning rate for mask parameters);
       each group's ``lr`` is scaled by the schedule.
     - Divergence: a non-finite loss (checked every few steps), or at an epoch's end a mean training loss above
-      ``_MAX_LOSS`` or non-finite weights or weights above ``_MAX_WEIGHT`` in magnitude, stop training with :class:`~robustprune.errors.DivergenceError`; the model is first restored to the best
-      epoch so far (``exc.restored_epoch``; ``exc.result`` holds the history).
+      ``_MAX_LOSS``, non-finite weights or weights above ``_MAX_WEIGHT`` in magnitude, stop training with
+      :class:`~robustprune.errors.DivergenceError`; the model is first restored to the last good state (the best
+      epoch so far, or the last finite epoch with ``select="last"``; ``exc.restored_epoch``; ``exc.result`` holds
+      the history).
     """
     device = train.x.device
     model.to(device)
