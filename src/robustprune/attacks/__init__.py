@@ -35,7 +35,7 @@ from robustprune.attacks.fgsm import fgsm
 from robustprune.attacks.l0 import greedy_l0
 from robustprune.attacks.losses import ATTACK_LOSSES, ce_loss, cw_loss, dlr_loss, get_loss, loss_names, margin
 from robustprune.attacks.pgd import cw_linf, pgd_l2, pgd_linf, pgd_linf_last
-from robustprune.attacks.min_norm import fmn_linf
+from robustprune.attacks.min_norm import fmn_linf, min_norm_linf
 from robustprune.attacks.registry import (
     ATTACK_INFO,
     ATTACKS,
@@ -62,6 +62,7 @@ __all__ = [
     "apgd_t",
     "dlr_targeted_loss",
     "fmn_linf",
+    "min_norm_linf",
     "ATTACK_INFO",
     "ATTACK_LOSSES",
     "AttackInfo",

@@ -78,7 +78,7 @@ def dlr_targeted_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
     return -(z_y - z_t) / (scale + 1e-12)
 
 
-def _surface_start(x: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
+def _surface_start(x: Tensor, eps: float | Tensor, generator: torch.Generator | None) -> Tensor:
     """Croce2020's L∞ start: a uniform direction in [−1, 1]^d scaled so that ‖δ‖∞ = ε, clipped to [0, 1]."""
     t = 2.0 * rand_like(x, generator) - 1.0
     t = t / bcast(t.reshape(len(t), -1).abs().amax(dim=1) + 1e-12, t)
@@ -88,11 +88,13 @@ def _surface_start(x: Tensor, eps: float, generator: torch.Generator | None) -> 
 class _State:
     """The fooled flags and found points of a whole batch, shared by the runs of one call."""
 
-    def __init__(self, model: nn.Module, x: Tensor, y: Tensor) -> None:
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, clean_logits: Tensor | None = None) -> None:
         self.x = x.detach()
         self.y = y
-        with torch.no_grad():
-            self.clean_logits = model(self.x)
+        if clean_logits is None:
+            with torch.no_grad():
+                clean_logits = model(self.x)
+        self.clean_logits = clean_logits
         self.found = self.clean_logits.argmax(dim=1) != y  # misclassified when clean: fooled by x itself
         self.x_found = self.x.clone()
 
@@ -109,21 +111,27 @@ def _run(
     loss_fn: Callable[[Tensor, Tensor, Tensor | None], Tensor],
     targets: Tensor | None,
     *,
-    eps: float,
+    eps: float | Tensor,
     n_iter: int,
     rho: float,
     generator: torch.Generator | None,
     early_exit: bool,
+    x_init: Tensor | None = None,
 ) -> None:
-    """One APGD run on the batch of ``st`` (the points not fooled yet with early exit, else all)."""
-    x_start = _surface_start(st.x, eps, generator)  # for the whole batch: the stream is the same either way
+    """One APGD run on the batch of ``st`` (the points not fooled yet with early exit, else all). ``eps`` is one
+    budget or one per sample ``(N,)``; ``x_init`` replaces the random start (no random draw then)."""
+    eps_t = eps if isinstance(eps, Tensor) else torch.full((len(st.x),), float(eps), device=st.x.device,
+                                                            dtype=st.x.dtype)
+    eps_b = bcast(eps_t.to(st.x.dtype), st.x)
+    # drawn for the whole batch: the stream is the same either way
+    x_start = _surface_start(st.x, eps_b, generator) if x_init is None else x_init.detach()
     if early_exit:
         idx = torch.nonzero(~st.found).squeeze(1)
         if idx.numel() == 0:
             return
     else:
         idx = torch.arange(len(st.x), device=st.x.device)
-    x0, yy = st.x[idx], st.y[idx]
+    x0, yy, eb = st.x[idx], st.y[idx], eps_b[idx]
     tt = None if targets is None else targets[idx]
     x_adv = x_start[idx]
 
@@ -133,7 +141,7 @@ def _run(
     grad, logits, loss = input_grad(model, x_adv, yy, lossf)
     fooled = logits.argmax(dim=1) != yy
     st.record(idx, x_adv, fooled)
-    step = torch.full((len(idx),), 2.0 * eps, device=x0.device, dtype=x0.dtype)
+    step = 2.0 * eb.reshape(-1).clone()
     x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss.clone()
     loss_prev = loss.clone()
     rises = torch.zeros_like(loss)
@@ -145,7 +153,8 @@ def _run(
 
     def keep_only(keep: Tensor) -> None:
         nonlocal idx, x0, yy, tt, x_adv, x_old, grad, step, x_best, grad_best, loss_best, loss_prev, rises
-        nonlocal best_at_check, reduced_at_check
+        nonlocal best_at_check, reduced_at_check, eb
+        eb = eb[keep]
         idx, x0, yy, x_adv, x_old, grad = idx[keep], x0[keep], yy[keep], x_adv[keep], x_old[keep], grad[keep]
         tt = None if tt is None else tt[keep]
         step, x_best, grad_best, loss_best = step[keep], x_best[keep], grad_best[keep], loss_best[keep]
@@ -159,8 +168,8 @@ def _run(
             break
         with torch.no_grad():
             a = 0.75 if i > 0 else 1.0
-            z = project_linf(x_adv + bcast(step, x_adv) * grad.sign(), x0, eps)
-            x_new = project_linf(x_adv + a * (z - x_adv) + (1.0 - a) * (x_adv - x_old), x0, eps)
+            z = project_linf(x_adv + bcast(step, x_adv) * grad.sign(), x0, eb)
+            x_new = project_linf(x_adv + a * (z - x_adv) + (1.0 - a) * (x_adv - x_old), x0, eb)
             x_old, x_adv = x_adv, x_new
         grad, logits, loss = input_grad(model, x_adv, yy, lossf)
         fooled = logits.argmax(dim=1) != yy

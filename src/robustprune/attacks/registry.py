@@ -27,7 +27,7 @@ from robustprune.attacks.apgd import apgd, apgd_ce, apgd_t
 from robustprune.attacks.cw import cw_l2
 from robustprune.attacks.fgsm import fgsm
 from robustprune.attacks.l0 import greedy_l0
-from robustprune.attacks.min_norm import fmn_linf
+from robustprune.attacks.min_norm import fmn_linf, min_norm_linf
 from robustprune.attacks.pgd import cw_linf, pgd_l2, pgd_linf
 from robustprune.errors import UnknownNameError
 from robustprune.registry import Registry
@@ -173,6 +173,9 @@ register_attack("apgd-t", apgd_t, norm="Linf", kind="budget",
 register_attack("apgd", apgd, norm="Linf", kind="budget",
                 help="APGD-CE then APGD-T on the survivors (AutoAttack's first two attacks, in-house; the default "
                      "strong attack)")
+register_attack("min-norm-linf", min_norm_linf, norm="Linf", kind="min-norm", aliases=("min-norm",),
+                help="APGD-based minimal L∞ norm per point (APGD at eps_max, then a per-sample bisection): "
+                     "robust accuracy at every eps from one run")
 register_attack("fmn-linf", fmn_linf, norm="Linf", kind="min-norm", aliases=("fmn",),
                 help="FMN L∞ (Pintor2021): each point's smallest successful eps, robust accuracy at every eps "
                      "from one run")
