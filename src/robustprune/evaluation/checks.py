@@ -16,6 +16,9 @@ Checks (``n`` evaluated points, ``m`` subset points, both in samples):
                               not converged and under-reports vulnerability).
 ``whitebox_vs_transfer:<attack>@<eps>``  white-box robust accuracy <= transfer robust accuracy
                               + ``max(1/n, 0.005)`` (only when a transfer was evaluated).
+``pgd_vs_apgd:<attack>@<eps>``  PGD (``pgd``/``pgd-linf``, any settings) robust accuracy exceeds the APGD one
+                              (``apgd``, or ``autoattack``) at the same ε by at most 3 points: more means PGD
+                              over-reports robustness for this model (Croce2020); row-based, costs nothing.
 ``input_gradients``           at most 1 % of the subset have an all-zero (or non-finite) input gradient of the
                               cross-entropy or of the CW margin (gradient masking / shattered gradients).
 ``min_norm_valid:<attack>``   a minimal-norm attack's found points are misclassified and their reported norms
@@ -57,6 +60,7 @@ class CheckThresholds:
     zero_grad_max_frac: float = 0.01
     min_norm_rel_tol: float = 1e-3
     min_norm_max_bad_frac: float = 0.01
+    pgd_apgd_max_gap: float = 0.03
 
 
 def _check(name: str, passed: bool | None, detail: str, value: float | None = None,
@@ -244,6 +248,41 @@ def check_transfer(rows: Sequence[Mapping[str, Any]], th: CheckThresholds = Chec
     return out
 
 
+PGD_ATTACKS = ("pgd", "pgd-linf")
+STRONG_ATTACKS = ("apgd", "autoattack")
+
+
+def check_pgd_vs_apgd(rows: Sequence[Mapping[str, Any]], th: CheckThresholds = CheckThresholds()) -> list[dict]:
+    """For every ε with a white-box PGD row and an APGD row (``apgd``, else ``autoattack``): PGD's robust accuracy
+    must not exceed APGD's by more than ``th.pgd_apgd_max_gap`` (3 points). Row-based, like :func:`check_monotone`
+    and :func:`check_transfer`; the study can call it on any model's stored rows."""
+    out = []
+    white = [r for r in rows if r["attack"] != "clean" and not _is_transfer(r)]
+    strong: dict[str, Mapping[str, Any]] = {}
+    for name in reversed(STRONG_ATTACKS):  # apgd wins over autoattack at the same eps
+        for r in white:
+            if str(r["attack"]).lower() == name:
+                strong[str(r["eps_str"])] = r
+    seen: dict[str, int] = {}
+    for r in white:
+        if str(r["attack"]).lower() not in PGD_ATTACKS:
+            continue
+        s_row = strong.get(str(r["eps_str"]))
+        if s_row is None:
+            continue
+        key = f"{r['attack']}@{r['eps_str']}"
+        seen[key] = seen.get(key, 0) + 1
+        label = key if seen[key] == 1 else f"{r['attack']}#{seen[key]}@{r['eps_str']}"
+        gap = float(r["robust_acc"]) - float(s_row["robust_acc"])
+        ok = gap <= th.pgd_apgd_max_gap
+        out.append(_check(
+            f"pgd_vs_apgd:{label}", ok,
+            f"PGD {float(r['robust_acc']):.4f} vs {s_row['attack']} {float(s_row['robust_acc']):.4f} at eps "
+            f"{r['eps_str']}" + ("" if ok else "; PGD over-reports robustness: report the APGD number"),
+            gap, th.pgd_apgd_max_gap))
+    return out
+
+
 def check_input_gradients(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 500,
                           th: CheckThresholds = CheckThresholds()) -> dict[str, Any]:
     from robustprune.attacks.losses import ce_loss, cw_loss
@@ -339,6 +378,7 @@ def sanity_checks(
         checks += check_more_iterations(model, x, y, rows, run=run, subset=subset, seed=seed,
                                         batch_size=batch_size, th=th)
     checks += check_transfer(rows, th)
+    checks += check_pgd_vs_apgd(rows, th)
     if gradients:
         checks.append(check_input_gradients(model, xs, ys, batch_size=batch_size, th=th))
     if run is not None:

@@ -230,6 +230,8 @@ def _run_min_norm(run: AttackRun, model: nn.Module, x: Tensor, y: Tensor, spec: 
                   skip: Callable[[str, str], bool] | None, curve_points: int) -> None:
     n = len(x)
     kw = attack_kwargs(info, spec, None, min_norm=True)
+    if "eps_max" in info.params() and kw.get("eps_max") is None and budgets:
+        kw["eps_max"] = float(max(budgets))  # a budget-anchored search (min-norm-linf): APGD at the largest budget
     settings = _settings(kw, spec_name(spec))
     ahash = config_hash(settings)
     todo = [e for e in budgets if skip is None or not skip(ahash, eps_to_str(e))]
