@@ -91,7 +91,34 @@ def test_a_setting_reaches_the_method():
     torch.manual_seed(0)
     res = robustprune.prune(MyNet(), "pwoa-irregular", rate=2, data=(x, y), epochs=1, alpha=3.5, balance=False,
                             use_hbar=False, tau=7.0)
-    assert res.extras["alpha"] == 3.5 and res.extras["tau"] == 7.0
+    # alpha is stated in the reference code's units (KLDivLoss 'mean': divided by the 3 classes here)
+    assert res.extras["alpha_stated"] == 3.5 and res.extras["alpha"] == pytest.approx(3.5 / 3)
+    assert res.extras["tau"] == 7.0 and res.settings["kd_reduction"] == "mean"
+
+
+def test_pwoa_distillation_term_equals_the_reference_codes_mean_reduced_loss_times_alpha():
+    """Jian2022 Table IX's alpha was run by the reference code as alpha * tau^2 * nn.KLDivLoss()(log p_s, p_t)
+    (reduction 'mean', divides by batch x classes); PwoA here must give the same term on a fixed batch."""
+    from robustprune.methods import pwoa
+
+    x, y = blobs(64)
+    torch.manual_seed(0)
+    teacher, student = MyNet(), MyNet()
+    res = pwoa(student, teacher, train=robustprune.api._as_split((x, y), "d"), val=None, rate=2, use_hbar=False,
+               admm_cfg=_cfg(0), retrain_cfg=_cfg(0), dataset="mnist")
+    distill = res.extras["objective"]
+    tau, alpha = 30.0, 10.0  # Table IX, MNIST
+    with torch.no_grad():
+        s_logits, t_logits = student(x), teacher(x)
+        ref = torch.nn.KLDivLoss()(F.log_softmax(s_logits / tau, 1), F.softmax(t_logits / tau, 1))  # 'mean'
+        _s, kd, _ce = distill.terms(student, x, y, mix=False)
+    assert float(distill.alpha * kd) == pytest.approx(float(alpha * tau**2 * ref), rel=1e-4)
+
+
+def _cfg(epochs):
+    from robustprune.train import TrainConfig
+
+    return TrainConfig(epochs=epochs, batch_size=32, optimizer="adam", lr=1e-3, progress=False, select="last")
 
 
 def test_rates_are_checked_before_any_work():

@@ -29,11 +29,18 @@ from robustprune.methods.interface import (
 from robustprune.sparsity import MaskSet
 
 
+#: Training-set sizes N of the datasets the papers tuned gamma on (Madaan2020 Eq. 11 scales the KL by gamma / N).
+TRAIN_SET_SIZE = {"mnist": 60_000, "fashion-mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000, "svhn": 73_257}
+#: ANP-VS reference code README: the vulnerability-suppression weight per dataset.
+VS_LAMBDA = {"mnist": 1e-3, "fashion-mnist": 1e-3, "cifar10": 1e-4, "cifar100": 0.1}
+
+
 class BayesianSettings(MethodSettings):
     gamma: float = setting(1.0, "Madaan2020 App. C (gamma in {1, 4, 8, 10, 12} for LeNet-5-Caffe)",
                            "KL scale: the KL term is multiplied by gamma / N", ge=0)
-    kl_n: int | None = setting(None, "Madaan2020 Eq. 11 (N = training-set size)",
-                               "the N of gamma / N (None: the number of training images given)", ge=1)
+    kl_n: int | None = setting(None, "Madaan2020 Eq. 11 (N = the full training set the paper's gamma was tuned on: "
+                               "60,000 for MNIST)", "the N of gamma / N (None: the dataset's full training-set size, "
+                               "or the number of images given for an unknown dataset)", ge=1)
     beta: float = setting(1.0 / 3.0, "robustprune (Madaan2020 Eq. 6 leaves the clean/adversarial mix open)",
                           "weight of the clean loss in the weights' loss (ANP)", ge=0, le=1)
     pgd_steps: int = setting(10, "Madaan2020 §5 (PGD adversarial training)", "PGD steps of the training attack",
@@ -47,8 +54,9 @@ class BayesianSettings(MethodSettings):
 
 
 class ANPVSSettings(BayesianSettings):
-    vs_lambda: float = Field(1.0, ge=0, json_schema_extra={"source": "robustprune (weight of V in L_theta)"},
-                             description="weight of the vulnerability suppression term")
+    vs_lambda: float | None = Field(None, ge=0, json_schema_extra={
+        "source": "ANP-VS reference code README (0.001 MNIST, 0.0001 CIFAR-10, 0.1 CIFAR-100)"},
+        description="weight of the vulnerability suppression term (None: the README's value for the dataset)")
 
 
 class PATSettings(BayesianSettings):
@@ -69,11 +77,13 @@ class BayesianMethod(PruningMethod):
 
     def run(self, model: nn.Module, task: PruneTask, rate: float | None, settings: BayesianSettings) -> PruneResult:
         cfg = settings.train.train_config(task)
+        dataset = str(task.dataset or "").lower()
+        kl_n = settings.kl_n or TRAIN_SET_SIZE.get(dataset, len(task.train))
         kw = dict(train=task.train, val=task.val, cfg=cfg, eps=task.eps, gamma=settings.gamma, beta=settings.beta,
                   steps=settings.pgd_steps, val_eps=task.eps, augment=task.augment, gate=self.gate,
-                  mask_lr_factor=settings.mask_lr_factor, n_train=settings.kl_n)
+                  mask_lr_factor=settings.mask_lr_factor, n_train=kl_n)
         if isinstance(settings, ANPVSSettings):
-            kw["lam"] = settings.vs_lambda
+            kw["lam"] = settings.vs_lambda if settings.vs_lambda is not None else VS_LAMBDA.get(dataset, 1e-3)
         if isinstance(settings, PATSettings):
             kw["at_cfg"] = settings.at.train_config(task, seed_offset=1)
         if settings.gate_init is not None and self.gate == "bbd":
@@ -82,7 +92,8 @@ class BayesianMethod(PruningMethod):
         res = bayesian_prune(model, self.kind, **kw)
         t_train = time.perf_counter() - t0
         folded, fmasks = fold_gates(model, example=task.train.x[:2])
-        stats = dict(res.stats, unit_sparsity=res.unit_sparsity, kl_scale=res.kl_scale,
+        stats = dict(res.stats, unit_sparsity=res.unit_sparsity, kl_scale=res.kl_scale, kl_n=kl_n,
+                     vs_lambda=kw.get("lam"),
                      units=[list(u) for u in res.units])
         moved = stats.get("gates_moved_fraction")
         # The masks did not train when (almost) no gate moved and nothing was pruned: not converged.

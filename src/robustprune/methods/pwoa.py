@@ -30,7 +30,7 @@ import copy
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -253,7 +253,11 @@ class PwoAHook(Hook):
         lambda_ratio: tuple[float, float] = (4.0, 1.0),
         admm_to_distill: float = 10.0,
         distill_to_hbar: float = 10.0,
+        balance_point: str = "projected",
     ) -> None:
+        if balance_point not in ("projected", "student"):
+            raise ConfigError(f"balance_point must be 'projected' or 'student', got {balance_point!r}")
+        self.balance_point = balance_point
         self.distill, self.hbar, self.admm = distill, hbar, admm
         self.probe = list(probe)
         self.balance = bool(balance) and admm is not None and bool(self.probe)
@@ -265,7 +269,31 @@ class PwoAHook(Hook):
 
     @torch.no_grad()
     def measure(self, model: nn.Module) -> dict[str, float]:
-        """Mean ``tau^2 KL``, ``sum HSIC(X, Z)``, ``sum HSIC(Y, Z)`` over the probe batches, and ``L_ADMM``."""
+        """Mean ``tau^2 KL``, ``sum HSIC(X, Z)``, ``sum HSIC(Y, Z)`` over the probe batches, and ``L_ADMM``.
+
+        ``balance_point="projected"`` measures the distillation and HSIC terms with the constrained layers'
+        weights replaced by their sparse projection ``Z`` (the loss the pruning constraint costs): after one
+        epoch the student still nearly equals its teacher, so its own KL is ~0 and App. B's ratio would set alpha
+        hundreds of times above the paper's values. ``"student"`` measures the student as it is (App. B read
+        literally)."""
+        if self.balance_point == "projected" and self.admm is not None:
+            mods = self.admm._modules(model)
+            saved = {n: m.weight.detach().clone() for n, m in mods.items()}
+            try:
+                for n, m in mods.items():
+                    m.weight.copy_(self.admm.Z[n].to(m.weight.device, m.weight.dtype))
+                terms = self._measure_terms(model)
+            finally:
+                for n, m in mods.items():
+                    m.weight.copy_(saved[n])
+        else:
+            terms = self._measure_terms(model)
+        terms["admm"] = float(self.admm.extra_loss(model)) if self.admm is not None else 0.0
+        terms["point"] = self.balance_point
+        return terms
+
+    @torch.no_grad()
+    def _measure_terms(self, model: nn.Module) -> dict[str, Any]:
         kd = hx = hy = 0.0
         with eval_mode(model), _no_mix(self.distill):
             for x, y in self.probe:
@@ -282,9 +310,8 @@ class PwoAHook(Hook):
                 else:
                     _s, k, _ce = self.distill.terms(model, x, y, mix=False)
                     kd += float(k)
-            admm = float(self.admm.extra_loss(model)) if self.admm is not None else 0.0
         n = max(len(self.probe), 1)
-        return {"distill": kd / n, "hsic_x": hx / n, "hsic_y": hy / n, "admm": admm}
+        return {"distill": kd / n, "hsic_x": hx / n, "hsic_y": hy / n}
 
     def on_epoch_end(self, model: nn.Module, epoch: int, metrics: dict[str, float]) -> None:
         if self.balance and not self.result and epoch == self.balance_epoch:
@@ -352,7 +379,9 @@ def pwoa(
     lambda_y: float | None = None,
     lambda_ratio: tuple[float, float] | None = None,
     use_hbar: bool = True,
-    balance: bool = True,
+    balance: bool = False,
+    balance_point: str = "projected",
+    kd_reduction: str = "mean",
     balance_batches: int = 2,
     admm_to_distill: float = 10.0,
     distill_to_hbar: float = 10.0,
@@ -394,7 +423,18 @@ def pwoa(
         d_admm, d_retrain = pwoa_configs(dataset)
         admm_cfg = admm_cfg or d_admm
         retrain_cfg = retrain_cfg or d_retrain
-    distill = Distillation(teacher, tau=t["tau"] if tau is None else tau, alpha=t["alpha"] if alpha is None else alpha,
+    a = t["alpha"] if alpha is None else float(alpha)
+    if kd_reduction == "mean":
+        # Jian2022's code distils with nn.KLDivLoss(reduction="mean"), which divides the KL by batch x classes; its
+        # alpha (Table IX) is in those units. Our KL is per sample (batchmean): the same effective weight is
+        # alpha / classes.
+        with torch.no_grad():
+            classes = int(teacher(train.x[:1]).shape[1])
+        a = a / classes
+    elif kd_reduction != "batchmean":
+        raise ConfigError(f"kd_reduction must be 'mean' (alpha as in Jian2022's code) or 'batchmean', got "
+                          f"{kd_reduction!r}")
+    distill = Distillation(teacher, tau=t["tau"] if tau is None else tau, alpha=a,
                            ce_weight=ce_weight, mix_ratio=mix_ratio, eps=eps, steps=pgd_steps)
     hbar = None
     objective: Any = distill
@@ -413,7 +453,8 @@ def pwoa(
 
     def make_hooks(admm_hook: ADMMHook) -> None:
         hooks.append(PwoAHook(distill, hbar, admm_hook, probe, balance=balance, lambda_ratio=ratio,  # type: ignore[arg-type]
-                              admm_to_distill=admm_to_distill, distill_to_hbar=distill_to_hbar))
+                              admm_to_distill=admm_to_distill, distill_to_hbar=distill_to_hbar,
+                              balance_point=balance_point))
 
     class _Deferred(Hook):  # forwards to the PwoAHook built once the ADMM hook exists
         def on_epoch_end(self, model, epoch, metrics):
@@ -429,6 +470,8 @@ def pwoa(
     result.extras.update({
         "balance": hooks[0].result if hooks else {},
         "alpha": distill.alpha,
+        "alpha_stated": a * (classes if kd_reduction == "mean" else 1) if not balance else None,
+        "kd_reduction": kd_reduction,
         "tau": distill.tau,
         "lambda_x": hbar.lambda_x if hbar else None,
         "lambda_y": hbar.lambda_y if hbar else None,
@@ -444,11 +487,18 @@ class PwoASettings(ADMMSettings):
 
     tau: float | None = setting(None, "Jian2022 Table IX (30)", "distillation temperature", gt=0)
     alpha: float | None = setting(None, "Jian2022 Table IX (10 MNIST/CIFAR-10, 1000 CIFAR-100)",
-                                  "weight of the distillation term", ge=0)
+                                  "weight of the distillation term, in the units of kd_reduction", ge=0)
+    kd_reduction: Literal["mean", "batchmean"] = setting(
+        "mean", "Jian2022 reference code (nn.KLDivLoss, default reduction 'mean': KL / (batch x classes))",
+        "units of alpha: 'mean' divides it by the number of classes for our per-sample KL")
     lambda_x: float | None = setting(None, "Jian2022 Table IX", "HBaR weight of HSIC(X, Z)", ge=0)
     lambda_y: float | None = setting(None, "Jian2022 Table IX", "HBaR weight of HSIC(Y, Z)", ge=0)
     use_hbar: bool = setting(True, "Jian2022 Eq. 11", "add the HSIC bottleneck to the distillation")
-    balance: bool = setting(True, "Jian2022 App. B", "re-set alpha and the lambdas after the first ADMM epoch")
+    balance: bool = setting(False, "Jian2022 Table IX (the reference code's fixed alpha and lambdas); App. B "
+                            "balancing is optional", "re-set alpha and the lambdas after the first ADMM epoch")
+    balance_point: Literal["projected", "student"] = setting(
+        "projected", "robustprune (App. B measured on the student itself gives KL ~ 0 after one epoch)",
+        "balance on the distillation loss of the sparse projection Z, or of the student as it is")
     balance_batches: int = setting(2, "robustprune", "training batches the balancing measures on", ge=1)
     mix_ratio: float = setting(0.0, "Jian2022 Sec. VI-C (0: no adversarial examples)",
                                "fraction of each batch replaced by PGD examples", ge=0, le=1)
@@ -485,7 +535,8 @@ class PwoAMethod(PruningMethod):
         res = pwoa(model, teacher, train=task.train, val=task.val, scheme=self.scheme, rate=rate, dataset=dataset,
                    admm_cfg=admm_cfg, retrain_cfg=retrain_cfg, tau=settings.tau, alpha=settings.alpha,
                    lambda_x=settings.lambda_x, lambda_y=settings.lambda_y, use_hbar=settings.use_hbar,
-                   balance=settings.balance, balance_batches=settings.balance_batches,
+                   balance=settings.balance, balance_point=settings.balance_point,
+                   kd_reduction=settings.kd_reduction, balance_batches=settings.balance_batches,
                    mix_ratio=settings.mix_ratio, eps=task.eps, pgd_steps=settings.pgd_steps,
                    ce_weight=settings.ce_weight, sigma_scale=settings.sigma_scale, val_eps=task.eps,
                    **settings.engine_kwargs(admm_cfg, len(task.train), task.augment))

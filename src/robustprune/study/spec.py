@@ -84,22 +84,11 @@ class StudySpec(BaseModel):
     compression: tuple[float, ...] = (1, 2, 4, 8, 16)
     """Compression rates c (1/c of the prunable weights remain) of every method that takes a set rate; 1 is the
     unpruned base model."""
-    method_rates: dict[str, tuple[float, ...]] = Field(default_factory=lambda: {
-        "admm-irregular": (4.0, 16.0), "pwoa-irregular": (4.0, 16.0)})
+    method_rates: dict[str, tuple[float, ...]] = Field(default_factory=dict)
     """Per-method rates instead of ``compression`` (e.g. for methods that each prune from the base model)."""
-    method_settings: dict[str, dict[str, Any]] = Field(default_factory=lambda: {
-        "admm-irregular": dict(pgd_steps=2, admm=dict(optimizer="adam", lr=5e-4, schedule="constant", select="last"),
-                               retrain=dict(optimizer="adam", lr=5e-4, schedule="cosine")),
-        "pwoa-irregular": dict(admm=dict(optimizer="adam", lr=5e-4, schedule="constant", select="last",
-                                         weight_decay=0.0),
-                               retrain=dict(optimizer="adam", lr=5e-4, schedule="cosine", weight_decay=0.0)),
-        "anp-bbd": dict(gamma=10.0, mask_lr_factor=200.0, gate_init=2.0, pgd_steps=2,
-                        train=dict(optimizer="adam", lr=5e-4, schedule="constant", batch_size=128)),
-    })
+    method_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Settings per method name (see `robustprune list methods --settings NAME`); keys a method does not have are
-    refused. The main job's: Adam and one epoch per phase for the ADMM methods, PGD-2 in training, and for ANP (one
-    epoch from the base model) a KL scale, mask learning rate and initial keep probability that let masks move within
-    that epoch."""
+    refused; a method not named here runs with its defaults (the papers' settings, with their sources)."""
     prune_epochs: float = Field(1, gt=0, le=10_000)
     """Epochs of every training phase of a pruning method (per pruning step for iterative schedules) unless the
     method's settings give the phase its own."""
@@ -190,9 +179,27 @@ class StudySpec(BaseModel):
         return self
 
 
+MAIN_JOB: dict[str, Any] = {
+    "method_rates": {"admm-irregular": (4.0, 16.0), "pwoa-irregular": (4.0, 16.0)},
+    "method_settings": {
+        "admm-irregular": dict(pgd_steps=2, admm=dict(optimizer="adam", lr=5e-4, schedule="constant", select="last"),
+                               retrain=dict(optimizer="adam", lr=5e-4, schedule="cosine")),
+        "pwoa-irregular": dict(admm=dict(optimizer="adam", lr=5e-4, schedule="constant", select="last",
+                                         weight_decay=0.0),
+                               retrain=dict(optimizer="adam", lr=5e-4, schedule="cosine", weight_decay=0.0)),
+        "anp-bbd": dict(gamma=10.0, mask_lr_factor=200.0, gate_init=2.0, pgd_steps=2,
+                        train=dict(optimizer="adam", lr=5e-4, schedule="constant", batch_size=128)),
+    },
+}
+"""The main job (``robustprune study`` without a file; ``studies/default.yaml`` holds the same): the StudySpec
+defaults plus these per-method rates and settings. A study file starts from the plain StudySpec defaults, so the
+main job's short-budget settings never leak into it."""
+
+
 def load_study_spec(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> StudySpec:
-    """Read a YAML/JSON study file (or the defaults when ``path`` is None) and apply ``overrides``."""
-    data: dict[str, Any] = {}
+    """Read a YAML/JSON study file (or the main job, :data:`MAIN_JOB`, when ``path`` is None) and apply
+    ``overrides``."""
+    data: dict[str, Any] = {} if path is not None else {k: v for k, v in MAIN_JOB.items()}
     if path is not None:
         import yaml
 
