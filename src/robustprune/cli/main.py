@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from robustprune.errors import ConfigError, RobustPruneError, RobustPruneWarning
-from robustprune.utils import check_writable_file, parse_eps
+from robustprune.utils import check_writable_dir, check_writable_file, parse_eps
 
 app = typer.Typer(
     help="Make neural networks small and adversarially robust at once, and measure that robustness honestly.",
@@ -66,29 +66,48 @@ class ListWhat(str, Enum):
 
 
 @app.command("list")
-def list_cmd(what: Annotated[ListWhat, typer.Argument(help="What to list.")]) -> None:
-    """List the registered datasets, models, methods, attacks or objectives."""
-    from robustprune.attacks import ATTACKS
-    from robustprune.data import DATASETS
+def list_cmd(
+    what: Annotated[ListWhat, typer.Argument(help="What to list.")],
+    settings: Annotated[Optional[str], typer.Option(
+        "--settings", help="With `methods`: print this method's settings, their defaults and sources.")] = None,
+) -> None:
+    """List the registered datasets, models, methods (with their papers), attacks or objectives."""
+    import importlib
+
     from robustprune.methods import METHODS
-    from robustprune.models import MODELS
-    from robustprune.objectives import OBJECTIVES
 
-    reg = {"datasets": DATASETS, "models": MODELS, "methods": METHODS, "attacks": ATTACKS,
-           "objectives": OBJECTIVES}[what.value]
-    entries = [(name, reg) for name in reg.names()]
-    if what == ListWhat.methods:  # multi-phase recipes (ADMM, PwoA, Bayesian, HYDRA) live in their own registry
-        from robustprune.methods import RECIPES
-
-        entries += [(name, RECIPES) for name in RECIPES.names()]
-    width = max((len(n) for n, _ in entries), default=0)
-    for name, reg in entries:
+    if settings is not None:
+        if what != ListWhat.methods:
+            raise ConfigError("--settings goes with `robustprune list methods --settings NAME`")
+        m = METHODS.get(settings)
+        typer.echo(f"{m.name}: {m.description}")
+        typer.echo(f"paper: {m.paper}; rate: {'learned by the method' if m.rate_kind == 'learned' else 'set (--rate)'}"
+                   f"; group: {m.group}")
+        rows = m.Settings.describe()
+        w = max(len(r["name"]) for r in rows) if rows else 0
+        for r in rows:
+            desc = f"  {r['description']}" if r["description"] else ""
+            typer.echo(f"  {r['name']:<{w}}  {r['default']!r:<14}  [{r['source']}]{desc}")
+        return
+    module, attr = {"datasets": ("robustprune.data", "DATASETS"), "models": ("robustprune.models", "MODELS"),
+                    "methods": ("robustprune.methods", "METHODS"), "attacks": ("robustprune.attacks", "ATTACKS"),
+                    "objectives": ("robustprune.objectives", "OBJECTIVES")}[what.value]
+    reg = getattr(importlib.import_module(module), attr)
+    names = reg.names()
+    width = max((len(n) for n in names), default=0)
+    for name in names:
         desc = reg.describe(name)
         if what == ListWhat.datasets:
             s = reg.get(name)
             desc = (f"{s.shape[0]}x{s.shape[1]}x{s.shape[2]}, {s.num_classes} classes, "
                     f"default eps Linf {s.eps_linf:g}" + (f" ({s.default_dir})" if s.default_dir else ""))
+        elif what == ListWhat.methods:
+            m = reg.get(name)
+            desc = f"{m.description} [{m.paper.key}]" + (" (rate learned)" if m.rate_kind == "learned" else "")
         typer.echo(f"{name:<{width}}  {desc}")
+    if what == ListWhat.methods:
+        typer.echo("\n`robustprune list methods --settings NAME` shows a method's settings; `prune --set key=value` "
+                   "and a study's `method_settings` change them.")
 
 
 def parse_kv(text: str, what: str, list_keys: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
@@ -211,53 +230,109 @@ def prune(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to prune (.safetensors).")],
     method: Annotated[str, typer.Option(help="Pruning method (see `robustprune list methods`).")] = (
         "magnitude-unstructured-global"),
-    rate: Annotated[list[float], typer.Option(help="Compression rate(s) c (1/c of the weights remain); repeat.")] = [
-        4.0],  # noqa: B006
-    schedule: Annotated[str, typer.Option(help="iterative (halve per step) or one-shot")] = "iterative",
-    objective: Annotated[str, typer.Option(help="Fine-tuning objective NAME[:key=value,...]")] = "pgd-at",
-    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs per pruning step.")] = 1,
-    lr: float = 5e-4,
-    optimizer: str = "adam",
-    batch_size: int = 128,
-    seed: int = 0,
-    train_limit: Optional[int] = None,
+    rate: Annotated[Optional[list[float]], typer.Option(
+        help="Compression rate(s) c (1/c of the prunable weights remain); repeat for several. Not for methods that "
+             "learn their rate.")] = None,
+    epochs: Annotated[float, typer.Option(help="Epochs of every training phase unless the method's settings give "
+                                               "a phase its own (e.g. --set admm.epochs=3).")] = 1,
+    train_limit: Annotated[Optional[int], typer.Option(help="Use only this many training images.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="A method setting key=value (dotted for a phase, e.g. admm.lr=1e-3); repeat.")] = None,
+    objective: Annotated[Optional[str], typer.Option(
+        help="Fine-tuning objective NAME[:key=value,...] for methods that take any (magnitude, random); default "
+             "pgd-at at --eps.")] = None,
+    eps: Annotated[Optional[str], typer.Option(help="L-inf budget of adversarial training (default: the dataset's)."
+                                               )] = None,
+    model_factory: Annotated[Optional[str], typer.Option(
+        "--model", help="package.module:factory building your own model (for a checkpoint of a custom model).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of data order, validation split and the method.")] = 0,
     out: Annotated[Path, typer.Option(help="Folder for the pruned checkpoints.")] = Path("runs/pruned"),
     data_dir: DataDirOpt = None,
     device: DeviceOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Prune a checkpoint to one or more compression rates, fine-tuning after each step; save each target."""
+    """Prune a checkpoint with any method to one or more compression rates; save each as a checkpoint whose sidecar
+    states the method, its settings, the achieved compression and how to remake it."""
     from robustprune.checkpoint import load_checkpoint, save_checkpoint
     from robustprune.data import load_splits
-    from robustprune.methods import get_method, iterative_prune
+    from robustprune.methods import PruneTask, get_method
+    from robustprune.methods.interface import FLAG_TEXT, achieved_compression, result_flags
     from robustprune.objectives import build_objective
-    from robustprune.sparsity import sparsity_report
-    from robustprune.train import TrainConfig, validated
+    from robustprune.provenance import code_version, file_sha256
+    from robustprune.train import evaluate_split
     from robustprune.utils import default_device
 
     dev = default_device(device)
-    spec = get_method(method)
-    model, meta, masks = load_checkpoint(checkpoint, dev)
-    cfg = validated(TrainConfig, dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-                                      weight_decay=0.0, seed=seed, progress=not quiet), "fine-tuning settings")
+    m = get_method(method)
+    overrides: dict[str, Any] = {}
+    for item in set_ or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r} is not key=value (e.g. --set admm.lr=1e-3)")
+        k, v = (t.strip() for t in item.split("=", 1))
+        overrides[k] = _parse_value(v)
+    settings = m.settings(overrides)
+    rates: list[float | None] = [None] if m.rate_kind == "learned" else sorted({float(r) for r in (rate or [4.0])})
+    if m.rate_kind == "learned" and rate:
+        raise ConfigError(f"{m.name} learns its compression rate; drop --rate (the achieved rate is reported)")
+    check_writable_dir(out, "--out folder")
+    net, meta, masks = load_checkpoint(checkpoint, dev, model=_user_model(model_factory) if model_factory else None)
+    start = achieved_compression(net)
+    for r in rates:
+        m.check_rate(r, start)
+        m.check_max_rate(net, r)
     splits = load_splits(meta["dataset"], data_dir=data_dir, seed=seed, device=dev, train_limit=train_limit)
-    obj_name, obj_kw = parse_kv(objective, "objective")
-    if obj_name != "natural":
-        obj_kw.setdefault("eps", splits.spec.eps_linf)
-    obj = build_objective(obj_name, **obj_kw)
-    for step in iterative_prune(model, spec, rate, objective=obj, train=splits.train, val=splits.val, cfg=cfg,
-                                val_eps=obj_kw.get("eps"), augment=splits.spec.augment, masks=masks,
-                                schedule=schedule, seed=seed):
-        if not step.is_target:
-            continue
-        path = out / f"{checkpoint.stem}-{method}-c{step.rate:g}.safetensors"
-        new_meta = {**meta, "config": {"parent": str(checkpoint), "method": method, "rate": step.rate,
-                                       "schedule": schedule, "objective": {"name": obj_name, **obj_kw},
-                                       "train": cfg.model_dump()}, "finetune_history": step.history}
-        save_checkpoint(path, model, meta=new_meta, masks=step.masks)
-        rep = sparsity_report(model)
-        _echo(f"saved {path}: c={step.rate:g}, weight sparsity {rep['weight_sparsity']:.4f}, "
-              f"val clean {step.history[-1].get('val_clean', float('nan')) if step.history else float('nan'):.3f}")
+    budget = parse_eps(eps) if eps is not None else splits.spec.eps_linf
+    obj = None
+    if objective is not None:
+        obj_name, obj_kw = parse_kv(objective, "objective")
+        if obj_name != "natural":
+            obj_kw.setdefault("eps", budget)
+        obj = build_objective(obj_name, **obj_kw)
+    task = PruneTask(train=splits.train, val=splits.val, eps=budget, epochs=epochs, objective=obj,
+                     dataset=splits.spec.name, augment=splits.spec.augment, seed=seed, progress=not quiet,
+                     masks=masks, start_rate=start)
+    parent_hash = file_sha256(checkpoint)
+    if not quiet:
+        _echo(f"pruning {checkpoint} (compression {start:.3g}) with {m.name} [{m.paper.key}] to "
+              + ", ".join("learned rate" if r is None else f"c={r:g}" for r in rates)
+              + f"; {len(splits.train)} training images, {epochs:g} epoch(s) per phase")
+    for res in m.prune_many(net, task, rates, settings):
+        ev = evaluate_split(res.model, splits.val, n=min(1000, len(splits.val)), eps=budget, steps=20, seed=seed)
+        flags = result_flags(res, val_clean=ev.get("val_clean"), num_classes=splits.spec.num_classes,
+                             start_compression=start)
+        label = "learned" if res.rate is None else f"{res.rate:g}"
+        path = out / f"{checkpoint.stem}-{m.name}-c{label}.safetensors"
+        new_meta = {**meta, "code_version": code_version(),
+                    "config": {"parent": str(checkpoint), "parent_sha256": parent_hash, "method": m.name,
+                               "paper": m.paper.key, "rate": res.rate, "rate_kind": res.rate_kind, "group": res.group,
+                               "settings": res.settings, "epochs": epochs, "train_limit": train_limit,
+                               "eps": budget, "objective": objective, "seed": seed, "data_dir":
+                                   str(data_dir) if data_dir else None,
+                               "command": ["robustprune", *sys.argv[1:]]},
+                    "achieved_compression": res.achieved_compression, "prune_result": res.summary(),
+                    "validation": ev, "flags": flags}
+        save_checkpoint(path, res.model, meta=new_meta, masks=res.masks)
+        _echo(f"saved {path}: c={label}, achieved compression {res.achieved_compression:.3g}; validation: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()))
+        for f in flags:
+            _echo(f"warning: {path.name}: {FLAG_TEXT.get(f, f)}")
+
+
+def _parse_value(text: str) -> Any:
+    """A --set value: YAML scalars (numbers, true/false, null) and lists; anything else stays a string."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _user_model(spec: str) -> Any:
+    from robustprune.models.custom import load_factory
+
+    return load_factory(spec)()
 
 
 @app.command()
@@ -280,6 +355,9 @@ def evaluate(
     ] = False,
     no_checks: Annotated[bool, typer.Option("--no-checks", help="Skip the sanity checks.")] = False,
     check_n: Annotated[int, typer.Option(help="Points the sanity checks rerun attacks on.")] = 100,
+    model_factory: Annotated[Optional[str], typer.Option(
+        "--model", help="package.module:factory building your own model (for a checkpoint of a custom model).")
+    ] = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No plan before the work starts, no progress bars.")
@@ -304,7 +382,7 @@ def evaluate(
     if db is not None:
         check_writable_file(db, "--db database")
     dev = default_device(device)
-    model, meta, _ = load_checkpoint(checkpoint, dev)
+    model, meta, _ = load_checkpoint(checkpoint, dev, model=_user_model(model_factory) if model_factory else None)
     _refuse_nonfinite(model, checkpoint)
     source = None
     if transfer_from is not None:

@@ -98,7 +98,7 @@ class ModelEvaluator:
         run = run_attacks(
             model, x, y, spec.attacks, default_eps=splits.spec.eps_linf, batch_size=spec.eval_batch_size,
             seed=base["seed"], keep_adv=lambda ah, es: need_white and (ah, es) == (v_hash, v_es),
-            skip=lambda ah, es: store.has_result(model_id, ah, es) and not (need_white and (ah, es) == (v_hash, v_es)),
+            skip=lambda ah, es: store.has_result(model_id, ah, es, n) and not (need_white and (ah, es) == (v_hash, v_es)),
         )
         rows = list(run.rows)
         if need_white and (v_hash, v_es) in run.adv:
@@ -121,7 +121,7 @@ class ModelEvaluator:
         sizes = size_metrics(model, splits.spec.shape)
         full = []
         for r in rows:
-            if store.has_result(model_id, r["attack_hash"], r["eps_str"]):
+            if store.has_result(model_id, r["attack_hash"], r["eps_str"], r.get("n_eval", n)):
                 continue  # already stored (a resumed cell, or a budget re-attacked only for its examples)
             row = {**base, **sizes, **r, "model_id": model_id, "study": spec.name, "code_version": code_version(),
                    "train_wall_time": train_wall}

@@ -12,7 +12,6 @@ Layout of the output folder::
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import sys
@@ -28,7 +27,7 @@ from torch import nn
 
 from robustprune.checkpoint import load_checkpoint, save_checkpoint
 from robustprune.data import Split, Splits, load_splits
-from robustprune.errors import CheckpointError, ConfigError, RobustPruneError
+from robustprune.errors import CheckpointError, ConfigError, DivergenceError, RobustPruneError
 from robustprune.methods import PruneResult, PruneTask, get_method
 from robustprune.methods.interface import FLAG_TEXT, result_flags
 from robustprune.models import model_for_dataset
@@ -65,6 +64,7 @@ class StudyOutcome:
     rows_written: int = 0
     wall_time: float = 0.0
     report_files: list[Path] = field(default_factory=list)
+    diverged: list[str] = field(default_factory=list)
 
 
 class StudyRunner:
@@ -363,12 +363,17 @@ class StudyRunner:
                  + ("learning its rate" if todo == [None] else
                     f"pruning to c={', '.join(f'{r:g}' for r in todo if r is not None)} from c={start_rate:g}"))
         wall = done_wall
-        for res in method.prune_many(model, task, todo, settings):
-            wall = (wall if incremental else 0.0) + res.wall_time
-            self._store_result(store, splits, arch, seed, name, base_id, base_state, res, keys(res.rate), row,
-                               wall, start_rate if incremental else 1.0)
-            if incremental and res.rate is not None:
-                start_rate = res.rate
+        try:
+            for res in method.prune_many(model, task, todo, settings):
+                wall = (wall if incremental else 0.0) + res.wall_time
+                self._store_result(store, splits, arch, seed, name, base_id, base_state, res, keys(res.rate), row,
+                                   wall, start_rate if incremental else 1.0)
+                if incremental and res.rate is not None:
+                    start_rate = res.rate
+        except DivergenceError as exc:
+            # A diverged run stores nothing (no half-trained model is taken for a result); the study goes on.
+            self.log(f"  warning: {name} diverged and was skipped: {exc}")
+            self.outcome.diverged.append(f"{splits.spec.name}/{arch}/seed {seed}/{name}")
 
     def _row(self, row: dict[str, Any], rate: float | None, model_key: str, rec: dict[str, Any]) -> dict[str, Any]:
         metrics = rec.get("metrics") or {}
