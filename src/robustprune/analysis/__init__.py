@@ -1,4 +1,4 @@
-"""Analyses of seed 000: per-feature vulnerability histograms (Fig. 4 bottom), loss surfaces along the
+"""Analyses of Madaan2020: per-feature vulnerability histograms (Fig. 4 bottom), loss surfaces along the
 gradient-sign and a random direction (Fig. 5) and the sparsity sweep over the KL scale gamma (Fig. 3).
 
 Each analysis returns plain data (dataclasses of tensors / floats) and has a matplotlib plotting function that

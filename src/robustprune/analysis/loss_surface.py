@@ -1,4 +1,4 @@
-"""Loss surface around data points (seed 000 Fig. 5): the loss at ``x + a d_1 + b d_2`` on a grid of ``(a, b)``,
+"""Loss surface around data points (Madaan2020 Fig. 5): the loss at ``x + a d_1 + b d_2`` on a grid of ``(a, b)``,
 with ``d_1 = sign(grad_x CE(f(x), y))`` (the gradient-sign direction) and ``d_2`` a random sign (Rademacher)
 direction, per example; ``a, b`` range over ``[-radius, radius]`` in pixel units. Perturbed inputs are clipped to
 [0, 1] (valid images) unless ``clip=False``. The model runs in eval mode; only input gradients are taken.

@@ -1,4 +1,4 @@
-"""The sparsity sweep of seed 000 Fig. 3: train a Bayesian pruning method at several KL scales ``gamma``
+"""The sparsity sweep of Madaan2020 Fig. 3: train a Bayesian pruning method at several KL scales ``gamma``
 (App. C: {1, 4, 8, 10, 12} for LeNet-5) and plot clean / white-box / black-box accuracy against the sparsity
 reached. The training and the evaluation are the caller's (a model factory and an ``evaluate`` callback), so
 the sweep works for any dataset, architecture and attack.

@@ -1,16 +1,16 @@
-"""Beta-Bernoulli dropout masks (Lee et al. 2019) and the recipes of seed 000: BP, ANP, ANP-VS, PAT, AT-VS.
+"""Beta-Bernoulli dropout masks (Lee et al. 2019) and the recipes of Madaan2020: BP, ANP, ANP-VS, PAT, AT-VS.
 
 **Gates.** A :class:`BetaBernoulliGate` multiplies each output unit (Conv2d filter / Linear neuron) of a hidden
-layer by a mask ``z_k``. Generative model (seed 000 App. A, Eq. 8): ``pi_k ~ Beta(alpha/K, 1)``,
+layer by a mask ``z_k``. Generative model (Madaan2020 App. A, Eq. 8): ``pi_k ~ Beta(alpha/K, 1)``,
 ``z_nk | pi_k ~ Bernoulli(pi_k)``. Variational posterior: ``q(pi_k) = Kumaraswamy(a_k, b_k)``,
 ``q(pi) = a b pi^(a-1) (1 - pi^a)^(b-1)``, with ``q(z | pi) = p(z | pi)``, so the KL of the ELBO is over ``pi`` only
-and has a closed form (Nalisnick & Smyth 2016; Lee et al. 2019; seed 000 Eq. 10 -- the Beta(alpha, beta) formula's
+and has a closed form (Nalisnick & Smyth 2016; Lee et al. 2019; Madaan2020 Eq. 10 -- the Beta(alpha, beta) formula's
 series term vanishes for beta = 1)::
 
     KL[q(pi_k) || p(pi_k)] = (a_k - alpha/K)/a_k * (-gamma_E - psi(b_k) - 1/b_k)
                              + log(a_k b_k / (alpha/K)) - (b_k - 1)/b_k
 
-(``gamma_E`` Euler-Mascheroni, ``psi`` digamma; ``alpha/K = 1e-4``, seed 000 App. C). Training draws
+(``gamma_E`` Euler-Mascheroni, ``psi`` digamma; ``alpha/K = 1e-4``, Madaan2020 App. C). Training draws
 ``pi = (1 - u^(1/b))^(1/a)`` (inverse CDF, ``u ~ U(0, 1)``, one draw per unit and forward pass) and a relaxed
 Bernoulli mask per example ``z = sigmoid((logit(pi) + logit(v)) / tau)`` (``v ~ U(0, 1)``, ``tau = 0.1``, Eq. 9).
 At test time the mask is deterministic, ``E[pi_k] = b_k B(1 + 1/a_k, b_k)``, and units with ``E[pi_k] < 1e-3`` are
@@ -27,7 +27,7 @@ LeNet-5 (units 20-50-800-500). The gates live in ``model.rp_gates`` (a pass-thro
 ``parameters()`` and ``state_dict()``); :mod:`robustprune.sparsity.slim` maps the gated units to filters /
 neurons and removes them physically.
 
-**Objectives** (seed 000 Eq. 6-7; the ELBO per data point, KL scaled by ``gamma / N``, N = training set size;
+**Objectives** (Madaan2020 Eq. 6-7; the ELBO per data point, KL scaled by ``gamma / N``, N = training set size;
 ``gamma`` in {1, 4, 8, 10, 12} for LeNet-5, App. C):
 
 * BP: ``CE(x) + gamma/N KL`` for weights and masks alike;
@@ -141,13 +141,13 @@ def bayesian_prune(
     hooks: Sequence[Any] = (),
     scheme: str | None = None,
 ) -> BayesianResult:
-    """Insert gates into ``model`` (in place) and train weights and masks with seed 000's ``method``.
+    """Insert gates into ``model`` (in place) and train weights and masks with Madaan2020's ``method``.
 
     * ``"bp"``: Bayesian pruning on clean data (``CE + gamma/N KL``);
     * ``"anp"`` / ``"anp-vs"``: :class:`ANPObjective` (``lam`` default 0 / 1.0), needs ``eps``;
     * ``"pat"``: BP with ``cfg``, then masks frozen and PGD-AT (``eps``) with ``at_cfg`` (default ``cfg``).
 
-    ``gamma``: KL scale (seed 000 App. C sweeps {1, 4, 8, 10, 12} on LeNet-5); ``n_train`` the N of ``gamma/N``
+    ``gamma``: KL scale (Madaan2020 App. C sweeps {1, 4, 8, 10, 12} on LeNet-5); ``n_train`` the N of ``gamma/N``
     (default ``len(train)``). Mask parameters learn at ``mask_lr_factor * cfg.lr``. ``val_eps``: PGD radius for
     checkpoint selection on the validation split (default ``eps``; BP selects on clean accuracy). ``gate``:
     "bbd" or "vib" (:mod:`robustprune.methods.vib`). ``scheme`` is accepted for the recipe registry (units are
@@ -246,7 +246,7 @@ def at_vs(
     val_eps: float | None = None,
     augment: str | None = None,
 ) -> TrainResult:
-    """AT-VS (seed 000 Eq. 4): adversarial training with ``+ lam V`` (no pruning); ``beta`` > 0 mixes in the
+    """AT-VS (Madaan2020 Eq. 4): adversarial training with ``+ lam V`` (no pruning); ``beta`` > 0 mixes in the
     clean loss. A thin wrapper over ``fit`` with :class:`robustprune.objectives.ATVS`."""
     obj = ATVS(eps=eps, lam=lam, alpha=alpha, steps=steps, beta=beta)
     return fit(model, obj, train, val, cfg, val_eps=val_eps if val_eps is not None else eps, augment=augment,

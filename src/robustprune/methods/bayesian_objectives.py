@@ -57,7 +57,7 @@ def route_gradients(loss_weights: Tensor, loss_masks: Tensor, mask_params: Seque
 
 @dataclass
 class ANPObjective:
-    """Adversarial Neural Pruning (seed 000 Eq. 6, Alg. 1), optionally with vulnerability suppression (ANP-VS).
+    """Adversarial Neural Pruning (Madaan2020 Eq. 6, Alg. 1), optionally with vulnerability suppression (ANP-VS).
 
     Adversarial examples: PGD-``steps`` (L-inf ``eps``, step ``alpha``, default eps/4) on the network with its
     *test-time* masks (eval mode; "from the pruned state of the network", Alg. 1 line 4). Then, with sampled

@@ -210,7 +210,7 @@ class GateSet:
         return "-".join(str(t if dense else k) for _, k, t in self.units())
 
     def unit_sparsity(self) -> float:
-        """Fraction of gated units the test-time masks prune (seed 000's "Sparsity")."""
+        """Fraction of gated units the test-time masks prune (Madaan2020's "Sparsity")."""
         u = self.units()
         tot = sum(t for _, _, t in u)
         return 1.0 - sum(k for _, k, _ in u) / tot if tot else 0.0
@@ -252,7 +252,7 @@ def fold_gates(model: nn.Module, *, example: Tensor | None = None, check: bool =
 def gate_param_groups(model: nn.Module, gates: GateSet, lr: float, factor: float = 10.0,
                       gate_weight_decay: float = 0.0) -> list[dict]:
     """Optimiser groups for ``fit(param_groups=...)``: the weights at ``lr``, the (trainable) mask parameters at
-    ``factor * lr`` without weight decay (seed 000 App. C: variational parameters learn 10x faster)."""
+    ``factor * lr`` without weight decay (Madaan2020 App. C: variational parameters learn 10x faster)."""
     gate_ids = {id(p) for p in gates.parameters()}
     weights = [p for p in model.parameters() if p.requires_grad and id(p) not in gate_ids]
     masks = [p for p in gates.parameters() if p.requires_grad]

@@ -72,7 +72,7 @@ LAMBDA_RATIOS: dict[str, tuple[float, float]] = {"mnist": (4.0, 1.0), "cifar10":
 
 
 def table_ix(dataset: str) -> dict[str, float]:
-    """Seed 004 Table IX settings for ``dataset`` (Fashion-MNIST uses MNIST's, SVHN/Imagenette CIFAR-10's)."""
+    """Jian2022 Table IX settings for ``dataset`` (Fashion-MNIST uses MNIST's, SVHN/Imagenette CIFAR-10's)."""
     key = _TABLE_ALIASES.get(str(dataset).lower())
     if key is None:
         raise ConfigError(f"no Jian2022 settings for dataset {dataset!r}; use one of: {', '.join(sorted(_TABLE_ALIASES))}")

@@ -1,15 +1,15 @@
 """Variational information bottleneck pruning (Dai et al. 2018, "VIBNet") and its adversarial version ANP-VIB
-(seed 000 App. B).
+(Madaan2020 App. B).
 
 Each gated hidden layer's output ``h_i = f_i(h_{i-1}) * z_i`` with ``z_i ~ N(mu_i, diag(sigma_i^2))`` per unit
 (per channel for conv maps), i.e. ``p(h_i | h_{i-1}) = N(f_i(h_{i-1}) mu_i, diag(f_i(h_{i-1})^2 sigma_i^2))``
-with the prior ``q(h_i) = N(0, diag(xi_i))`` whose variances ``xi_i`` are optimised out in closed form (seed 000
+with the prior ``q(h_i) = N(0, diag(xi_i))`` whose variances ``xi_i`` are optimised out in closed form (Madaan2020
 Eq. 14-15; Dai et al. Eq. 9-10). The compression term is then::
 
     gamma_i * sum_j log(1 + mu_ij^2 / sigma_ij^2)
 
 per element of ``h_i``; following the VIBNet code we use ``1/2 log(1 + mu^2/sigma^2)`` per unit, counted once per
-spatial position of the unit (``H*W`` for a conv map). Loss (seed 000 Eq. 16, per data point):
+spatial position of the unit (``H*W`` for a conv map). Loss (Madaan2020 Eq. 16, per data point):
 
     L = CE(x or x_adv) + gamma / N * sum_i sum_j 1/2 log(1 + mu_ij^2 / sigma_ij^2) * positions_i
 

@@ -1,5 +1,5 @@
-"""Self-distillation from a (robust) teacher: seed 004 Eq. 10 (PwoA's L_D), optionally with CE and a mix
-ratio of PGD-10 examples (seed 004 Sec. VI-C).
+"""Self-distillation from a (robust) teacher: Jian2022 Eq. 10 (PwoA's L_D), optionally with CE and a mix
+ratio of PGD-10 examples (Jian2022 Sec. VI-C).
 
 ``L = alpha * tau^2 * KL(softmax(t / tau) || softmax(s / tau)) + ce_weight * CE(s, y)``
 
@@ -69,13 +69,13 @@ def prepare_teacher(teacher: Any) -> nn.Module:
 @OBJECTIVES.register("distill")
 @dataclass
 class Distillation:
-    """Distillation from ``teacher`` at temperature ``tau`` (default 30) with weight ``alpha`` (seed 004 Eq. 10).
+    """Distillation from ``teacher`` at temperature ``tau`` (default 30) with weight ``alpha`` (Jian2022 Eq. 10).
 
     ``alpha * tau^2 * KL(p_teacher || p_student)`` (batchmean; see the module docstring on PwoA's
-    ``"mean"``) ``+ ce_weight * CE`` (0 by default: PwoA drops the label loss, seed 004 Table V).
+    ``"mean"``) ``+ ce_weight * CE`` (0 by default: PwoA drops the label loss, Jian2022 Table V).
     ``mix_ratio`` in [0, 1]: that fraction of every batch (its first ``round(mix_ratio * n)`` samples;
     batches are shuffled) is replaced by PGD-``steps`` examples crafted on the *student* against the
-    labels at L∞ radius ``eps`` (seed 004's "mix ratio"); the teacher then sees the same mixed batch.
+    labels at L∞ radius ``eps`` (Jian2022's "mix ratio"); the teacher then sees the same mixed batch.
     (PwoA's code replaces a whole batch with probability mix_ratio instead; same fraction in
     expectation.) The teacher is run in eval mode under ``no_grad``; it is moved to the batch's device
     on first use. ``teacher`` may be a checkpoint path (registry use: ``build_objective("distill",
@@ -84,7 +84,7 @@ class Distillation:
 
     teacher: Any = field(repr=False)
     tau: float = 30.0
-    alpha: float = 10.0  # seed 004 Table IX (MNIST, CIFAR-10); CIFAR-100 uses 1000
+    alpha: float = 10.0  # Jian2022 Table IX (MNIST, CIFAR-10); CIFAR-100 uses 1000
     ce_weight: float = 0.0
     mix_ratio: float = 0.0
     eps: float | None = None

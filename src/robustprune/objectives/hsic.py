@@ -1,6 +1,6 @@
-"""HSIC and the HSIC bottleneck as a regulariser (HBaR, Wang et al. 2021; seed 004 Eq. 6-7 and 11).
+"""HSIC and the HSIC bottleneck as a regulariser (HBaR, Wang et al. 2021; Jian2022 Eq. 6-7 and 11).
 
-Kernels (seed 004 App. B, following HBaR):
+Kernels (Jian2022 App. B, following HBaR):
 
 * :func:`gaussian_kernel`: ``K_ij = exp(-||z_i - z_j||^2 / (2 s^2))`` with ``s = sigma_scale * sqrt(d)``
   (``sigma_scale = 5``), ``d`` the flattened dimension of ``z``. This is exactly HBaR's code
@@ -13,7 +13,7 @@ Both are computed batched on the tensors' device: squared distances come from on
 Estimators (:func:`hsic`), with ``H = I - 11^T / n`` applied as row/column mean subtraction
 (:func:`center`; no ``n x n`` matrix products with ``H``):
 
-* ``normalized=False`` -- the biased empirical HSIC of Gretton et al. 2005 as written in seed 004
+* ``normalized=False`` -- the biased empirical HSIC of Gretton et al. 2005 as written in Jian2022
   Eq. 7 and in the HBaR paper: ``HSIC = tr(K_X H K_Y H) / (n - 1)^2``.
 * ``normalized=True`` -- the normalised cross-covariance form (NOCCO, Fukumizu et al. 2008) that the
   HBaR and PwoA *codes* actually optimise (``hsic_normalized_cca``):
@@ -21,7 +21,7 @@ Estimators (:func:`hsic`), with ``H = I - 11^T / n`` applied as row/column mean 
   forms ``K H`` and calls ``torch.inverse`` on the CPU; here ``R`` is obtained with one batched
   ``torch.linalg.solve`` (``R = (K~ + eps n I)^-1 K~``: both factors are functions of ``K~``, so they
   commute) in float64, on the device, without forming an inverse. It is scale-free (kernel width and
-  batch statistics cancel), which is why the lambda values of seed 004 Table IX are of order 1e-4:
+  batch statistics cancel), which is why the lambda values of Jian2022 Table IX are of order 1e-4:
   with the unnormalised estimator and s = 5 sqrt(d) the HSIC values are ~1e-5 and those lambdas would
   make the term vanish.
 
@@ -44,7 +44,7 @@ from robustprune.errors import ConfigError
 from robustprune.objectives.base import ObjectiveOutput
 from robustprune.objectives.standard import OBJECTIVES
 
-#: seed 004 App. B / HBaR: Gaussian kernel width s = 5 sqrt(d)
+#: Jian2022 App. B / HBaR: Gaussian kernel width s = 5 sqrt(d)
 DEFAULT_SIGMA_SCALE = 5.0
 #: HBaR code's ridge for the normalised estimator (eps * n added to the diagonal)
 NOCCO_EPS = 1e-5
@@ -68,7 +68,7 @@ def squared_distances(z: Tensor) -> Tensor:
 
 
 def kernel_width(d: int, sigma_scale: float = DEFAULT_SIGMA_SCALE) -> float:
-    """``s = sigma_scale * sqrt(d)`` (seed 004 App. B: sigma = 5 sqrt(d))."""
+    """``s = sigma_scale * sqrt(d)`` (Jian2022 App. B: sigma = 5 sqrt(d))."""
     return float(sigma_scale) * math.sqrt(d)
 
 
@@ -127,7 +127,7 @@ def nocco_operator(k: Tensor, eps: float = NOCCO_EPS) -> Tensor:
 def hsic(kx: Tensor, ky: Tensor, *, normalized: bool = False, eps: float = NOCCO_EPS) -> Tensor:
     """HSIC of two kernel matrices ``(..., n, n)`` (leading dims are a batch of pairs).
 
-    ``normalized=False``: ``tr(K_X H K_Y H) / (n - 1)^2`` (seed 004 Eq. 7), computed as
+    ``normalized=False``: ``tr(K_X H K_Y H) / (n - 1)^2`` (Jian2022 Eq. 7), computed as
     ``sum((H K_X H) * K_Y^T) / (n - 1)^2``. ``normalized=True``: ``tr(R_X R_Y)``, the NOCCO form of
     HBaR's code (module docstring). Differentiable in both arguments; invariant to permuting the batch.
     """
@@ -237,7 +237,7 @@ def _lam(value: Any, who: str) -> float:
 @OBJECTIVES.register("hbar")
 @dataclass
 class HBaR:
-    """``inner`` loss + ``lambda_x`` sum_l HSIC(X, Z_l) - ``lambda_y`` sum_l HSIC(Y, Z_l) (seed 004 Eq. 11).
+    """``inner`` loss + ``lambda_x`` sum_l HSIC(X, Z_l) - ``lambda_y`` sum_l HSIC(Y, Z_l) (Jian2022 Eq. 11).
 
     ``inner``: an objective, a registry name (built without arguments, e.g. ``"natural"``) or a dict
     ``{"name": ..., **kwargs}``. ``layers``: module names whose outputs are the ``Z_l`` (default
@@ -250,7 +250,7 @@ class HBaR:
     """
 
     inner: Any = "natural"
-    lambda_x: float = 4e-4  # seed 004 Table IX, MNIST
+    lambda_x: float = 4e-4  # Jian2022 Table IX, MNIST
     lambda_y: float = 1e-4
     layers: Sequence[str] | None = None
     sigma_scale: float = DEFAULT_SIGMA_SCALE
@@ -276,7 +276,7 @@ class HBaR:
         self.lambda_y = _lam(self.lambda_y, "hbar lambda_y")
         s = _lam(self.sigma_scale, "hbar sigma_scale")
         if s == 0:
-            raise ConfigError("hbar sigma_scale must be > 0 (seed 004 uses 5)")
+            raise ConfigError("hbar sigma_scale must be > 0 (Jian2022 uses 5)")
         self.sigma_scale = s
         if self.layers is not None:
             if isinstance(self.layers, str):

@@ -1,4 +1,4 @@
-"""Natural, PGD-AT, TRADES, the clean/adversarial mix of seed 000 (Eq. 6) and Fast-AT."""
+"""Natural, PGD-AT, TRADES, the clean/adversarial mix of Madaan2020 (Eq. 6) and Fast-AT."""
 
 from __future__ import annotations
 
@@ -196,7 +196,7 @@ class FastAT:
 @OBJECTIVES.register("mix")
 @dataclass
 class Mix:
-    """Clean/adversarial mix of seed 000 Eq. 6: β·CE(clean) + (1 − β)·CE(adv from ``inner``)."""
+    """Clean/adversarial mix of Madaan2020 Eq. 6: β·CE(clean) + (1 − β)·CE(adv from ``inner``)."""
 
     inner: Any  # an adversarial objective (has .craft): PGDAT, TRADES, FastAT
     beta: float  # weight of the clean term, in [0, 1]
@@ -258,7 +258,7 @@ def build_objective(name: str, **kwargs: Any):
     OBJECTIVES.get(key)  # unknown name -> UnknownNameError listing the choices
     if key == "mix":
         if "beta" not in kwargs:
-            raise ConfigError("objective 'mix' needs beta in [0, 1] (weight of the clean loss, seed 000 Eq. 6)")
+            raise ConfigError("objective 'mix' needs beta in [0, 1] (weight of the clean loss, Madaan2020 Eq. 6)")
         beta = kwargs.pop("beta")
         inner = kwargs.pop("inner", "pgd-at")
         if isinstance(inner, str):
