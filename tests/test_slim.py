@@ -158,3 +158,33 @@ def test_fold_gates_keeps_the_architecture_and_the_logits(name, width):
     for layer, s in scales.items():
         rows = masks[layer].flatten(1).any(1)
         assert torch.equal(rows, s != 0)  # a removed unit's whole row is masked, a kept one is not
+
+
+def test_gates_and_slim_on_a_functional_style_model():
+    import torch.nn.functional as F
+
+    class Func(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 8, 5)
+            self.fc1, self.fc2 = nn.Linear(128, 20), nn.Linear(20, 10)
+
+        def forward(self, x):
+            x = F.max_pool2d(torch.relu(self.conv1(x)), 2)
+            x = torch.flatten(F.max_pool2d(F.relu(self.conv2(x)), 2), 1)
+            return self.fc2(F.relu(self.fc1(x)))
+
+    torch.manual_seed(0)
+    model = Func().eval()
+    x = torch.rand(12, 1, 28, 28)
+    gates = insert_gates(model, example=x)
+    assert {i.layer for i, _ in gates.items()} == {"conv1", "conv2", "fc1"}
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for g in gates.gates:
+            g.a_uc.uniform_(-12.0, 2.0)
+            g.b_uc.uniform_(-1.0, 2.0)
+    model.eval()
+    res = gates.slim(example=x)
+    assert torch.allclose(res.model.eval()(x), model(x), atol=1e-5)
+    assert res.unit_sparsity() > 0

@@ -209,3 +209,29 @@ def test_untraceable_functional_model_gets_a_one_line_reason():
     assert "torch.fx" in reason and "control flow" in reason and "\n" not in reason
     with pytest.raises(ConfigError, match="torch.fx"):
         slim_model(net, {"conv1": torch.ones(6)}, example=_x(2))
+
+
+def test_kernel_pruning_removes_filters_that_lost_every_kernel():
+    model = _lenet_with_biases()
+    masks = compute_masks(model, group="kernel", score="magnitude", scope="local", keep=0.02)
+    masks.apply(model)
+    dead = ~masks["features.3"].flatten(1).any(1)
+    assert 0 < int(dead.sum()) < 50
+    conv2 = model.get_submodule("features.3")
+    assert bool((conv2.bias[dead] == 0).all()) and bool((conv2.bias[~dead] != 0).all())
+    x = _x(32)
+    res = slim_model(model, masks=masks, example=x)
+    assert res.units["features.3"] == (int((~dead).sum()), 50)
+    assert float((res.model.eval()(x) - model(x)).abs().max()) < 1e-5
+
+
+def test_column_pruning_cuts_the_units_no_one_reads():
+    model = _lenet_with_biases()
+    masks = compute_masks(model, group="column", score="magnitude", scope="local", keep=0.01)
+    masks.apply(model)
+    read = masks["features.3"].transpose(0, 1).flatten(1).any(1)  # conv1 channels conv2 still reads
+    assert 0 < int(read.sum()) < 20
+    x = _x(32)
+    res = slim_model(model, masks=masks, example=x)
+    assert res.units["features.0"] == (int(read.sum()), 20)
+    assert float((res.model.eval()(x) - model(x)).abs().max()) < 1e-5
