@@ -51,6 +51,8 @@ EXPECTED = {
     "apgd": ("Linf", "budget", None),
     "fmn-linf": ("Linf", "min-norm", None),
     "fmn": ("Linf", "min-norm", None),
+    "min-norm-linf": ("Linf", "min-norm", None),
+    "min-norm": ("Linf", "min-norm", None),
 }
 # cheap settings per attack for the contract tests
 CHEAP = {
@@ -64,6 +66,7 @@ CHEAP = {
     "apgd-t": dict(eps=0.1, steps=5, n_target_classes=2),
     "apgd": dict(eps=0.1, steps=5, n_target_classes=2),
     "fmn-linf": dict(steps=20),
+    "min-norm-linf": dict(eps_max=0.3, steps=5, n_target_classes=2, search_steps=3, search_iter=3),
 }
 
 
