@@ -1,5 +1,5 @@
 """robustprune.evaluation: rows of budget and minimal-norm attacks, security curves, transfer attacks, sanity
-checks that flag bad evaluations, latent vulnerability (seed 000 Eq. 1-2), the results store's checks and the
+checks that flag bad evaluations, latent vulnerability (Madaan2020 Eq. 1-2), the results store's checks and the
 `evaluate` command's JSON."""
 
 from __future__ import annotations

@@ -209,7 +209,7 @@ def _starting_points(
     model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None, l0_unit: str
 ) -> tuple[Tensor, Tensor]:
     """Adversarial starts for B&B: our greedy L0 attack's points; where it failed, another sample
-    of the batch that the model assigns to a different class (seed 003's choice). Returns
+    of the batch that the model assigns to a different class (Merkle2022's choice). Returns
     ``(starts, valid)``."""
     from robustprune.attacks.l0 import greedy_l0
 
@@ -248,8 +248,8 @@ def bb_l0(
     B&B walks along the decision boundary from an adversarial start towards ``x``. Starts:
     ``starting_points`` if given (each must be misclassified; others are skipped), else the points
     of our :func:`~robustprune.attacks.l0.greedy_l0` and, where it failed, another sample of the
-    batch classified differently (seed 003 started from other test images). Flags are foolbox's
-    (seed 003 App. A: ``steps=500``, ``lr=1e7``, ``lr_num_decay=30``, ``lr_decay=0.5``). Foolbox
+    batch classified differently (Merkle2022 started from other test images). Flags are foolbox's
+    (Merkle2022 App. A: ``steps=500``, ``lr=1e7``, ``lr_num_decay=30``, ``lr_decay=0.5``). Foolbox
     minimises the number of changed *elements*; the norms reported count pixels
     (``l0_unit="pixel"``, the default) or elements (``"element"``), measured on the returned
     points. With ``eps`` (a number of pixels/elements) returns the budget attack's ``x_adv``.

@@ -6,7 +6,7 @@ binary-searches ``c`` per sample: success lowers the upper bound, failure raises
 multiplies ``c`` by 10 while no success has been seen). The smallest successful perturbation seen
 over all iterations is kept.
 
-Seed 003 (App. A) settings: ``binary_search_steps=9, steps=5000, lr=1.0, initial_const=100,
+Merkle2022 (App. A) settings: ``binary_search_steps=9, steps=5000, lr=1.0, initial_const=100,
 confidence=0``. The defaults are much cheaper (5 × 100 steps).
 """
 

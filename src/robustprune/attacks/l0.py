@@ -2,7 +2,7 @@
 
 L0 counts **pixels** by default: a pixel is one spatial location of an NCHW image with all its
 channels (changing R, G and B of one pixel costs 1), as in the Sparse-RS and PGD-L0 papers and as
-seed 003 reports B&B-L0 on images. ``l0_unit="element"`` counts tensor elements instead.
+Merkle2022 reports B&B-L0 on images. ``l0_unit="element"`` counts tensor elements instead.
 
 Each step is one forward and one input-gradient backward of the CW margin loss
 ``max_{j≠y} z_j − z_y`` at the current point. From the gradient g, the first-order gain of moving

@@ -2,7 +2,7 @@
 
 A minimal-norm attack returns, per sample, the smallest perturbation it found that changes the prediction
 (0 for a sample misclassified when clean, inf where it found none). The robust accuracy at any budget ε is then
-the fraction of samples whose norm exceeds ε (seed 003, Sec. 3.5), so one run gives the whole curve, which is
+the fraction of samples whose norm exceeds ε (Merkle2022, Sec. 3.5), so one run gives the whole curve, which is
 non-increasing in ε by construction.
 
 The accuracies come from :func:`robustprune.attacks.security_curve` (``[(ε, accuracy), ...]``); this module adds

@@ -124,7 +124,7 @@ def evaluate_model(
     """Evaluate ``model`` on (x, y) under ``attacks`` (see :func:`run_attacks`), and
 
     - with ``transfer_from`` (a source model), the same attacks crafted on the source (rows ``transfer-<name>``);
-    - with ``vulnerability``, the latent vulnerability (seed 000, Eq. 1-2) of ``model`` under every budget
+    - with ``vulnerability``, the latent vulnerability (Madaan2020, Eq. 1-2) of ``model`` under every budget
       attack's examples, white-box and transfer (all points attacked; rows unchanged);
     - with ``checks`` (default), the sanity checks of :mod:`robustprune.evaluation.checks` on the first
       ``check_subset`` points; failures are emitted as :class:`SanityCheckWarning` when ``warn``.

@@ -1,7 +1,7 @@
 """Transfer (black-box) attacks: adversarial examples crafted on a source model, evaluated on a target.
 
-Seed 000 reports robust accuracy under a black-box attack crafted on an adversarially trained full network;
-seed 001 (Table 8) transfers PGD examples from unpruned models to pruned ones. Protocol here, mirroring the
+Madaan2020 reports robust accuracy under a black-box attack crafted on an adversarially trained full network;
+Ye2019 (Table 8) transfers PGD examples from unpruned models to pruned ones. Protocol here, mirroring the
 white-box rows: the source attacks the points it classifies correctly (a point it already misclassifies is
 passed on unchanged), batch by batch with the same generator, so a transfer from a model to itself gives
 exactly its white-box robust accuracy. A point counts as robust when the target classifies it correctly both
