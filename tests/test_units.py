@@ -235,3 +235,42 @@ def test_column_pruning_cuts_the_units_no_one_reads():
     res = slim_model(model, masks=masks, example=x)
     assert res.units["features.0"] == (int(read.sum()), 20)
     assert float((res.model.eval()(x) - model(x)).abs().max()) < 1e-5
+
+
+def test_fold_unit_scales_leaves_removed_units_entirely_zero():
+    from robustprune.sparsity import fold_unit_scales
+
+    net = _bn_net()
+    net.arch_config = {"in_channels": 3, "input_size": 8}
+    scales = {"0": torch.tensor([1.0, 0, 0.5, 0, 1, 1, 0, 2]), "3": torch.tensor([0.0, 1, 1, 1, 0, 1, 1, 1])}
+    folded, masks = fold_unit_scales(net, scales)
+    ms = MaskSet(masks)
+    assert ms.unit_masks(folded)  # the removed units have bias / BatchNorm masks ...
+    before = {k: v.clone() for k, v in folded.state_dict().items()}
+    ms.apply(folded)  # ... and applying them changes nothing: fold already removed the units entirely
+    assert all(torch.equal(before[k], v) for k, v in folded.state_dict().items())
+
+
+class BNDataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 26 * 26, 3)
+        self.arch_config = {"in_channels": 1, "input_size": 28}
+
+    def forward(self, x):
+        if x.mean() > 2:  # never true for [0, 1] inputs; torch.fx cannot trace it
+            x = x / 2
+        return self.fc(torch.flatten(torch.relu(self.bn(self.conv(x))), 1))
+
+
+def test_untraceable_model_finds_its_batchnorm_by_a_traced_forward_pass():
+    net = BNDataDependent()
+    with torch.no_grad():
+        net.bn.bias.fill_(0.5)
+    mask = torch.ones(4, 1, 3, 3, dtype=torch.bool)
+    mask[1] = False
+    MaskSet({"conv": mask}).apply(net)
+    assert net.bn.weight[1] == 0 and net.bn.bias[1] == 0 and net.conv.bias[1] == 0
+    assert bool((net.bn.bias[[0, 2, 3]] == 0.5).all())

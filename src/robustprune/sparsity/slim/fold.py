@@ -90,7 +90,7 @@ def fold_unit_scales(
         m = mask_of(name)
         m &= keep.view(shape)
         prod.weight.mul_(keep.to(prod.weight.dtype).view(shape))
-        if prod.bias is not None and site.bn is None:
+        if prod.bias is not None:  # with a BatchNorm after it the unit is already 0 (its affine terms are 0)
             prod.bias.mul_(keep.to(prod.bias.dtype))
         if site.supported and site.consumer is not None:
             cons = mods[site.consumer]
