@@ -82,7 +82,12 @@ class ModelEvaluator:
                   train_wall: float, source: tuple[str, dict[str, torch.Tensor]] | None = None) -> None:
         """Clean and white-box rows of every attack; with ``source`` = (base id, base state) and ``transfer``,
         black-box rows from the base model; vulnerability (white / black); the row-based sanity checks."""
-        from robustprune.evaluation.checks import check_input_gradients, check_monotone, check_transfer
+        from robustprune.evaluation.checks import (
+            check_input_gradients,
+            check_monotone,
+            check_pgd_vs_apgd,
+            check_transfer,
+        )
         from robustprune.evaluation.run import run_attacks
         from robustprune.evaluation.transfer import TRANSFER_PREFIX, apply_transfer
         from robustprune.metrics.vulnerability import latent_vulnerability
@@ -136,8 +141,12 @@ class ModelEvaluator:
             self.outcome.rows_written += len(full)
             # sanity checks from the rows (cheap): eps monotone, white-box <= transfer, non-zero input gradients
             stored = store.results("model_id = ?", (model_id,))
-            checks = check_monotone(stored) + check_transfer(stored)
+            checks = check_monotone(stored) + check_transfer(stored) + check_pgd_vs_apgd(stored)
             checks.append(check_input_gradients(model, x[:256], y[:256], batch_size=spec.eval_batch_size))
+            # The checks that rerun attacks are too costly for every model of a study: stored as not run, with why.
+            why = "not run in a study (reruns attacks); run `robustprune evaluate` on the checkpoint"
+            checks += [{"name": n, "ran": False, "passed": None, "detail": why}
+                       for n in ("large_eps", "more_iterations", "min_norm_vs_budget")]
             store.put_checks(model_id, checks, evaluation_id="study", code_version=code_version())
         attacked = [r for r in full if r["attack"] != "clean"]
         summary = ", ".join(f"{r['attack']}@{r['eps_str']} {r['robust_acc']:.3f}" for r in attacked)

@@ -12,6 +12,7 @@ Layout of the output folder::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -46,6 +47,22 @@ def _train_cfg_dict(cfg: TrainConfig) -> dict[str, Any]:
     d = cfg.model_dump()
     d.pop("progress", None)
     return d
+
+
+@contextlib.contextmanager
+def cell_lock(folder: Path, key: str):
+    """An exclusive lock on one cell (a base model, or one method's cells on one base model) of a study folder, so
+    two studies run into the same folder never make the same model twice: the second waits, then reuses."""
+    lock_dir = folder / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{key}.lock", "w") as fh:
+        try:
+            import fcntl
+
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except (ImportError, OSError):  # no POSIX locks here (Windows, some network file systems): run unlocked
+            pass
+        yield
 
 
 def _without_seed(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -252,6 +269,11 @@ class StudyRunner:
 
     def _run_base(self, store: ResultsStore, splits: Splits, arch: str,
                   seed: int) -> tuple[str, nn.Module, dict[str, Any]]:
+        with cell_lock(self.out, config_hash(self._base_cfg(splits, arch, seed))):
+            return self._run_base_locked(store, splits, arch, seed)
+
+    def _run_base_locked(self, store: ResultsStore, splits: Splits, arch: str,
+                         seed: int) -> tuple[str, nn.Module, dict[str, Any]]:
         spec = self.spec
         base_cfg = self._base_cfg(splits, arch, seed)
         base_id = config_hash(base_cfg)
@@ -295,6 +317,11 @@ class StudyRunner:
     # ---- one method: every rate, through the PruningMethod interface ------------------------------------------
     def _run_method(self, store: ResultsStore, splits: Splits, arch: str, seed: int, name: str, base_id: str,
                     base_state: dict[str, torch.Tensor], row_base: dict[str, Any]) -> None:
+        with cell_lock(self.out, config_hash({"base": base_id, "method": name})):
+            self._run_method_locked(store, splits, arch, seed, name, base_id, base_state, row_base)
+
+    def _run_method_locked(self, store: ResultsStore, splits: Splits, arch: str, seed: int, name: str,
+                           base_id: str, base_state: dict[str, torch.Tensor], row_base: dict[str, Any]) -> None:
         spec = self.spec
         seed_everything(seed)  # a method's numbers do not depend on what ran before it (in-process, Ray, resume)
         method = get_method(name)
