@@ -4,9 +4,10 @@ Structured pruning methods (Beta-Bernoulli dropout, VIB, filter pruning) switch 
 layer (a Conv2d filter / a Linear neuron). Zeros in a mask save nothing on dense hardware; this module cuts the
 units out so that the FLOPs, activation memory and latency of the smaller model can be *measured*.
 
-**What can be cut (who is coupled).** :func:`unit_sites` traces one forward pass (forward hooks, eval mode) and
-follows each hidden ``Conv2d`` / ``Linear`` output by tensor identity through modules that act on each unit
-separately -- BatchNorm (sliced), element-wise activations with ``f(0) = 0`` (ReLU, LeakyReLU, ELU, GELU,
+**What can be cut (who is coupled).** :func:`unit_sites` reads the ``torch.fx`` graph (modules and the
+functional style alike: ``torch.relu``, ``F.max_pool2d``, ``torch.flatten(x, 1)``, ``x.view(x.size(0), -1)``;
+forward hooks for a model fx cannot trace) and follows each hidden ``Conv2d`` / ``Linear`` output through
+operations that act on each unit separately -- BatchNorm (sliced), element-wise activations with ``f(0) = 0`` (ReLU, LeakyReLU, ELU, GELU,
 SiLU, Tanh, ...), max/avg pooling, Dropout, Identity, ``Flatten(1)`` -- to the single ``Conv2d`` (groups = 1)
 or ``Linear`` that consumes them. Such a *site* is supported: the producer's output units, its BatchNorm and
 the consumer's input channels (or, after a ``Flatten``, the consumer's input columns ``c*P .. c*P+P-1`` for a
@@ -25,9 +26,14 @@ the layer's weight row and bias, which is exact. ``input_scales[name]`` multipli
 are folded into the weight columns, zero ones dropped with :class:`SelectLinear` (an ``nn.Linear`` that first
 picks the kept input features), and a unit whose every flattened feature is dropped is removed upstream too.
 
-:func:`slim_model` checks by default that the slim model's logits equal the masked model's on random inputs
-(``atol`` relative to the logit scale) and raises when they do not -- so a structure the tracer misread can never
-produce a silently wrong model.
+:func:`slim_model` checks by default that the slim model's logits equal the reference's on the example (real
+inputs) and random inputs (``atol`` relative to the logit scale) and raises when they do not -- so a structure the
+tracer misread can never produce a silently wrong model. With ``masks=`` (a pruned checkpoint) the reference is the
+pruned model itself, not a masked re-definition of it: a unit is cut only when it is removed entirely (weights,
+bias, BatchNorm; :mod:`robustprune.sparsity.units`) or never read.
+
+Files: :mod:`.trace` (sites), :mod:`.cut` (:func:`slim_model`), :mod:`.fold` (:func:`fold_unit_scales`),
+:mod:`.check` (the equivalence check), :mod:`.shapes` (layer shapes of a slim checkpoint).
 """
 
 from robustprune.sparsity.slim.check import check_equivalent, masked_forward_hooks
@@ -46,5 +52,6 @@ from robustprune.sparsity.slim.trace import (
 
 __all__ = [
     "PER_UNIT", "ZERO_PRESERVING", "SelectLinear", "SlimResult", "UnitSite", "check_equivalent", "example_input",
-    "fold_unit_scales", "layer_shapes", "masked_forward_hooks", "rebuild_layers", "slim_model", "supported_sites", "unit_sites", "units_per_layer",
+    "fold_unit_scales", "layer_shapes", "masked_forward_hooks", "rebuild_layers", "slim_model", "supported_sites",
+    "unit_sites", "units_per_layer",
 ]
