@@ -1,7 +1,9 @@
 """Which output units of a model can be cut, and what is coupled to them (producer, BatchNorm, consumer).
 
-:func:`unit_sites` traces one forward pass (forward hooks, eval mode) and follows each hidden ``Conv2d`` /
-``Linear`` output by tensor identity through modules that act on each unit separately -- BatchNorm (sliced),
+:func:`unit_sites` reads the couplings from the ``torch.fx`` graph (:mod:`robustprune.models.graph`; functional
+ops such as ``torch.relu`` or ``torch.flatten(x, 1)`` included) and measures each unit's spatial size in one forward
+pass; for a model fx cannot trace it follows each hidden ``Conv2d`` / ``Linear`` output by tensor identity
+through forward hooks instead -- through modules that act on each unit separately -- BatchNorm (sliced),
 element-wise activations with ``f(0) = 0`` (ReLU, LeakyReLU, ELU, GELU, SiLU, Tanh, ...), max/avg pooling,
 Dropout, Identity, ``Flatten(1)`` -- to the single ``Conv2d`` (groups = 1) or ``Linear`` that consumes them.
 Such a *site* is supported: the producer's output units, its BatchNorm and the consumer's input channels (or,
