@@ -30,11 +30,13 @@ class ModelEvaluator:
 
     def _vuln_key(self, splits: Splits) -> tuple[Any, str, float] | None:
         """(attack spec, attack hash, ε) whose examples the vulnerability is measured on: the first L∞ budget
-        attack, at the dataset's ε when it is one of its budgets, else at its middle budget."""
+        attack (a transferred one first, so the black-box vulnerability exists too), at the dataset's ε when it is
+        one of its budgets, else at its middle budget."""
         from robustprune.evaluation.attack_info import attack_kwargs, info_for_spec, spec_name
         from robustprune.evaluation.run import _settings, budgets_for
 
-        for a in self.spec.attacks:
+        preferred = list(self.spec.transferred_attacks()) if self.spec.transfer else []
+        for a in preferred + [a for a in self.spec.attacks if a not in preferred]:
             info = info_for_spec(a)
             if info.min_norm or info.norm != "Linf":
                 continue
@@ -60,7 +62,7 @@ class ModelEvaluator:
             v_es = eps_to_str(vkey[2]) if vkey else None
             keep = (lambda ah, es: es == v_es) if vkey else False  # x_keep only where vulnerability is measured
             t0 = time.perf_counter()
-            cache[base_id] = craft_transfer(source, test.x[:n], test.y[:n], self.spec.attacks,
+            cache[base_id] = craft_transfer(source, test.x[:n], test.y[:n], self.spec.transferred_attacks(),
                                             default_eps=splits.spec.eps_linf, batch_size=self.spec.eval_batch_size,
                                             seed=seed, source_id=base_id, keep_adv=keep)
             self.log(f"  transfer examples crafted on the base model {base_id} in {time.perf_counter() - t0:.0f}s")
@@ -72,7 +74,8 @@ class ModelEvaluator:
         from robustprune.evaluation.run import budgets_for
         from robustprune.evaluation.transfer import TRANSFER_PREFIX
 
-        expected = sum(len(budgets_for(a, info_for_spec(a), splits.spec.eps_linf, None)) for a in self.spec.attacks)
+        expected = sum(len(budgets_for(a, info_for_spec(a), splits.spec.eps_linf, None))
+                       for a in self.spec.transferred_attacks())
         have = len(store.results("model_id = ? AND attack LIKE ?", (model_id, TRANSFER_PREFIX + "%")))
         if have < expected:
             return False

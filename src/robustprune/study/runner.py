@@ -209,10 +209,11 @@ class StudyRunner:
         for d in spec.datasets:
             eps = get_spec(d).eps_linf
             budgets = sum(len(budgets_for(a, info_for_spec(a), eps, None)) for a in spec.attacks)
+            moved = sum(len(budgets_for(a, info_for_spec(a), eps, None)) for a in spec.transferred_attacks())
             n = len(spec.architectures) * len(spec.seeds)
             bases += n
             pruned += n * per_base
-            rows += n * (1 + budgets) + n * per_base * (1 + budgets * (2 if spec.transfer else 1))
+            rows += n * (1 + budgets) + n * per_base * (1 + budgets + (moved if spec.transfer else 0))
         return {"base_models": bases, "pruned_models": pruned, "models": bases + pruned, "rows": rows}
 
     def run(self) -> StudyOutcome:
