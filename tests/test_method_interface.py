@@ -177,3 +177,20 @@ def test_cli_prunes_with_every_registered_method(name, base_checkpoint, tmp_path
     assert cfg["settings"] == m.settings(fast_settings(name)).model_dump(mode="json")
     assert cfg["rate"] == (4 if m.rate_kind == "set" else None) and cfg["rate_kind"] == m.rate_kind
     assert meta["achieved_compression"] >= 1 and len(cfg["parent_sha256"]) == 64
+
+
+def test_result_flags_mark_collapse_nothing_pruned_and_non_convergence():
+    from robustprune.methods import PruneResult
+    from robustprune.methods.interface import result_flags
+    from robustprune.sparsity import MaskSet
+
+    def res(achieved, converged=None):
+        return PruneResult(model=MyNet(), masks=MaskSet({}), method="m", rate=4.0, rate_kind="set",
+                           group="filter", achieved_compression=achieved, settings={}, converged=converged)
+
+    assert result_flags(res(4.0), val_clean=0.8, num_classes=10) == []
+    assert result_flags(res(4.0), val_clean=0.12, num_classes=10) == ["chance-accuracy"]
+    # a filter-pruned chain step is judged against the achieved compression before it, not its target rate
+    assert result_flags(res(1.06), val_clean=0.5, num_classes=10, start_compression=1.05) == []
+    assert result_flags(res(1.05), val_clean=0.5, num_classes=10, start_compression=1.05) == ["nothing-pruned"]
+    assert result_flags(res(4.0, converged=False), val_clean=0.8, num_classes=10) == ["not-converged"]

@@ -277,7 +277,11 @@ def prune(
         raise ConfigError(f"{m.name} learns its compression rate; drop --rate (the achieved rate is reported)")
     check_writable_dir(out, "--out folder")
     net, meta, masks = load_checkpoint(checkpoint, dev, model=_user_model(model_factory) if model_factory else None)
-    start = achieved_compression(net)
+    achieved = achieved_compression(net)
+    stored = (meta.get("config") or {}).get("rate")
+    # An already-pruned checkpoint continues from its target rate (in the method's own rate space: a filter-pruned c=4
+    # model is ~1.05x overall); otherwise from the compression its weights show.
+    start = float(stored) if isinstance(stored, (int, float)) and stored >= 1 else achieved
     for r in rates:
         m.check_rate(r, start)
         m.check_max_rate(net, r)
@@ -299,8 +303,8 @@ def prune(
               + f"; {len(splits.train)} training images, {epochs:g} epoch(s) per phase")
     for res in m.prune_many(net, task, rates, settings):
         ev = evaluate_split(res.model, splits.val, n=min(1000, len(splits.val)), eps=budget, steps=20, seed=seed)
-        flags = result_flags(res, val_clean=ev.get("val_clean"), num_classes=splits.spec.num_classes,
-                             start_compression=start)
+        flags = result_flags(res, val_clean=ev.get("clean"), num_classes=splits.spec.num_classes,
+                             start_compression=achieved)
         label = "learned" if res.rate is None else f"{res.rate:g}"
         path = out / f"{checkpoint.stem}-{m.name}-c{label}.safetensors"
         new_meta = {**meta, "code_version": code_version(),

@@ -271,6 +271,8 @@ class PruningMethod:
     description: str = ""
     needs_eps: bool = False
     """True when the method trains on adversarial examples (``task.eps`` required)."""
+    needs_teacher: ClassVar[bool] = False
+    """True when the method distils from a teacher (``task.teacher``; a study passes the unpruned base model)."""
     uses_objective: ClassVar[bool] = False
     """True when the method fine-tunes with ``task.objective`` (any objective)."""
 

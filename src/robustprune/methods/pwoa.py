@@ -515,6 +515,7 @@ class PwoASettings(ADMMSettings):
 class PwoAMethod(PruningMethod):
     paper = PAPERS["Jian2022"]
     Settings = PwoASettings
+    needs_teacher = True
 
     def __init__(self, scheme: str) -> None:
         self.scheme = scheme

@@ -35,7 +35,7 @@ from robustprune.models import model_for_dataset
 from robustprune.objectives import build_objective
 from robustprune.provenance import code_version, file_sha256
 from robustprune.study.model_eval import ModelEvaluator
-from robustprune.study.spec import ObjectiveSpec, StudySpec
+from robustprune.study.spec import ObjectiveSpec, StudySpec, method_of
 from robustprune.study.store import ResultsStore
 from robustprune.train import TrainConfig, fit
 from robustprune.utils import config_hash, default_device, seed_everything
@@ -303,7 +303,8 @@ class StudyRunner:
                        None, {"kind": "base", "dataset": splits.spec.name, "architecture": arch, "method": "unpruned",
                               "rate": 1.0, "rate_kind": "none", "group": "none", "settings": {},
                               "model_key": model_key, "seed": seed, "metrics": metrics, "config": base_cfg,
-                              "wall_time": train_wall, "converged": None, "flags": [], "convergence": {}})
+                              "wall_time": train_wall, "converged": None, "flags": [], "convergence": {},
+                              "train_epochs": train_epochs, "train_steps": train_steps})
             self.outcome.models_trained += 1
             last = res.history[-1] if res.history else {}
             self.log(f"  base trained in {train_wall:.0f}s (best epoch {res.best_epoch} by {res.selected_by}; "
@@ -325,7 +326,7 @@ class StudyRunner:
                            base_id: str, base_state: dict[str, torch.Tensor], row_base: dict[str, Any]) -> None:
         spec = self.spec
         seed_everything(seed)  # a method's numbers do not depend on what ran before it (in-process, Ray, resume)
-        method = get_method(name)
+        method = get_method(method_of(name))
         settings = method.settings(spec.method_settings.get(name, {}))
         settings_json = settings.model_dump(mode="json")
         rates = spec.rates_for(name)
@@ -356,7 +357,7 @@ class StudyRunner:
         # Reuse what is stored; an incremental chain resumes after its furthest stored rate.
         todo: list[float | None] = []
         start_model: nn.Module | None = None
-        start_masks, start_rate, done_wall = None, 1.0, 0.0
+        start_masks, start_rate, done_wall, start_achieved = None, 1.0, 0.0, 1.0
         for rate in rates:
             cid, mkey = keys(rate)
             rec = store.get_model(cid)
@@ -371,6 +372,7 @@ class StudyRunner:
             self.outcome.models_reused += 1
             if incremental:
                 start_model, start_masks, start_rate, done_wall = m, mk, float(rate), cumulative
+                start_achieved = float((rec.get("metrics") or {}).get("achieved_compression") or 1.0)
         if not todo:
             return
         model = start_model if start_model is not None else model_for_dataset(arch, splits.spec,
@@ -378,7 +380,7 @@ class StudyRunner:
         if start_model is None:
             model.load_state_dict(base_state)
         teacher = None
-        if name.startswith("pwoa-") or getattr(method, "needs_teacher", False):
+        if method.needs_teacher:
             teacher = model_for_dataset(arch, splits.spec, width=spec.width).to(self.device)
             teacher.load_state_dict(base_state)
         task = PruneTask(train=self._finetune_split(splits.train, seed), val=splits.val, eps=eps,
@@ -395,9 +397,9 @@ class StudyRunner:
             for res in method.prune_many(model, task, todo, settings):
                 wall = (wall if incremental else 0.0) + res.wall_time
                 self._store_result(store, splits, arch, seed, name, base_id, base_state, res, keys(res.rate), row,
-                                   wall, start_rate if incremental else 1.0)
+                                   wall, start_achieved if incremental else 1.0)
                 if incremental and res.rate is not None:
-                    start_rate = res.rate
+                    start_rate, start_achieved = res.rate, res.achieved_compression
         except DivergenceError as exc:
             # A diverged run stores nothing (no half-trained model is taken for a result); the study goes on.
             self.log(f"  warning: {name} diverged and was skipped: {exc}")
@@ -411,13 +413,13 @@ class StudyRunner:
 
     def _store_result(self, store: ResultsStore, splits: Splits, arch: str, seed: int, name: str, base_id: str,
                       base_state: dict[str, torch.Tensor], res: PruneResult, ids: tuple[str, str],
-                      row: dict[str, Any], cumulative: float, start_rate: float) -> None:
+                      row: dict[str, Any], cumulative: float, start_achieved: float) -> None:
         from robustprune.train import evaluate_split
 
         cid, mkey = ids
         val = evaluate_split(res.model, splits.val, n=min(1000, len(splits.val)), eps=None, steps=1, seed=seed)
-        flags = result_flags(res, val_clean=val.get("val_clean"), num_classes=splits.spec.num_classes,
-                             start_compression=start_rate)
+        flags = result_flags(res, val_clean=val.get("clean"), num_classes=splits.spec.num_classes,
+                             start_compression=start_achieved)
         for f in flags:
             self.log(f"  warning: {name} c={res.rate_label}: {FLAG_TEXT.get(f, f)}")
         summary = res.summary()
@@ -432,7 +434,7 @@ class StudyRunner:
                     "method": name, "rate": res.rate, "rate_kind": res.rate_kind, "group": res.group,
                     "settings": res.settings, "model_key": mkey, "seed": seed, "metrics": metrics, "config": config,
                     "wall_time": res.wall_time, "converged": res.converged, "flags": flags,
-                    "convergence": res.convergence})
+                    "convergence": res.convergence, "train_epochs": res.epochs, "train_steps": res.steps})
         self.outcome.models_trained += 1
         self.log(f"  {name} c={res.rate_label}: achieved x{res.achieved_compression:.3g} in {res.wall_time:.0f}s"
                  + (f", converged {res.converged}" if res.converged is not None else ""))

@@ -16,6 +16,12 @@ from robustprune.train import TrainConfig, validated
 from robustprune.utils import parse_eps
 
 
+def method_of(entry: str) -> str:
+    """The registered method of a study's method entry: ``"pwoa-irregular@ce"`` is a variant (its own settings under
+    that full name in ``method_settings``) of ``pwoa-irregular``; results are stored under the full name."""
+    return str(entry).split("@", 1)[0]
+
+
 class ObjectiveSpec(BaseModel):
     """A training objective by registry name and its settings (ε in pixel units, e.g. 0.1 or "8/255")."""
 
@@ -80,7 +86,8 @@ class StudySpec(BaseModel):
         "anp-bbd",                         # Madaan2020 (ANP: Beta-Bernoulli masks learned on adversarial examples)
     )
     """Pruning methods by name (any of `robustprune list methods`). Every method runs the same way: from the base
-    model to each compression rate (methods that learn their rate run once)."""
+    model to each compression rate (methods that learn their rate run once). ``NAME@label`` runs a variant of NAME
+    with its own ``method_settings`` entry (e.g. ``pwoa-irregular@ce``), stored under the full name."""
     compression: tuple[float, ...] = (1, 2, 4, 8, 16)
     """Compression rates c (1/c of the prunable weights remain) of every method that takes a set rate; 1 is the
     unpruned base model."""
@@ -139,7 +146,7 @@ class StudySpec(BaseModel):
         (above 1)."""
         from robustprune.methods import get_method
 
-        if get_method(method).rate_kind == "learned":
+        if get_method(method_of(method)).rate_kind == "learned":
             return [None]
         rates = self.method_rates.get(method, self.compression)
         return [r for r in rates if r > 1]
@@ -172,13 +179,13 @@ class StudySpec(BaseModel):
         for a in self.architectures:
             MODELS.get(a)
         for m in self.methods:
-            METHODS.get(m)
+            METHODS.get(method_of(m))
         # Settings / rates of a registered method the study does not run are kept (and checked), so one file can
         # serve several method lists; an unknown name is an error.
         for name, values in self.method_settings.items():
-            METHODS.get(name).settings(values)
+            METHODS.get(method_of(name)).settings(values)
         for name in self.method_rates:
-            if METHODS.get(name).rate_kind == "learned":
+            if METHODS.get(method_of(name)).rate_kind == "learned":
                 raise ConfigError(f"{name} learns its compression rate; drop its method_rates entry")
         for o in (self.base_objective, self.finetune_objective):
             OBJECTIVES.get(o.name)
