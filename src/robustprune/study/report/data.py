@@ -136,16 +136,30 @@ def _short(v: Any) -> str:
 def _label_columns(cols: list[Column]) -> None:
     """``attack@ε``; when one attack name has several configurations, the settings that differ are added, e.g.
     ``pgd[steps=10]@0.1`` and ``pgd[steps=20]@0.1``."""
+    def scale_free(col: Column) -> dict[str, Any]:
+        # settings that scale with the budget (the default step 2.5 eps / steps) are one configuration across eps
+        cfg = col.config
+        out = {k: v for k, v in cfg.items() if k not in ("eps", "transfer_from")}
+        try:
+            from robustprune.utils import parse_eps
+
+            eps = float(cfg.get("eps") or parse_eps(col.eps_str))
+        except Exception:  # noqa: BLE001  (an unparsable budget string: compare the settings as they are)
+            eps = None
+        if isinstance(out.get("alpha"), (int, float)) and isinstance(eps, (int, float)) and eps > 0:
+            out["alpha"] = f"{out['alpha'] / eps:.6g} eps"
+        return out
+
     by_name: dict[str, dict[str, dict[str, Any]]] = {}
     for c in cols:
-        by_name.setdefault(c.attack, {})[c.attack_hash] = c.config
+        by_name.setdefault(c.attack, {})[json.dumps(scale_free(c), sort_keys=True, default=str)] = scale_free(c)
     for c in cols:
         configs = by_name[c.attack]
         tag = ""
         if len(configs) > 1:
             keys = sorted({k for cfg in configs.values() for k in cfg if k not in ("eps", "transfer_from")})
             differ = [k for k in keys if len({_short(cfg.get(k)) for cfg in configs.values()}) > 1]
-            tag = ",".join(f"{k}={_short(c.config.get(k))}" for k in differ) or c.attack_hash[:6]
+            tag = ",".join(f"{k}={_short(scale_free(c).get(k))}" for k in differ) or c.attack_hash[:6]
             tag = f"[{tag}]"
         c.label = "clean" if c.attack == "clean" else f"{c.attack}{tag}@{c.eps_str}"
 
