@@ -310,3 +310,17 @@ def test_auto_update_every_reaches_the_rho_cap_at_the_end_of_the_phase():
     assert auto_update_every(0.5, 1.0, None, 40) == 40  # constant rho: one update at the end
     with pytest.raises(ConfigError):
         auto_update_every(0.01, 1.35, 1.0, 0)
+
+
+def test_auto_update_interval_brings_rho_to_its_cap_within_the_phase():
+    """'auto' counts the steps the training loop really takes (the last partial batch is dropped), so rho reaches
+    rho_max by the end of the ADMM phase, whatever the split size."""
+    from robustprune.methods.advprune import AdvPruneSettings
+
+    for n in (1000, 1025, 1100, 1279):
+        s = AdvPruneSettings()
+        c = TrainConfig(epochs=3, batch_size=128, progress=False)
+        kw = s.engine_kwargs(c, n, None)
+        steps = n // 128 if n >= 256 else -(-n // 128)
+        updates = (3 * steps) // kw["update_every"]
+        assert s.rho * s.rho_factor ** updates >= s.rho_max * (1 - 1e-9), n

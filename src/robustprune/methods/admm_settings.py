@@ -35,7 +35,8 @@ class ADMMSettings(MethodSettings):
         """Keyword arguments of :func:`robustprune.methods.admm.admm_prune` for an ADMM phase run with ``cfg``."""
         update_every = self.update_every
         if update_every == "auto":
-            steps = -(-n_train // cfg.batch_size)
+            # as the training loop batches: the last partial batch is dropped once there are two full ones
+            steps = n_train // cfg.batch_size if n_train >= 2 * cfg.batch_size else -(-n_train // cfg.batch_size)
             if cfg.max_steps_per_epoch is not None:
                 steps = min(steps, cfg.max_steps_per_epoch)
             total = max(1, cfg.epochs) * (steps if self.update_unit == "step" else 1)
