@@ -194,3 +194,48 @@ def test_result_flags_mark_collapse_nothing_pruned_and_non_convergence():
     assert result_flags(res(1.06), val_clean=0.5, num_classes=10, start_compression=1.05) == []
     assert result_flags(res(1.05), val_clean=0.5, num_classes=10, start_compression=1.05) == ["nothing-pruned"]
     assert result_flags(res(4.0, converged=False), val_clean=0.8, num_classes=10) == ["not-converged"]
+
+
+def _dense(layer: nn.Module) -> bool:
+    return bool(torch.count_nonzero(layer.weight) == layer.weight.numel())
+
+
+def test_prunable_scope_is_a_setting_of_every_method():
+    x, y = blobs(240)
+    torch.manual_seed(0)
+    net = MyNet()
+    res = robustprune.prune(net, "magnitude-unstructured-global", rate=4, data=(x, y), eps=0.1, layers="conv")
+    conv = [net.conv1, net.conv2]
+    kept = sum(int(torch.count_nonzero(m.weight)) for m in conv) / sum(m.weight.numel() for m in conv)
+    assert kept == pytest.approx(0.25, abs=0.01) and _dense(net.fc1) and _dense(net.fc2)
+    assert res.settings["layers"] == "conv"
+
+    torch.manual_seed(0)
+    net = MyNet()
+    robustprune.prune(net, "admm-irregular", rate=2, data=(x, y), eps=0.1, pgd_steps=1, layers={"conv1": 4.0})
+    assert int(torch.count_nonzero(net.conv1.weight)) == round(net.conv1.weight.numel() / 4)
+    assert _dense(net.conv2) and _dense(net.fc1)
+
+    torch.manual_seed(0)
+    net = MyNet()
+    robustprune.prune(net, "hydra", rate=4, data=(x, y), eps=0.1, pgd_steps=1, layers=["fc1"])
+    assert int(torch.count_nonzero(net.fc1.weight)) == round(net.fc1.weight.numel() / 4)
+    assert _dense(net.conv1) and _dense(net.conv2) and _dense(net.fc2)
+
+    with pytest.raises(ConfigError, match="ADMM methods"):
+        robustprune.prune(MyNet(), "magnitude-unstructured-local", rate=4, data=(x, y), layers={"conv1": 4.0})
+    with pytest.raises(ConfigError, match="not prunable"):
+        robustprune.prune(MyNet(), "hydra", rate=4, data=(x, y), eps=0.1, layers=["conv9"])
+
+
+def test_bayesian_scope_conv_gates_only_convolutions():
+    x, y = blobs(240)
+    torch.manual_seed(0)
+    res = robustprune.prune(MyNet(), "bp-bbd", data=(x, y), epochs=0.5, gate_init=-12.0, mask_lr_factor=1.0,
+                            layers="conv")
+    net = res.model
+    # every gated unit starts (and stays) far below the threshold: the convolutions keep one unit each,
+    # the Linear layers were not gated and stay dense
+    alive = [int((m.weight.flatten(1).abs().sum(1) > 0).sum()) for m in (net.conv1, net.conv2)]
+    assert alive == [1, 1] and _dense(net.fc2)
+    assert res.settings["layers"] == "conv"

@@ -51,6 +51,16 @@ class ADMMSettings(MethodSettings):
         return bool(rho_ok and convergence.get("primal_rel", float("inf")) <= self.converge_tol)
 
 
+def admm_rate(method: Any, model: Any, rate: float, settings: ADMMSettings) -> Any:
+    """The ``rate`` argument of the ADMM engine under the prunable scope: one number (every layer), or
+    ``{layer: rate}`` for the selected layers (the others stay dense)."""
+    if isinstance(settings.layers, dict):
+        method.scope_layers(model, settings)
+        return {n: float(r) for n, r in settings.layers.items()}
+    names = method.scope_layers(model, settings)
+    return rate if names is None else {n: rate for n in names}
+
+
 def admm_task_result(method: Any, model: Any, task: PruneTask, rate: float, settings: ADMMSettings, result: Any,
                      admm_cfg: TrainConfig, retrain_cfg: TrainConfig) -> Any:
     """The :class:`PruneResult` of an ADMM run (``result``: :class:`ADMMResult`)."""

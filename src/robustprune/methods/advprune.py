@@ -13,7 +13,7 @@ from torch import nn
 
 from robustprune.data import Split
 from robustprune.methods.admm import ADMMResult, admm_prune, scheme_group
-from robustprune.methods.admm_settings import ADMMSettings, admm_task_result
+from robustprune.methods.admm_settings import ADMMSettings, admm_rate, admm_task_result
 from robustprune.methods.interface import PAPERS, PhaseSettings, PruneResult, PruneTask, PruningMethod, phase
 from robustprune.methods.interface import register_method
 from robustprune.objectives import PGDAT
@@ -68,6 +68,7 @@ class AdvPruneMethod(PruningMethod):
     paper = PAPERS["Ye2019"]
     Settings = AdvPruneSettings
     needs_eps = True
+    per_layer_rates = True
 
     def __init__(self, scheme: str) -> None:
         self.scheme = scheme
@@ -83,7 +84,8 @@ class AdvPruneMethod(PruningMethod):
         admm_cfg = settings.admm.train_config(task)
         retrain_cfg = settings.retrain.train_config(task, seed_offset=1)
         res = advprune(model, eps=eps, steps=steps, alpha=settings.pgd_alpha, train=task.train, val=task.val,
-                       rate=rate, scheme=self.scheme, admm_cfg=admm_cfg, retrain_cfg=retrain_cfg, val_eps=eps,
+                       rate=admm_rate(self, model, rate, settings), scheme=self.scheme, admm_cfg=admm_cfg,
+                       retrain_cfg=retrain_cfg, val_eps=eps,
                        **settings.engine_kwargs(admm_cfg, len(task.train), task.augment))
         return admm_task_result(self, model, task, rate, settings, res, admm_cfg, retrain_cfg)
 

@@ -81,7 +81,8 @@ class BayesianMethod(PruningMethod):
         kl_n = settings.kl_n or TRAIN_SET_SIZE.get(dataset, len(task.train))
         kw = dict(train=task.train, val=task.val, cfg=cfg, eps=task.eps, gamma=settings.gamma, beta=settings.beta,
                   steps=settings.pgd_steps, val_eps=task.eps, augment=task.augment, gate=self.gate,
-                  mask_lr_factor=settings.mask_lr_factor, n_train=kl_n)
+                  mask_lr_factor=settings.mask_lr_factor, n_train=kl_n,
+                  layers=self.scope_layers(model, settings, group="unstructured"))
         if isinstance(settings, ANPVSSettings):
             kw["lam"] = settings.vs_lambda if settings.vs_lambda is not None else VS_LAMBDA.get(dataset, 1e-3)
         if isinstance(settings, PATSettings):

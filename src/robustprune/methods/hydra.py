@@ -331,7 +331,8 @@ class HydraMethod(PruningMethod):
         holder: list[ChurnHook] = []
         res = hydra(model, train=task.train, val=task.val, prune_cfg=prune_cfg, finetune_cfg=ft_cfg, eps=eps,
                     rate=rate, loss=settings.loss, steps=settings.pgd_steps, beta=settings.beta,
-                    score_init=settings.score_init, val_eps=eps, augment=task.augment, churn=holder)
+                    score_init=settings.score_init, val_eps=eps, augment=task.augment, churn=holder,
+                    layers=self.scope_layers(model, settings))
         churn = holder[0].churn if holder else []
         conv = {"churn_per_epoch": churn, "last_churn": churn[-1] if churn else None,
                 "tolerance": settings.converge_tol, "score_steps": res.score_steps}

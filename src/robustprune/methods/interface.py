@@ -119,9 +119,18 @@ def phase(source: str, description: str = "", **defaults: Any) -> Any:
 
 
 class MethodSettings(BaseModel):
-    """Base of every method's settings: frozen, unknown keys refused (a typo is an error, not a silent default)."""
+    """Base of every method's settings: frozen, unknown keys refused (a typo is an error, not a silent default).
+
+    ``layers`` is the prunable scope every method shares: ``"all"`` (every Conv2d and Linear layer of the group),
+    ``"conv"`` (convolutions only, as Jian2022's code on its MNIST LeNet), or a list of layer names; ADMM methods also
+    take ``{layer: rate}`` (each listed layer to its own compression). Stored with every result."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    layers: Literal["all", "conv"] | list[str] | dict[str, float] = Field(
+        "all", json_schema_extra={"source": "Merkle2022, Ye2019, Madaan2020, Sehwag2020 prune every layer (Jian2022's "
+                                            "code: convolutions only)"},
+        description="prunable scope: all, conv, [layer names] or {layer: rate} (ADMM methods)")
 
     @classmethod
     def describe(cls) -> list[dict[str, Any]]:
@@ -345,6 +354,31 @@ class PruningMethod:
             raise ConfigError(f"compression rate {rate:g} would leave less than one {group} group per prunable "
                               f"layer ({total} groups in {len(layers)} layers); the largest rate {self.name} can "
                               f"reach on this model is {most:.4g}")
+
+    def scope_layers(self, model: nn.Module, settings: MethodSettings, group: str | None = None) -> list[str] | None:
+        """The names of the layers ``settings.layers`` selects among the model's prunable layers of ``group`` (None:
+        all of them); a per-layer rate dict is for ADMM methods only."""
+        g = group or (self.group if self.group in GROUPS else "unstructured")
+        scope = settings.layers
+        if scope == "all":
+            return None
+        prunable = prunable_layers(model, g)
+        if scope == "conv":
+            names = [n for n, m in prunable.items() if isinstance(m, nn.Conv2d)]
+        elif isinstance(scope, dict):
+            if not getattr(self, "per_layer_rates", False):
+                raise ConfigError(f"{self.name} takes layers as 'all', 'conv' or a list of layer names; a {{layer: "
+                                  "rate}} dict is for the ADMM methods (admm-*, pwoa-*)")
+            names = list(scope)
+        else:
+            names = list(scope)
+        unknown = [n for n in names if n not in prunable]
+        if unknown:
+            raise ConfigError(f"layers {unknown[:5]} are not prunable by {self.name}; prunable: "
+                              f"{', '.join(list(prunable)[:8])}")
+        if not names:
+            raise ConfigError(f"layers={scope!r} selects no prunable layer of this model for {self.name}")
+        return names
 
     def incremental(self, settings: MethodSettings) -> bool:
         """True when a higher rate continues from the model of the lower one (the iterative schedule); the study then

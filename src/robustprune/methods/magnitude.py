@@ -90,7 +90,7 @@ class MagnitudeMethod(PruningMethod):
         for step in iterative_prune(model, self, targets, objective=task.fine_tune_objective(), train=task.train,
                                     val=task.val, cfg=cfg, val_eps=task.eps, augment=task.augment,
                                     masks=task.masks, start_rate=task.start_rate, schedule=settings.schedule,
-                                    seed=task.seed):
+                                    seed=task.seed, layers=self.scope_layers(model, settings)):
             history += [{**row, "rate": step.rate} for row in step.history]
             steps += step.finetune.steps if step.finetune is not None else 0
             if not step.is_target:
@@ -153,12 +153,12 @@ class PruneStep:
 
 
 def prune_once(model: nn.Module, spec: "MagnitudeMethod | str", rate: float, *, previous: MaskSet | None = None,
-               generator: torch.Generator | None = None) -> MaskSet:
+               generator: torch.Generator | None = None, layers: Sequence[str] | None = None) -> MaskSet:
     """Prune ``model`` in place to compression ``rate`` (1/rate of its prunable weights remain)."""
     if isinstance(spec, str):
         spec = get_method(spec)
     masks = compute_masks(model, group=spec.group, score=spec.score, scope=spec.scope, keep=1.0 / rate,
-                          previous=previous, generator=generator)
+                          previous=previous, generator=generator, layers=layers)
     masks.apply(model)
     return masks
 
@@ -178,6 +178,7 @@ def iterative_prune(
     start_rate: float = 1.0,
     schedule: str = "iterative",
     seed: int = 0,
+    layers: Sequence[str] | None = None,
 ) -> Iterator[PruneStep]:
     """Prune ``model`` in place towards each rate in ``rates``, fine-tuning with ``objective`` after each step.
 
@@ -199,7 +200,7 @@ def iterative_prune(
         # Seeds depend on the step's rate, not its position, so a chain resumed mid-way repeats a straight run.
         step_seed = _step_seed(seed, c)
         gen = torch.Generator().manual_seed(step_seed)
-        masks = prune_once(model, spec, c, previous=masks, generator=gen)
+        masks = prune_once(model, spec, c, previous=masks, generator=gen, layers=layers)
         step_cfg = cfg.model_copy(update={"seed": _step_seed(cfg.seed, c)})
         result = fit(model, objective, train, val, step_cfg, masks=masks, val_eps=val_eps, augment=augment,
                      desc=f"{spec.name} c={c:g}") if cfg.epochs > 0 else None

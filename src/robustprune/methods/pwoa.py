@@ -47,7 +47,7 @@ from robustprune.methods.admm import (
     admm_prune,
     scheme_group,
 )
-from robustprune.methods.admm_settings import ADMMSettings, admm_task_result
+from robustprune.methods.admm_settings import ADMMSettings, admm_rate, admm_task_result
 from robustprune.methods.interface import PAPERS, PhaseSettings, PruneResult, PruneTask, PruningMethod, phase
 from robustprune.methods.interface import register_method, setting
 from robustprune.objectives import Distillation, HBaR
@@ -516,6 +516,7 @@ class PwoAMethod(PruningMethod):
     paper = PAPERS["Jian2022"]
     Settings = PwoASettings
     needs_teacher = True
+    per_layer_rates = True
 
     def __init__(self, scheme: str) -> None:
         self.scheme = scheme
@@ -533,7 +534,8 @@ class PwoAMethod(PruningMethod):
         teacher = task.teacher
         if teacher is None:
             teacher = copy.deepcopy(model)
-        res = pwoa(model, teacher, train=task.train, val=task.val, scheme=self.scheme, rate=rate, dataset=dataset,
+        res = pwoa(model, teacher, train=task.train, val=task.val, scheme=self.scheme,
+                   rate=admm_rate(self, model, rate, settings), dataset=dataset,
                    admm_cfg=admm_cfg, retrain_cfg=retrain_cfg, tau=settings.tau, alpha=settings.alpha,
                    lambda_x=settings.lambda_x, lambda_y=settings.lambda_y, use_hbar=settings.use_hbar,
                    balance=settings.balance, balance_point=settings.balance_point,

@@ -29,6 +29,8 @@ position (model order, then index inside the layer; the earlier group is kept).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -100,17 +102,26 @@ def compute_masks(
     keep: float,
     previous: MaskSet | None = None,
     generator: torch.Generator | None = None,
+    layers: Sequence[str] | None = None,
 ) -> MaskSet:
     """Masks that keep the fraction ``keep`` of the prunable weights of ``model``.
 
     See the module docstring for the definitions; the weights themselves are not changed
-    (call ``masks.apply(model)``).
+    (call ``masks.apply(model)``). ``layers``: prune only these prunable layers (the others get no mask and stay
+    dense; global scope ranks across these only); None: every prunable layer of the group.
     """
     g = check_group(group)
     s = check_score(score)
     sc = check_scope(scope)
     k = check_keep(keep)
+    names = layers
     layers = prunable_layers(model, g)
+    if names is not None:
+        unknown = [n for n in names if n not in layers]
+        if unknown:
+            raise ConfigError(f"layers {unknown[:5]} are not prunable with group {g!r}; prunable: "
+                              f"{', '.join(list(layers)[:8])}")
+        layers = {n: layers[n] for n in layers if n in set(names)}
     if not layers:
         raise ConfigError(
             f"model has no layers prunable with group {g!r} "
