@@ -47,6 +47,15 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     return g
 
 
+def first_tensor(obj: Any) -> torch.Tensor | None:
+    """The tensor a forward hook sees: ``obj`` itself, or the first element of a tuple/list of tensors."""
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, (tuple, list)) and obj and isinstance(obj[0], torch.Tensor):
+        return obj[0]
+    return None
+
+
 def config_hash(cfg: Any, length: int = 16) -> str:
     """Stable short hash of a JSON-able config (dict keys sorted)."""
     blob = json.dumps(cfg, sort_keys=True, default=str, separators=(",", ":"))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustprune.analysis._plot import out_path, pyplot
+from robustprune.analysis._plot import pyplot, save_figure
 from robustprune.errors import ConfigError
 from robustprune.metrics.accuracy import _model_device, eval_mode
 
@@ -82,10 +82,4 @@ def plot_loss_surfaces(surfaces: Mapping[str, LossSurface], path: str | Path, *,
         ax.set_xlabel("sign(grad)", fontsize=7)
         ax.set_ylabel("random", fontsize=7)
         ax.tick_params(labelsize=6)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    p = out_path(path)
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return p
+    return save_figure(fig, path, title)

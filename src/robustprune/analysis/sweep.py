@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from robustprune.analysis._plot import out_path, pyplot
+from robustprune.analysis._plot import pyplot, save_figure
 from robustprune.errors import ConfigError
 
 
@@ -69,10 +69,4 @@ def plot_sweep(points: Mapping[str, Sequence[SweepPoint]], path: str | Path, *,
         ax.set_xlabel("sparsity (% units pruned)")
         ax.set_ylabel(f"{metric} accuracy (%)")
         ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    p = out_path(path)
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return p
+    return save_figure(fig, path, title)

@@ -12,7 +12,7 @@ from robustprune.methods.admm import (
     JIAN2022_RHO_MAX,
     auto_update_every,
 )
-from robustprune.methods.interface import MethodSettings, PruneTask, setting
+from robustprune.methods.interface import MethodSettings, PruneTask, PruningMethod, setting
 from robustprune.train import TrainConfig
 
 
@@ -49,6 +49,23 @@ class ADMMSettings(MethodSettings):
         rho_ok = (self.rho_max is None or self.rho_factor <= 1
                   or convergence.get("rho_final", 0.0) >= self.rho_max * (1 - 1e-6))
         return bool(rho_ok and convergence.get("primal_rel", float("inf")) <= self.converge_tol)
+
+
+class ADMMMethod(PruningMethod):
+    """Base of the ADMM methods: one registered method per scheme (``<prefix>-irregular|column|filter``), rates set
+    per layer when the prunable scope is a ``{layer: rate}`` dict."""
+
+    per_layer_rates = True
+    prefix = ""
+    summary = ""
+
+    def __init__(self, scheme: str) -> None:
+        from robustprune.methods.admm import scheme_group
+
+        self.scheme = scheme
+        self.group = scheme_group(scheme)
+        self.name = f"{self.prefix}-{scheme}"
+        self.description = self.summary.format(scheme=scheme)
 
 
 def admm_rate(method: Any, model: Any, rate: float, settings: ADMMSettings) -> Any:

@@ -5,19 +5,16 @@ Schemes (Ye2019 Eq. 11-13): ``irregular`` (single weights, group ``unstructured`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from pydantic import Field
 from torch import nn
 
-from robustprune.data import Split
-from robustprune.methods.admm import ADMMResult, admm_prune, scheme_group
-from robustprune.methods.admm_settings import ADMMSettings, admm_rate, admm_task_result
-from robustprune.methods.interface import PAPERS, PhaseSettings, PruneResult, PruneTask, PruningMethod, phase
+from robustprune.methods.admm import ADMMResult, admm_prune
+from robustprune.methods.admm_settings import ADMMMethod, ADMMSettings, admm_rate, admm_task_result
+from robustprune.methods.interface import PAPERS, PhaseSettings, PruneResult, PruneTask, phase
 from robustprune.methods.interface import register_method
 from robustprune.objectives import PGDAT
-from robustprune.train import TrainConfig
 
 #: Ye2019 App.: PGD iterations of adversarial training (40 on MNIST, eps 0.3, alpha 0.01; 10 on CIFAR, 2/255)
 YE2019_PGD_STEPS = {"mnist": 40, "cifar": 10}
@@ -27,13 +24,6 @@ def advprune(
     model: nn.Module,
     *,
     eps: float,
-    train: Split,
-    val: Split | None,
-    admm_cfg: TrainConfig,
-    retrain_cfg: TrainConfig,
-    scheme: str = "irregular",
-    keep: float | Mapping[str, float] | None = None,
-    rate: float | Mapping[str, float] | None = None,
     steps: int = 10,
     alpha: float | None = None,
     val_eps: float | None = None,
@@ -41,10 +31,10 @@ def advprune(
 ) -> ADMMResult:
     """AdvPrune (Ye2019 Alg. 1): :func:`admm_prune` with PGD-AT (L∞ ``eps``, ``steps`` steps, step ``alpha``,
     default 2.5 eps / steps) as the objective of both the ADMM and the retraining phase. Ye2019 uses Adam for the
-    W-step. ``val_eps`` defaults to ``eps``."""
+    W-step. ``val_eps`` defaults to ``eps``; every other keyword (train, val, admm_cfg, retrain_cfg, scheme, keep /
+    rate, rho schedule, ...) is :func:`robustprune.methods.admm.admm_prune`'s."""
     objective = PGDAT(eps=eps, alpha=alpha, steps=steps)
-    return admm_prune(model, objective=objective, train=train, val=val, admm_cfg=admm_cfg, retrain_cfg=retrain_cfg,
-                      scheme=scheme, keep=keep, rate=rate, val_eps=eps if val_eps is None else val_eps, **kwargs)
+    return admm_prune(model, objective=objective, val_eps=eps if val_eps is None else val_eps, **kwargs)
 
 
 def _is_mnist_like(dataset: str | None) -> bool:
@@ -64,18 +54,12 @@ class AdvPruneSettings(ADMMSettings):
                                    optimizer="adam", lr=1e-4, schedule="cosine")
 
 
-class AdvPruneMethod(PruningMethod):
+class AdvPruneMethod(ADMMMethod):
     paper = PAPERS["Ye2019"]
     Settings = AdvPruneSettings
     needs_eps = True
-    per_layer_rates = True
-
-    def __init__(self, scheme: str) -> None:
-        self.scheme = scheme
-        self.group = scheme_group(scheme)
-        self.name = f"admm-{scheme}"
-        self.description = (f"AdvPrune: ADMM {scheme} pruning concurrent with PGD adversarial training, then masked "
-                            "retraining")
+    prefix = "admm"
+    summary = "AdvPrune: ADMM {scheme} pruning concurrent with PGD adversarial training, then masked retraining"
 
     def run(self, model: nn.Module, task: PruneTask, rate: float | None, settings: AdvPruneSettings) -> PruneResult:
         assert rate is not None

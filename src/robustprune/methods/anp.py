@@ -13,19 +13,8 @@ from pydantic import Field
 from torch import nn
 
 from robustprune.methods.bayesian import bayesian_prune, fold_gates
-from robustprune.methods.interface import (
-    PAPERS,
-    MethodSettings,
-    PhaseSettings,
-    PruneResult,
-    PruneTask,
-    PruningMethod,
-    history_of,
-    phase,
-    register_method,
-    setting,
-    steps_of,
-)
+from robustprune.methods.interface import PAPERS, MethodSettings, PhaseSettings, PruneResult, PruneTask
+from robustprune.methods.interface import PruningMethod, history_of, phase, register_method, setting, steps_of
 from robustprune.sparsity import MaskSet
 
 

@@ -33,19 +33,8 @@ from torch import Tensor, nn
 
 from robustprune.data import Split
 from robustprune.errors import ConfigError
-from robustprune.methods.interface import (
-    PAPERS,
-    MethodSettings,
-    PhaseSettings,
-    PruneResult,
-    PruneTask,
-    PruningMethod,
-    history_of,
-    phase,
-    register_method,
-    setting,
-    steps_of,
-)
+from robustprune.methods.interface import PAPERS, MethodSettings, PhaseSettings, PruneResult, PruneTask
+from robustprune.methods.interface import PruningMethod, history_of, phase, register_method, setting, steps_of
 from robustprune.objectives import PGDAT, TRADES
 from robustprune.sparsity import MaskSet, check_keep, sparsity_report
 from robustprune.train import Hook, TrainConfig, TrainResult, fit

@@ -18,18 +18,8 @@ from torch import nn
 
 from robustprune.data import Split
 from robustprune.errors import ConfigError
-from robustprune.methods.interface import (
-    PAPERS,
-    MethodSettings,
-    PhaseSettings,
-    PruneResult,
-    PruneTask,
-    PruningMethod,
-    get_method,
-    phase,
-    register_method,
-    setting,
-)
+from robustprune.methods.interface import PAPERS, MethodSettings, PhaseSettings, PruneResult, PruneTask
+from robustprune.methods.interface import PruningMethod, get_method, phase, register_method, setting
 from robustprune.objectives import Objective
 from robustprune.sparsity import MaskSet, compute_masks
 from robustprune.train import TrainConfig, TrainResult, fit

@@ -45,10 +45,9 @@ from robustprune.methods.admm import (
     ADMMHook,
     ADMMResult,
     admm_prune,
-    scheme_group,
 )
-from robustprune.methods.admm_settings import ADMMSettings, admm_rate, admm_task_result
-from robustprune.methods.interface import PAPERS, PhaseSettings, PruneResult, PruneTask, PruningMethod, phase
+from robustprune.methods.admm_settings import ADMMMethod, ADMMSettings, admm_rate, admm_task_result
+from robustprune.methods.interface import PAPERS, PhaseSettings, PruneResult, PruneTask, phase
 from robustprune.methods.interface import register_method, setting
 from robustprune.objectives import Distillation, HBaR
 from robustprune.objectives.base import eval_mode
@@ -512,18 +511,13 @@ class PwoASettings(ADMMSettings):
                                    optimizer="sgd", momentum=0.9, weight_decay=1e-4, schedule="cosine")
 
 
-class PwoAMethod(PruningMethod):
+class PwoAMethod(ADMMMethod):
     paper = PAPERS["Jian2022"]
     Settings = PwoASettings
     needs_teacher = True
-    per_layer_rates = True
-
-    def __init__(self, scheme: str) -> None:
-        self.scheme = scheme
-        self.group = scheme_group(scheme)
-        self.name = f"pwoa-{scheme}"
-        self.description = (f"PwoA: ADMM {scheme} pruning by self-distillation from the robust model + HSIC "
-                            "bottleneck, no adversarial examples, then masked fine-tuning")
+    prefix = "pwoa"
+    summary = ("PwoA: ADMM {scheme} pruning by self-distillation from the robust model + HSIC bottleneck, no "
+               "adversarial examples, then masked fine-tuning")
 
     def run(self, model: nn.Module, task: PruneTask, rate: float | None, settings: PwoASettings) -> PruneResult:
         assert rate is not None

@@ -29,6 +29,7 @@ from torch.overrides import TorchFunctionMode
 from robustprune.errors import ConfigError
 from robustprune.models.graph import BATCHNORMS as _BN
 from robustprune.models.graph import PER_UNIT, ZERO_PRESERVING, trace_graph, unit_flows
+from robustprune.utils import first_tensor
 
 __all__ = ["PER_UNIT", "ZERO_PRESERVING", "UnitSite", "example_input", "supported_sites", "unit_sites",
            "units_per_layer"]
@@ -67,14 +68,6 @@ class _Call:
     module: nn.Module
     inp: Tensor | None
     out: Tensor | None
-
-
-def _first_tensor(obj: Any) -> Tensor | None:
-    if isinstance(obj, Tensor):
-        return obj
-    if isinstance(obj, (tuple, list)) and obj and isinstance(obj[0], Tensor):
-        return obj[0]
-    return None
 
 
 def example_input(model: nn.Module, example: Tensor | None = None, n: int = 2) -> Tensor:
@@ -128,7 +121,7 @@ def _trace(model: nn.Module, x: Tensor) -> tuple[list[_Call], Tensor, dict[str, 
         def hook(mod: nn.Module, inputs: Any, output: Any) -> None:
             mode.depth -= 1
             counts[name] = counts.get(name, 0) + 1
-            calls.append(_Call(name, mod, _first_tensor(inputs), _first_tensor(output)))
+            calls.append(_Call(name, mod, first_tensor(inputs), first_tensor(output)))
         return hook
 
     for name, mod in model.named_modules():
@@ -180,7 +173,7 @@ def _output_positions(model: nn.Module, x: Tensor, names: Sequence[str]) -> dict
     handles = []
     for name in names:
         def hook(_m, _i, out, name=name):
-            t = _first_tensor(out)
+            t = first_tensor(out)
             sizes[name] = int(math.prod(t.shape[2:])) if t is not None and t.dim() > 2 else 1
         handles.append(model.get_submodule(name).register_forward_hook(hook))
     flags = [(m, m.training) for m in model.modules()]
