@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Benchmark the evaluation attacks on one trained model and the same points (issue 12, item 5).
+"""Benchmark the evaluation attacks on one trained model and the same points .
 
 On a LeNet-5-Caffe trained quickly on Fashion-MNIST (fast adversarial training, FGSM-RS at ε = 0.1, cached under
 ``--cache``), on the first ``--n`` test points, robust accuracy at each ε of ``--eps`` and wall time of:
 
 (a) PGD-20 (L∞, Madry step 2.5 ε / steps, one restart) once per ε, every point attacked every step
-    (``early_exit=False``: the evaluation before issue 12);
+    (``early_exit=False``: the evaluation before early exit);
 (b) the same PGD-20 with per-sample early exit;
 (c) the one-run minimal-norm attack ``min-norm-linf`` (APGD at the largest ε, then a per-sample bisection):
     accuracy at every ε from one run;

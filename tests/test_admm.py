@@ -295,7 +295,7 @@ def test_admm_and_pwoa_on_cuda():
 
 
 def test_auto_update_every_reaches_the_rho_cap_at_the_end_of_the_phase():
-    """Seed 004 App. B: rho 0.01 x1.35 per update, capped at 1, is 16 updates from its cap; 'auto' spreads them over
+    """Jian2022 App. B: rho 0.01 x1.35 per update, capped at 1, is 16 updates from its cap; 'auto' spreads them over
     whatever the ADMM phase's length is, so a short phase still ends at the cap (and a long one gets there last)."""
     from robustprune.methods.admm import auto_update_every, rho_schedule, updates_to_cap
 

@@ -1,4 +1,4 @@
-"""Beta-Bernoulli / VIB gates, the ANP / ANP-VS / AT-VS / PAT objectives of seed 000."""
+"""Beta-Bernoulli / VIB gates, the ANP / ANP-VS / AT-VS / PAT objectives of Madaan2020."""
 
 from __future__ import annotations
 

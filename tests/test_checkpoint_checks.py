@@ -1,5 +1,5 @@
-"""Loading refuses what would give wrong numbers (issue 11 items 11-13) and round-trips custom and slim models
-(issue 10 item 2)."""
+"""Loading refuses what would give wrong numbers  and round-trips custom and slim models
+."""
 
 from __future__ import annotations
 

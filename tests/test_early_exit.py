@@ -1,4 +1,4 @@
-"""Per-sample early exit (issue 12): every evaluation attack gives the same fooled set (and the same points)
+"""Per-sample early exit: every evaluation attack gives the same fooled set (and the same points)
 with and without it at a fixed seed, leaves the generator in the same state, and costs fewer passes."""
 
 from __future__ import annotations

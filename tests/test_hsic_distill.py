@@ -1,4 +1,4 @@
-"""HSIC (HBaR), Gaussian/linear kernels, the distillation objective and teacher loading (seed 004)."""
+"""HSIC (HBaR), Gaussian/linear kernels, the distillation objective and teacher loading (Jian2022)."""
 
 from __future__ import annotations
 

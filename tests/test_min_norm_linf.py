@@ -1,4 +1,4 @@
-"""Minimal-norm L∞ attacks (issue 12, item 3): ``min-norm-linf`` (APGD-based per-sample bisection) and
+"""Minimal-norm L∞ attacks : ``min-norm-linf`` (APGD-based per-sample bisection) and
 ``fmn-linf`` (FMN, Pintor2021): valid results, the closed form on a linear model, the evaluation's one run for every
 budget, and the cross-check against APGD at each budget on a small trained model."""
 
@@ -114,7 +114,7 @@ def trained3():
 MN_TOL = 0.015
 """How far above APGD the one-run minimal-norm robust accuracy may lie at a budget on this toy model: the issue asks
 for 1 point; on these 400 points the bisection's probes (20-iteration APGD with other random starts than APGD at the
-budget) leave up to 5 borderline points robust, so this test allows 1.5 points (see the issue-12 report)."""
+budget) leave up to 5 borderline points robust, so this test allows 1.5 points ."""
 
 
 def test_one_run_never_reports_more_robustness_than_apgd(trained3):

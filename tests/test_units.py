@@ -1,5 +1,5 @@
 """A pruned unit is removed entirely (weights, bias, BatchNorm), stays removed through fine-tuning, counts as gone
-in effective FLOPs only then, and the slim model equals the pruned model as it is (issue 11 item 2)."""
+in effective FLOPs only then, and the slim model equals the pruned model as it is"""
 
 from __future__ import annotations
 

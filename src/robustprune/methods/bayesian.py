@@ -159,7 +159,7 @@ def bayesian_prune(
     masks see only ``CE(x_adv)`` (examples crafted against non-robust weights) and the KL, and ANP-VS's ``lam V``
     pushes the weights towards all-zero features (V's trivial minimiser), so a ``gamma`` / ``lam`` that BP tolerates
     can prune every unit before the weights recover in a short run (Fashion-MNIST LeNet-5, 234 steps: collapse at
-    gamma >= 3 or at lam = 1; see experiments/issue5_fmnist.py). A collapsed layer still keeps its most likely
+    gamma >= 3 or at lam = 1; see experiments/anp_fmnist.py). A collapsed layer still keeps its most likely
     unit (:func:`keep_at_least_one`).
     """
     m = _check_method(method)

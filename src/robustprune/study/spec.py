@@ -50,7 +50,7 @@ class ObjectiveSpec(BaseModel):
         return out
 
 
-# One description of an attack (issue 10): the study's attack spec is the attack layer's AttackConfig (same fields
+# One description of an attack: the study's attack spec is the attack layer's AttackConfig (same fields
 # name, eps, steps, restarts, alpha, loss, random_start, plus any other setting of the attack's function; L∞
 # budgets in (0, 1]; ``settings()``).
 from robustprune.attacks.config import AttackConfig as AttackSpec  # noqa: E402
