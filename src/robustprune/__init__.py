@@ -6,7 +6,7 @@ See docs/contracts.md for the interfaces between them.
 
 from robustprune.errors import RobustPruneError
 
-__version__ = "0.1.0"
+from robustprune._version import __version__
 
 __all__ = ["RobustPruneError", "__version__", "prune"]
 

@@ -7,13 +7,13 @@ import hashlib
 import subprocess
 from pathlib import Path
 
-import robustprune
+from robustprune._version import __version__
 
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """``<package version>+<git short sha>`` when run from a clone, else the package version."""
-    version = robustprune.__version__
+    version = __version__
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
                              text=True, timeout=5).stdout.strip()
