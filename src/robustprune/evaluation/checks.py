@@ -363,26 +363,35 @@ def sanity_checks(
     large_eps: bool = True,
     more_iterations: bool = True,
     gradients: bool = True,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every applicable check on an evaluation's ``rows`` (white-box and transfer rows of ``model`` on
     (x, y)); see the module docstring for the list and thresholds. ``run`` (from :func:`run_attacks`) lets the
     checks reuse per-sample results and verify minimal-norm points. Returns ``[{name, passed, detail, value,
     threshold}]``; checks that do not apply (no transfer rows, no minimal-norm attack) are left out."""
+    from tqdm.auto import tqdm
+
     th = thresholds
     xs, ys = x[:subset], y[:subset]
-    checks: list[dict[str, Any]] = []
-    checks += check_monotone(rows, th)
+    steps = [("eps monotone, transfer, PGD vs APGD", lambda: check_monotone(rows, th) + check_transfer(rows, th)
+              + check_pgd_vs_apgd(rows, th))]
     if large_eps:
-        checks.append(check_large_eps(model, xs, ys, seed=seed, batch_size=batch_size, th=th))
+        steps.append(("large eps", lambda: [check_large_eps(model, xs, ys, seed=seed, batch_size=batch_size, th=th)]))
     if more_iterations:
-        checks += check_more_iterations(model, x, y, rows, run=run, subset=subset, seed=seed,
-                                        batch_size=batch_size, th=th)
-    checks += check_transfer(rows, th)
-    checks += check_pgd_vs_apgd(rows, th)
+        steps.append(("more iterations (reruns every attack)", lambda: check_more_iterations(
+            model, x, y, rows, run=run, subset=subset, seed=seed, batch_size=batch_size, th=th)))
     if gradients:
-        checks.append(check_input_gradients(model, xs, ys, batch_size=batch_size, th=th))
+        steps.append(("input gradients", lambda: [check_input_gradients(model, xs, ys, batch_size=batch_size,
+                                                                         th=th)]))
     if run is not None:
-        checks += check_min_norm(model, x, y, run, batch_size=batch_size, th=th)
+        steps.append(("min-norm points", lambda: check_min_norm(model, x, y, run, batch_size=batch_size, th=th)))
+    checks: list[dict[str, Any]] = []
+    with tqdm(total=len(steps), desc=f"sanity checks ({subset} points)", unit="check", disable=not progress,
+              leave=False) as bar:
+        for name, fn in steps:
+            bar.set_postfix_str(name)
+            checks += fn()
+            bar.update(1)
     return checks
 
 

@@ -120,6 +120,7 @@ def evaluate_model(
     vulnerability: bool = False,
     per_feature: bool = True,
     warn: bool = True,
+    progress: bool = False,
 ) -> EvaluationReport:
     """Evaluate ``model`` on (x, y) under ``attacks`` (see :func:`run_attacks`), and
 
@@ -128,14 +129,18 @@ def evaluate_model(
       attack's examples, white-box and transfer (all points attacked; rows unchanged);
     - with ``checks`` (default), the sanity checks of :mod:`robustprune.evaluation.checks` on the first
       ``check_subset`` points; failures are emitted as :class:`SanityCheckWarning` when ``warn``.
+
+    ``progress``: progress bars for the white-box attacks, the transfer attacks and the sanity checks.
     """
     run = run_attacks(model, x, y, attacks, default_eps=default_eps, eps_by_norm=eps_by_norm,
-                      batch_size=batch_size, seed=seed, keep_adv=vulnerability)
+                      batch_size=batch_size, seed=seed, keep_adv=vulnerability, progress=progress,
+                      desc="white-box attacks")
     rows = [dict(r) for r in run.rows]
     trun = None
     if transfer_from is not None:
         trun = run_transfer(transfer_from, model, x, y, attacks, default_eps=default_eps, eps_by_norm=eps_by_norm,
-                            batch_size=batch_size, seed=seed, source_id=transfer_source, keep_adv=vulnerability)
+                            batch_size=batch_size, seed=seed, source_id=transfer_source, keep_adv=vulnerability,
+                            progress=progress)
         rows += [dict(r) for r in trun.rows if r["attack"] != "clean"]
     report = EvaluationReport(rows=rows, curves=list(run.curves), run=run, transfer=trun,
                               transfer_source=transfer_source if transfer_from is not None else None, seed=seed)
@@ -145,7 +150,7 @@ def evaluate_model(
             report.vulnerability += _vulnerability_entries(model, x, trun, "transfer", batch_size, per_feature)
     if checks:
         report.checks = sanity_checks(model, x, y, rows, run=run, subset=check_subset, seed=seed,
-                                      batch_size=batch_size, thresholds=thresholds)
+                                      batch_size=batch_size, thresholds=thresholds, progress=progress)
         if warn:
             for c in report.failed_checks:
                 warnings.warn(f"sanity check {c['name']} failed: {c['detail']}", SanityCheckWarning, stacklevel=2)

@@ -148,6 +148,8 @@ def run_attacks(
     skip: Callable[[str, str], bool] | None = None,
     keep_adv: bool | Callable[[str, str], bool] = False,
     curve_points: int = 51,
+    progress: bool = False,
+    desc: str = "attacks",
 ) -> AttackRun:
     """Clean accuracy and every (attack, ε) robust accuracy of ``model`` on (x, y); see :class:`AttackRun`.
 
@@ -157,6 +159,8 @@ def run_attacks(
     budgets are all skipped does not run). ``keep_adv`` also attacks the clean errors (with another generator,
     so the rows are the same) and keeps every budget attack's adversarial examples, e.g. for vulnerability; a
     predicate ``keep_adv(attack_hash, eps_str)`` does so only for the budgets it names (the extra attack costs).
+    ``progress``: a progress bar with one step per (attack, ε) run (a minimal-norm attack is one run), showing the
+    attack running and the last robust accuracy.
     """
     if len(x) != len(y) or len(x) == 0:
         raise ConfigError(f"need as many labels as inputs and at least one point (got {len(x)} and {len(y)})")
@@ -170,18 +174,31 @@ def run_attacks(
             "attack": "clean", "norm": None, "eps": 0.0, "eps_str": "0", "robust_acc": clean_acc, "n_eval": n,
             "attack_config": {}, "attack_hash": "clean", "eval_wall_time": time.perf_counter() - t0,
         }], clean_mask=clean_mask)
-        for spec in attacks:
-            info = info_for_spec(spec)
-            budgets = budgets_for(spec, info, default_eps, eps_by_norm)
+        plan = [(spec, info_for_spec(spec)) for spec in attacks]
+        plan = [(spec, info, budgets_for(spec, info, default_eps, eps_by_norm)) for spec, info in plan]
+        bar = _progress_bar(sum(1 if info.min_norm else len(b) for _s, info, b in plan), desc, progress, n)
+        for spec, info, budgets in plan:
             if info.min_norm:
+                bar.set_postfix_str(f"{spec_name(spec)} (min-norm)")
                 _run_min_norm(run, model, x, y, spec, info, budgets, batch_size=batch_size, seed=seed, skip=skip,
                               curve_points=curve_points)
+                bar.update(1)
             else:
                 _run_budget(run, model, x, y, spec, info, budgets, batch_size=batch_size, seed=seed, skip=skip,
-                            keep_adv=keep_adv)
+                            keep_adv=keep_adv, bar=bar)
+            if len(run.rows) > 1:
+                bar.set_postfix_str(f"{run.rows[-1]['attack']}@{run.rows[-1]['eps_str']} "
+                                    f"{100 * run.rows[-1]['robust_acc']:.1f}%")
+        bar.close()
     for r in run.rows:
         r["clean_acc"] = clean_acc
     return run
+
+
+def _progress_bar(total: int, desc: str, enabled: bool, n: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"{desc} ({n} points)", unit="run", disable=not enabled, leave=False)
 
 
 def _settings(kw: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -192,9 +209,12 @@ def _settings(kw: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 def _run_budget(run: AttackRun, model: nn.Module, x: Tensor, y: Tensor, spec: Any, info: EvalAttackInfo,
                 budgets: Sequence[float], *, batch_size: int, seed: int, skip: Callable[[str, str], bool] | None,
-                keep_adv: bool | Callable[[str, str], bool]) -> None:
+                keep_adv: bool | Callable[[str, str], bool], bar: Any = None) -> None:
     n = len(x)
     for eps in budgets:
+        if bar is not None:
+            bar.set_postfix_str(f"{spec_name(spec)}@{eps_to_str(eps)}")
+            bar.update(1)
         kw = attack_kwargs(info, spec, eps)
         settings = _settings(kw, spec_name(spec))
         ahash = config_hash(settings)

@@ -111,18 +111,25 @@ def craft_transfer(
     seed: int = 0,
     source_id: str = "source",
     keep_adv: bool | Callable[[str, str], bool] = False,
+    progress: bool = False,
 ) -> TransferExamples:
     """Craft the transfer examples of every (attack, ε) on ``source_model`` (see :func:`run_transfer`);
     ``keep_adv``: a flag, or a predicate on (attack hash, ε string) naming the budgets whose ``x_keep`` is needed.
     """
+    from robustprune.evaluation.run import _progress_bar
+
     out = TransferExamples()
+    plan = [(spec, info_for_spec(spec)) for spec in attacks]
+    plan = [(spec, info, budgets_for(spec, info, default_eps, eps_by_norm)) for spec, info in plan]
+    bar = _progress_bar(sum(1 if info.min_norm else len(b) for _s, info, b in plan), "transfer attacks on the source",
+                        progress, len(x))
     with eval_mode(source_model):
         src_ok = _predict_correct(source_model, x, y, batch_size)
-        for spec in attacks:
-            info = info_for_spec(spec)
-            budgets = budgets_for(spec, info, default_eps, eps_by_norm)
+        for spec, info, budgets in plan:
             name = TRANSFER_PREFIX + spec_name(spec)
+            bar.set_postfix_str(spec_name(spec))
             if info.min_norm:
+                bar.update(1)
                 t1 = time.perf_counter()
                 kw = attack_kwargs(info, spec, None, min_norm=True)
                 x_min, norms = _attack_subset(info, source_model, x, y, src_ok, kw, make_generator(seed, x.device),
@@ -137,6 +144,7 @@ def craft_transfer(
                     out.wall.append(wall)
                 continue
             for eps in budgets:
+                bar.update(1)
                 t1 = time.perf_counter()
                 kw = attack_kwargs(info, spec, eps)
                 settings = {**_settings(kw, spec_name(spec)), "transfer_from": source_id}
@@ -150,6 +158,7 @@ def craft_transfer(
                     x_keep = torch.where(_bcast(~src_ok, x), x_wrong, xt)
                 out.items.append((name, info, float(eps), settings, ahash, xt, x_keep))
                 out.wall.append(time.perf_counter() - t1)
+    bar.close()
     return out
 
 
@@ -202,12 +211,14 @@ def run_transfer(
     seed: int = 0,
     source_id: str = "source",
     keep_adv: bool = False,
+    progress: bool = False,
 ) -> AttackRun:
     """Transfer rows for every (attack, ε): attack name ``transfer-<name>``, settings with ``transfer_from``
     (``source_id``), robust accuracy of the target (see :func:`transfer_attack`). ``keep_adv`` keeps the
     transferred examples (the source's errors attacked too, with another generator). To attack many targets
     with the same source, call :func:`craft_transfer` once and :func:`apply_transfer` per target."""
     examples = craft_transfer(source_model, x, y, attacks, default_eps=default_eps, eps_by_norm=eps_by_norm,
+                              progress=progress,
                               batch_size=batch_size, seed=seed, source_id=source_id, keep_adv=keep_adv)
     return apply_transfer(target_model, x, y, examples, batch_size=batch_size, keep_adv=keep_adv)
 
