@@ -239,3 +239,18 @@ def test_bayesian_scope_conv_gates_only_convolutions():
     alive = [int((m.weight.flatten(1).abs().sum(1) > 0).sum()) for m in (net.conv1, net.conv2)]
     assert alive == [1, 1] and _dense(net.fc2)
     assert res.settings["layers"] == "conv"
+
+
+def test_list_shows_settings_with_defaults_and_sources():
+    from typer.testing import CliRunner
+
+    from robustprune.cli.main import app
+
+    out = CliRunner().invoke(app, ["list", "methods", "--settings", "pwoa-irregular"]).output
+    assert "Jian2022" in out and "kd_reduction" in out and "Table IX" in out and "layers" in out
+    out = CliRunner().invoke(app, ["list", "attacks"]).output
+    assert "settings: steps=100, restarts=1, n_target_classes=9" in out
+    out = CliRunner().invoke(app, ["list", "objectives"]).output
+    assert "tau=30.0" in out
+    out = CliRunner().invoke(app, ["list", "methods"]).output
+    assert all(n in out for n in METHODS.names()) and "[Sehwag2020]" in out

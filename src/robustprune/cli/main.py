@@ -104,10 +104,32 @@ def list_cmd(
         elif what == ListWhat.methods:
             m = reg.get(name)
             desc = f"{m.description} [{m.paper.key}]" + (" (rate learned)" if m.rate_kind == "learned" else "")
+        elif what in (ListWhat.attacks, ListWhat.objectives):
+            settings = _settings_with_defaults(name, reg, what == ListWhat.attacks)
+            if settings:
+                desc = f"{desc}\n{'':<{width}}  settings: {settings}"
         typer.echo(f"{name:<{width}}  {desc}")
     if what == ListWhat.methods:
         typer.echo("\n`robustprune list methods --settings NAME` shows a method's settings; `prune --set key=value` "
                    "and a study's `method_settings` change them.")
+
+
+def _settings_with_defaults(name: str, reg: Any, attack: bool) -> str:
+    """``key=default`` for every setting an attack or objective takes (what ``NAME:key=value`` may set)."""
+    import inspect
+
+    if attack:
+        from robustprune.attacks import get_attack_info
+
+        info = get_attack_info(name)
+        return ", ".join(f"{k}={info.default(k)!r}" for k in info.settings_names())
+    try:
+        params = inspect.signature(reg.get(name)).parameters
+    except (TypeError, ValueError):
+        return ""
+    skip = {"self", "inner", "teacher", "args", "kwargs"}
+    return ", ".join(f"{k}={'(required)' if p.default is inspect.Parameter.empty else repr(p.default)}"
+                     for k, p in params.items() if k not in skip and p.kind is not p.VAR_KEYWORD)
 
 
 def parse_kv(text: str, what: str, list_keys: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
