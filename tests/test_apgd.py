@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from robustprune.attacks import AttackConfig, apgd, apgd_ce, apgd_t, autoattack, dlr_targeted_loss, get_attack_info
@@ -17,19 +16,12 @@ from robustprune.attacks.apgd import checkpoints
 from robustprune.errors import ConfigError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import TinyConvNet, blobs  # noqa: E402
+from conftest import gen, train_blobs_model  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def test_checkpoints_are_croce2020_schedule():
@@ -130,25 +122,7 @@ def test_apgd_is_at_least_as_strong_as_its_parts_and_deterministic():
 @pytest.fixture(scope="module")
 def trained4():
     """A small conv net trained on 4-class blobs (8x8), and 1,000 test points."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    x, y = blobs(n=2048, seed=0, classes=4, shape=(1, 8, 8), sep=0.25)
-    xt, yt = blobs(n=1000, seed=1, classes=4, shape=(1, 8, 8), sep=0.25)
-    torch.manual_seed(0)
-    model = TinyConvNet(classes=4, size=8)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    g = gen(0)
-    for _ in range(10):
-        perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
-    for p in model.parameters():
-        p.grad = None
-    torch.set_num_threads(n)
+    model, xt, yt = train_blobs_model(classes=4, size=8, n_train=2048, n_test=1000, epochs=10)
     return model, xt, yt
 
 

@@ -24,6 +24,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import gen
 from robustprune.attacks import (
     cw_l2,
     cw_linf,
@@ -40,17 +41,9 @@ from robustprune.attacks.losses import margin
 CW_FACTOR = 1.02
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one intra-op thread is ~10x faster than two on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 class BinaryLinear(nn.Module):

@@ -17,10 +17,9 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from conftest import TinyConvNet, blobs
+from conftest import gen, train_blobs_model
 from robustprune.attacks import (
     autoattack,
     bb_l0,
@@ -31,40 +30,15 @@ from robustprune.attacks import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 @pytest.fixture(scope="module")
 def trained():
     """A small conv net trained on 3-class blobs (clean test accuracy 100 %), and 200 test points."""
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    x, y = blobs(n=1024, seed=0, classes=3, shape=(1, 6, 6), sep=0.25)
-    xt, yt = blobs(n=200, seed=1, classes=3, shape=(1, 6, 6), sep=0.25)
-    torch.manual_seed(0)
-    model = TinyConvNet(classes=3)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    g = gen(0)
-    for _ in range(15):
-        perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
-    for p in model.parameters():
-        p.grad = None
-    torch.set_num_threads(n_threads)
+    model, xt, yt = train_blobs_model(classes=3, size=6, n_train=1024, n_test=200, epochs=15)
     with torch.no_grad():
         assert (model(xt).argmax(1) == yt).float().mean() > 0.95
     return model, xt, yt

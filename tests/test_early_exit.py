@@ -7,19 +7,13 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import gen
 from robustprune.attacks import apgd, apgd_ce, apgd_t, cw_linf, min_norm_linf, pgd_l2, pgd_linf
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def relu_net(seed: int = 0) -> nn.Module:

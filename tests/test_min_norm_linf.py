@@ -9,26 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from robustprune.attacks import AttackConfig, MinNormResult, apgd, fmn_linf, get_attack_info, min_norm_linf
 from robustprune.evaluation import run_attacks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import TinyConvNet, blobs  # noqa: E402
+from conftest import gen, train_blobs_model  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 class Linear(nn.Module):
@@ -89,25 +81,7 @@ def test_registered_and_valid(name):
 
 @pytest.fixture(scope="module")
 def trained3():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    x, y = blobs(n=2048, seed=0, classes=3, shape=(1, 6, 6), sep=0.25)
-    xt, yt = blobs(n=400, seed=1, classes=3, shape=(1, 6, 6), sep=0.25)
-    torch.manual_seed(0)
-    model = TinyConvNet(classes=3, size=6)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    g = gen(0)
-    for _ in range(10):
-        perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
-    for p in model.parameters():
-        p.grad = None
-    torch.set_num_threads(n)
+    model, xt, yt = train_blobs_model(classes=3, size=6, n_train=2048, n_test=400, epochs=10)
     return model, xt, yt
 
 
