@@ -26,3 +26,29 @@ def test_variants_have_their_own_settings_and_cells():
             "pwoa-irregular@ce": {"ce_wieght": 1.0}}})
     with pytest.raises(RobustPruneError, match="pwoa-banana"):
         load_study_spec(None, {"methods": ["pwoa-banana@x"]})
+
+
+def test_an_empty_study_file_says_it_runs_the_main_job(tmp_path):
+    from robustprune.errors import RobustPruneWarning
+
+    f = tmp_path / "empty.yaml"
+    f.write_text("# nothing yet\n")
+    with pytest.warns(RobustPruneWarning, match="empty: running the default study"):
+        spec = load_study_spec(f)
+    assert spec == load_study_spec(None)
+
+
+def test_study_file_errors_are_one_line_with_the_place(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("methods: [hydra\nseeds: [0]\n")
+    with pytest.raises(ConfigError, match="line 2"):
+        load_study_spec(f)
+    f.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    with pytest.raises(ConfigError, match="not a text file"):
+        load_study_spec(f)
+    f.write_text("seeds: [-1]\n")
+    with pytest.raises(ConfigError, match="seeds"):
+        load_study_spec(f)
+    f.write_text("base_train: {epochs: 0}\n")
+    with pytest.raises(ConfigError, match="untrained"):
+        load_study_spec(f)

@@ -251,8 +251,11 @@ def load_study_spec(path: str | Path | None = None, overrides: dict[str, Any] | 
         if loaded is None:
             import warnings
 
-            warnings.warn(f"study file {p} is empty: running the default study (the main job)", stacklevel=2)
-            loaded = {}
+            from robustprune.errors import RobustPruneWarning
+
+            warnings.warn(f"study file {p} is empty: running the default study (the main job)", RobustPruneWarning,
+                          stacklevel=2)
+            loaded = dict(MAIN_JOB)
         if not isinstance(loaded, dict):
             raise ConfigError(f"study file {p} must hold a mapping of settings at the top level")
         data.update(loaded)
