@@ -93,3 +93,14 @@ def train_blobs_model(*, classes: int, size: int, n_train: int, n_test: int, epo
         p.grad = None
     torch.set_num_threads(n)
     return model, xt, yt
+
+
+class LinearModel(nn.Module):
+    """Logits ``x.flatten(1) @ w.T + b``: the nearest adversarial point is known in closed form."""
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor) -> None:
+        super().__init__()
+        self.w, self.b = nn.Parameter(w), nn.Parameter(b)
+
+    def forward(self, x):
+        return x.flatten(1) @ self.w.t() + self.b

@@ -16,12 +16,10 @@ from robustprune.attacks.apgd import checkpoints
 from robustprune.errors import ConfigError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import gen, train_blobs_model  # noqa: E402
+from conftest import LinearModel, gen, train_blobs_model  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 
 
 def test_checkpoints_are_croce2020_schedule():
@@ -38,21 +36,12 @@ def test_dlr_targeted_loss_value():
         dlr_targeted_loss(torch.zeros(1, 2), torch.tensor([0]), torch.tensor([1]))
 
 
-class Linear(nn.Module):
-    def __init__(self, w: torch.Tensor, b: torch.Tensor) -> None:
-        super().__init__()
-        self.w, self.b = nn.Parameter(w), nn.Parameter(b)
-
-    def forward(self, x):
-        return x.flatten(1) @ self.w.t() + self.b
-
-
 def linear_case(n=64, d=16, c=5, seed=0):
     g = gen(seed)
     w = torch.randn(c, d, generator=g)
     b = 0.1 * torch.randn(c, generator=g)
     x = 0.35 + 0.3 * torch.rand(n, 1, 4, d // 4, generator=g)  # interior: no clipping at the budgets used
-    model = Linear(w, b)
+    model = LinearModel(w, b)
     with torch.no_grad():
         y = model(x).argmax(1)
         z = model(x)

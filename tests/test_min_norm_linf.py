@@ -15,27 +15,16 @@ from robustprune.attacks import AttackConfig, MinNormResult, apgd, fmn_linf, get
 from robustprune.evaluation import run_attacks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import gen, train_blobs_model  # noqa: E402
+from conftest import LinearModel, gen, train_blobs_model  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
-
-class Linear(nn.Module):
-    def __init__(self, w: torch.Tensor, b: torch.Tensor) -> None:
-        super().__init__()
-        self.w, self.b = nn.Parameter(w), nn.Parameter(b)
-
-    def forward(self, x):
-        return x.flatten(1) @ self.w.t() + self.b
-
-
 def test_min_norm_linf_matches_the_closed_form_on_a_linear_model():
     g = gen(0)
     c, d, n = 5, 16, 48
-    model = Linear(torch.randn(c, d, generator=g), 0.1 * torch.randn(c, generator=g))
+    model = LinearModel(torch.randn(c, d, generator=g), 0.1 * torch.randn(c, generator=g))
     x = 0.35 + 0.3 * torch.rand(n, 1, 4, 4, generator=g)
     with torch.no_grad():
         z = model(x)

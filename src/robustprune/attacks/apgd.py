@@ -255,12 +255,8 @@ def apgd_ce(
     """APGD-CE (Croce2020), L∞: ``restarts`` runs of ``steps`` iterations on the cross-entropy; returns
     ``x_adv`` (detached): the first misclassified point found per sample, else ``x``. ``rho`` is the
     step-halving threshold. See the module docstring for the algorithm and ``early_exit``."""
-    eps, steps, restarts, rho = _check(x, y, eps, steps, restarts, rho)
-    st = _State(model, x, y)
-    if eps > 0:
-        _ce_runs(model, st, eps=eps, steps=steps, restarts=restarts, rho=rho, generator=generator,
-                 early_exit=early_exit)
-    return _finish(st)
+    return _apgd(model, x, y, eps=eps, steps=steps, restarts=restarts, rho=rho, generator=generator,
+                 early_exit=early_exit, ce=True, n_target_classes=0)
 
 
 def apgd_t(
@@ -279,13 +275,8 @@ def apgd_t(
     """APGD-T (Croce2020), L∞: for each of the ``n_target_classes`` most likely wrong classes of the clean
     point (capped at classes − 1; 9 as in AutoAttack), ``restarts`` runs of ``steps`` iterations on the
     targeted DLR loss (:func:`dlr_targeted_loss`). Returns ``x_adv`` like :func:`apgd_ce`."""
-    eps, steps, restarts, rho = _check(x, y, eps, steps, restarts, rho)
-    n_target_classes = check_int(n_target_classes, "n_target_classes", 1)
-    st = _State(model, x, y)
-    if eps > 0:
-        _t_runs(model, st, eps=eps, steps=steps, restarts=restarts, rho=rho, n_target_classes=n_target_classes,
-                generator=generator, early_exit=early_exit)
-    return _finish(st)
+    return _apgd(model, x, y, eps=eps, steps=steps, restarts=restarts, rho=rho, generator=generator,
+                 early_exit=early_exit, ce=False, n_target_classes=n_target_classes)
 
 
 def apgd(
@@ -303,15 +294,26 @@ def apgd(
 ) -> Tensor:
     """APGD-CE then APGD-T on the points it did not fool (AutoAttack's first two attacks, Croce2020), L∞.
     ``restarts`` applies to APGD-CE and to each target of APGD-T. Returns ``x_adv`` like :func:`apgd_ce`."""
+    return _apgd(model, x, y, eps=eps, steps=steps, restarts=restarts, rho=rho, generator=generator,
+                 early_exit=early_exit, ce=True, n_target_classes=n_target_classes, targets_if_possible=True)
+
+
+def _apgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, steps: int, restarts: int, rho: float,
+          generator: torch.Generator | None, early_exit: bool, ce: bool, n_target_classes: int,
+          targets_if_possible: bool = False) -> Tensor:
+    """The runs behind the three public attacks: APGD-CE when ``ce``, then APGD-T over ``n_target_classes``
+    targets (0: none; with ``targets_if_possible`` skipped for models with fewer than 3 classes)."""
     eps, steps, restarts, rho = _check(x, y, eps, steps, restarts, rho)
-    n_target_classes = check_int(n_target_classes, "n_target_classes", 1)
+    if n_target_classes:
+        n_target_classes = check_int(n_target_classes, "n_target_classes", 1)
     st = _State(model, x, y)
     if eps > 0:
-        _ce_runs(model, st, eps=eps, steps=steps, restarts=restarts, rho=rho, generator=generator,
-                 early_exit=early_exit)
-        if st.clean_logits.shape[1] >= 3:
-            _t_runs(model, st, eps=eps, steps=steps, restarts=restarts, rho=rho,
-                    n_target_classes=n_target_classes, generator=generator, early_exit=early_exit)
+        if ce:
+            _ce_runs(model, st, eps=eps, steps=steps, restarts=restarts, rho=rho, generator=generator,
+                     early_exit=early_exit)
+        if n_target_classes and (not targets_if_possible or st.clean_logits.shape[1] >= 3):
+            _t_runs(model, st, eps=eps, steps=steps, restarts=restarts, rho=rho, n_target_classes=n_target_classes,
+                    generator=generator, early_exit=early_exit)
     return _finish(st)
 
 
