@@ -182,3 +182,49 @@ def test_study_runs_a_bayesian_recipe_to_a_learned_rate_and_reports_it(tmp_path)
     assert clean["achieved_sparsity"] > 0.5
 
     assert "learned (×" in (out / "report.md").read_text()
+
+
+def test_one_study_compares_widths_of_one_architecture(tmp_path):
+    """``NAME*W`` entries (Ye2019 Table 2's width-scaled networks): one base model per width, rows carrying the width,
+    checkpoints that rebuild at their width, and ``NAME*W`` the same cell as ``NAME`` at study width W."""
+    from robustprune.checkpoint import load_checkpoint
+    from robustprune.models import create_model
+    from robustprune.study.runner import StudyRunner
+
+    spec = load_study_spec(None, {**TINY, "architectures": ["lenet-mnist-w*2", "lenet-mnist-w*1"],
+                                  "methods": ["magnitude-unstructured-global"], "compression": [1, 2],
+                                  "attacks": [{"name": "pgd", "eps": [0.1], "steps": 2}], "transfer": False})
+    out = tmp_path / "study"
+    first = run_study(spec, out, log=lambda m: None)
+    assert first.models_trained == 4
+    with ResultsStore(out / "results.sqlite") as store:
+        clean = {(r["width"], r["method"]): r for r in store.results() if r["attack"] == "clean"}
+    assert sorted(clean) == [(1.0, "magnitude-unstructured-global"), (1.0, "unpruned"),
+                             (2.0, "magnitude-unstructured-global"), (2.0, "unpruned")]
+    assert {r["architecture"] for r in clean.values()} == {"lenet-mnist-w"}
+    # LeNet-MNIST's weights grow with w^2 (FC(196w, 64w) dominates): width 2 has about 4x the weights of width 1
+    ratio = clean[(2.0, "unpruned")]["params_total"] / clean[(1.0, "unpruned")]["params_total"]
+    assert 3.5 < ratio < 4.1
+    for w in (1.0, 2.0):
+        rec_id = clean[(w, "magnitude-unstructured-global")]["model_id"]
+        with ResultsStore(out / "results.sqlite") as store:
+            ckpt = store.get_model(rec_id)["checkpoint"]
+        model, meta, _ = load_checkpoint(out / ckpt)
+        assert meta["width"] == w and meta["architecture"] == "lenet-mnist-w"
+        fresh = create_model("lenet-mnist-w", num_classes=10, width=w)
+        assert [p.shape for p in model.parameters()] == [p.shape for p in fresh.parameters()]
+    # the same network named without '*W' at study width 2 is the same base cell (reused, not retrained)
+    plain = load_study_spec(None, {**TINY, "architectures": ["lenet-mnist-w"], "width": 2, "methods": [],
+                                   "compression": [1], "attacks": [{"name": "pgd", "eps": [0.1], "steps": 2}],
+                                   "transfer": False})
+    again = run_study(plain, out, log=lambda m: None)
+    assert again.models_trained == 0 and again.models_reused == 1
+    assert StudyRunner(spec, out).plan()["base_models"] == 2
+
+
+@pytest.mark.parametrize("entry", ["lenet-mnist-w*0", "lenet-mnist-w*wide", "lenet-mnist-w*100"])
+def test_a_bad_width_suffix_is_a_one_line_config_error(entry):
+    from robustprune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"width after '\*' must be a number in \(0, 64\]"):
+        load_study_spec(None, {**TINY, "architectures": [entry]})

@@ -47,14 +47,14 @@ class ModelEvaluator:
         return None
 
     def _transfer_examples(self, base_id: str, base_state: dict[str, torch.Tensor], splits: Splits, arch: str,
-                           seed: int):
+                           seed: int, width: float):
         """Every budget attack's examples crafted once on the unpruned base model (cached per base model)."""
         from robustprune.evaluation.transfer import craft_transfer
         from robustprune.utils import eps_to_str
 
         cache = self.__dict__.setdefault("_transfer_cache", {})
         if base_id not in cache:
-            source = model_for_dataset(arch, splits.spec, width=self.spec.width).to(self.device)
+            source = model_for_dataset(arch, splits.spec, width=width).to(self.device)
             source.load_state_dict(base_state)
             test = splits.test
             n = min(self.spec.eval_n, len(test))
@@ -114,7 +114,8 @@ class ModelEvaluator:
             store.put_vulnerability(model_id, "white", v_hash, v_es, network=v.network, layers=v.layers,
                                     features={k: t.tolist() for k, t in v.features.items()}, n_points=v.n)
         if source is not None and spec.transfer and not self._transfer_done(store, model_id, splits, vkey is not None):
-            examples = self._transfer_examples(source[0], source[1], splits, base["architecture"], base["seed"])
+            examples = self._transfer_examples(source[0], source[1], splits, base["architecture"], base["seed"],
+                                               float(base.get("width") or self.spec.width))
             t_hash = next((it[4] for it in examples.items if vkey and it[0] == TRANSFER_PREFIX + vkey[0].name
                            and eps_to_str(it[2]) == v_es and config_hash({k: v for k, v in it[3].items()
                                                                          if k != "transfer_from"}) == v_hash), None)

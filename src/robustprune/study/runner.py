@@ -35,7 +35,7 @@ from robustprune.models import model_for_dataset
 from robustprune.objectives import build_objective
 from robustprune.provenance import code_version, file_sha256
 from robustprune.study.model_eval import ModelEvaluator
-from robustprune.study.spec import ObjectiveSpec, StudySpec, method_of
+from robustprune.study.spec import ObjectiveSpec, StudySpec, method_of, split_architecture
 from robustprune.study.store import ResultsStore
 from robustprune.train import TrainConfig, fit
 from robustprune.utils import config_hash, default_device, seed_everything
@@ -115,10 +115,19 @@ class StudyRunner:
         e = self.spec.finetune_objective.eps
         return float(e) if e is not None else float(splits.spec.eps_linf)
 
+    def _arch(self, arch: str) -> tuple[str, float]:
+        """(registered model name, width) of an architecture entry (``NAME`` or ``NAME*W``)."""
+        return split_architecture(arch, self.spec.width)
+
+    def _build(self, arch: str, splits: Splits) -> nn.Module:
+        name, width = self._arch(arch)
+        return model_for_dataset(name, splits.spec, width=width).to(self.device)
+
     def _meta(self, splits: Splits, arch: str, extra: dict[str, Any]) -> dict[str, Any]:
         s = splits.spec
-        return {"architecture": arch, "dataset": s.name, "num_classes": s.num_classes, "input_shape": list(s.shape),
-                "width": self.spec.width, "mean": list(s.mean), "std": list(s.std), "code_version": code_version(),
+        name, width = self._arch(arch)
+        return {"architecture": name, "dataset": s.name, "num_classes": s.num_classes, "input_shape": list(s.shape),
+                "width": width, "mean": list(s.mean), "std": list(s.std), "code_version": code_version(),
                 **extra}
 
     def _load(self, record: dict[str, Any]):
@@ -251,12 +260,14 @@ class StudyRunner:
         return {"models_trained": o.models_trained, "models_reused": o.models_reused, "rows_written": o.rows_written}
 
     def _row_base(self, splits: Splits, arch: str, seed: int) -> dict[str, Any]:
-        return {"dataset": splits.spec.name, "architecture": arch, "width": self.spec.width, "seed": seed}
+        name, width = self._arch(arch)
+        return {"dataset": splits.spec.name, "architecture": name, "width": width, "seed": seed}
 
     def _base_cfg(self, splits: Splits, arch: str, seed: int) -> dict[str, Any]:
         spec = self.spec
+        name, width = self._arch(arch)
         return {
-            "kind": "base", "dataset": splits.spec.name, "architecture": arch, "width": spec.width, "seed": seed,
+            "kind": "base", "dataset": splits.spec.name, "architecture": name, "width": width, "seed": seed,
             "train_limit": spec.train_limit, "val_size": spec.val_size,
             "objective": spec.base_objective.model_dump(), "train": _train_cfg_dict(spec.base_train),
         }
@@ -292,7 +303,7 @@ class StudyRunner:
             self.log(f"[{splits.spec.name}/{arch}/seed {seed}] training base model {base_id} "
                      f"({spec.base_objective.name}, {spec.base_train.epochs} epochs, {len(splits.train)} images)")
             seed_everything(seed)
-            model = model_for_dataset(arch, splits.spec, width=spec.width).to(self.device)
+            model = self._build(arch, splits)
             cfg = self._cfg(spec.base_train.model_copy(update={"seed": seed}))
             res = fit(model, self._objective(spec.base_objective, splits), splits.train, splits.val, cfg,
                       val_eps=self._val_eps(spec.base_objective, splits), augment=splits.spec.augment, desc="base")
@@ -300,7 +311,8 @@ class StudyRunner:
             train_epochs, train_steps = float(cfg.epochs), int(res.steps)
             metrics = {**res.to_dict(), "epochs": train_epochs}
             self._save(store, base_id, model, self._meta(splits, arch, {"config": base_cfg, "train": res.to_dict()}),
-                       None, {"kind": "base", "dataset": splits.spec.name, "architecture": arch, "method": "unpruned",
+                       None, {"kind": "base", "dataset": splits.spec.name, "architecture": self._arch(arch)[0],
+                              "method": "unpruned",
                               "rate": 1.0, "rate_kind": "none", "group": "none", "settings": {},
                               "model_key": model_key, "seed": seed, "metrics": metrics, "config": base_cfg,
                               "wall_time": train_wall, "converged": None, "flags": [], "convergence": {},
@@ -375,13 +387,12 @@ class StudyRunner:
                 start_achieved = float((rec.get("metrics") or {}).get("achieved_compression") or 1.0)
         if not todo:
             return
-        model = start_model if start_model is not None else model_for_dataset(arch, splits.spec,
-                                                                                width=spec.width).to(self.device)
+        model = start_model if start_model is not None else self._build(arch, splits)
         if start_model is None:
             model.load_state_dict(base_state)
         teacher = None
         if method.needs_teacher:
-            teacher = model_for_dataset(arch, splits.spec, width=spec.width).to(self.device)
+            teacher = self._build(arch, splits)
             teacher.load_state_dict(base_state)
         task = PruneTask(train=self._finetune_split(splits.train, seed), val=splits.val, eps=eps,
                          epochs=spec.prune_epochs,
@@ -430,7 +441,8 @@ class StudyRunner:
                   "epochs": self.spec.prune_epochs, "limit": self.spec.finetune_limit}
         meta = self._meta(splits, arch, {"config": config, "prune_result": summary, "flags": flags})
         self._save(store, cid, res.model, meta, res.masks,
-                   {"kind": "pruned", "parent_id": base_id, "dataset": splits.spec.name, "architecture": arch,
+                   {"kind": "pruned", "parent_id": base_id, "dataset": splits.spec.name,
+                    "architecture": self._arch(arch)[0],
                     "method": name, "rate": res.rate, "rate_kind": res.rate_kind, "group": res.group,
                     "settings": res.settings, "model_key": mkey, "seed": seed, "metrics": metrics, "config": config,
                     "wall_time": res.wall_time, "converged": res.converged, "flags": flags,

@@ -22,6 +22,22 @@ def method_of(entry: str) -> str:
     return str(entry).split("@", 1)[0]
 
 
+def split_architecture(entry: str, default_width: float = 1.0) -> tuple[str, float]:
+    """The (registered name, width) of a study's architecture entry: ``"lenet-mnist-w*4"`` is ``lenet-mnist-w`` at
+    width 4 (Ye2019 Table 1's w); a plain name takes the study's ``width``."""
+    name, sep, w = str(entry).partition("*")
+    if not sep:
+        return name, float(default_width)
+    try:
+        width = float(w)
+    except ValueError:
+        width = float("nan")
+    if not (0 < width <= 64):
+        raise ConfigError(f"architecture {entry!r}: the width after '*' must be a number in (0, 64], "
+                          f"e.g. {name}*4")
+    return name, width
+
+
 class ObjectiveSpec(BaseModel):
     """A training objective by registry name and its settings (ε in pixel units, e.g. 0.1 or "8/255")."""
 
@@ -65,7 +81,10 @@ class StudySpec(BaseModel):
     datasets: tuple[str, ...] = ("fashion-mnist",)
     data_dir: str | None = None
     architectures: tuple[str, ...] = ("lenet5-caffe",)
+    """Registered model names; ``NAME*W`` is that model at width W (e.g. ``lenet-mnist-w*4``), so one study can
+    compare widths (Ye2019 Table 2)."""
     width: float = Field(1.0, gt=0, le=64)
+    """Width of the architectures given without ``*W``."""
     seeds: tuple[int, ...] = (0,)
     """Seeds (>= 0): each gives its own validation split, base model and pruning runs."""
     train_limit: int | None = Field(None, ge=10)
@@ -177,7 +196,7 @@ class StudySpec(BaseModel):
         for d in self.datasets:
             DATASETS.get(d)
         for a in self.architectures:
-            MODELS.get(a)
+            MODELS.get(split_architecture(a, self.width)[0])
         for m in self.methods:
             METHODS.get(method_of(m))
         # Settings / rates of a registered method the study does not run are kept (and checked), so one file can
