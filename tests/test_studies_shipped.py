@@ -120,3 +120,39 @@ def test_grid_expansion_counts_of_the_shipped_files():
 
     main = StudyRunner(load_study_spec(STUDIES / "default.yaml"), "/nonexistent").plan()
     assert main == StudyRunner(load_study_spec(None), "/nonexistent").plan()
+
+
+REPRO = sorted((STUDIES / "reproduce").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", REPRO, ids=[p.name for p in REPRO])
+def test_every_reproduction_file_validates_with_three_seeds_and_1000_test_points(path):
+    from robustprune.evaluation import AttackConfig
+
+    spec = load_study_spec(path)
+    assert spec.name == path.stem and len(spec.seeds) == 3 and spec.eval_n >= 1000
+    assert any(a.name == "apgd" for a in spec.attacks)
+    for a in spec.attacks:
+        AttackConfig.build(a.name, a.eps, **{k: v for k, v in a.settings().items() if k != "name"})
+
+
+def _base_cells(spec):
+    """What decides a study's base models (as the runner hashes them), per architecture entry."""
+    from robustprune.study.spec import split_architecture
+
+    return {split_architecture(a, spec.width): (spec.train_limit, spec.val_size, spec.base_objective,
+                                                spec.base_train) for a in spec.architectures}
+
+
+def test_reproduction_files_share_their_base_models():
+    """Claims that compare against the same base models train them once: every file's base cell of an
+    architecture (and width) equals every other file's, except AT-VS, which differs only in its objective."""
+    cells: dict = {}
+    for path in REPRO:
+        spec = load_study_spec(path)
+        for arch, cell in _base_cells(spec).items():
+            if spec.base_objective.name == "at-vs":
+                cell = (cell[0], cell[1], cell[2].model_copy(update={"name": "pgd-at"}), cell[3])
+            cells.setdefault(arch, set()).add(repr(cell))
+    assert ("lenet5-caffe", 1.0) in cells and ("lenet-mnist-w", 4.0) in cells
+    assert all(len(v) == 1 for v in cells.values()), {k: len(v) for k, v in cells.items()}
