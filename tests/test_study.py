@@ -228,3 +228,28 @@ def test_a_bad_width_suffix_is_a_one_line_config_error(entry):
 
     with pytest.raises(ConfigError, match=r"width after '\*' must be a number in \(0, 64\]"):
         load_study_spec(None, {**TINY, "architectures": [entry]})
+
+
+def test_the_vulnerability_weight_reaches_at_vs_and_old_model_keys_stay_valid():
+    """``lam`` of a study's objective reaches AT-VS (Madaan2020 Eq. 4); specs without it store exactly the record of
+    earlier versions (the five fields below), so the keys of models trained before ``lam`` existed still match."""
+    from robustprune.objectives import ATVS, build_objective
+    from robustprune.study import ObjectiveSpec
+
+    spec = load_study_spec(None, {**TINY, "base_objective": {"name": "at-vs", "steps": 3, "lam": 0.05}})
+    o = spec.base_objective
+    built = build_objective(o.name, **o.kwargs(0.1))
+    assert isinstance(built, ATVS) and built.lam == 0.05 and built.eps == 0.1 and built.steps == 3
+    assert o.record()["lam"] == 0.05
+    assert build_objective("at-vs", **ObjectiveSpec(name="at-vs").kwargs(0.1)).lam == 1e-3  # ANP-VS README, MNIST
+    assert ObjectiveSpec(name="pgd-at", steps=10).record() == {"name": "pgd-at", "eps": None, "alpha": None,
+                                                                "steps": 10, "beta": None}
+
+
+def test_an_objective_setting_the_objective_does_not_take_fails_at_load_time():
+    from robustprune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'pgd-at' does not take lam"):
+        load_study_spec(None, {**TINY, "base_objective": {"name": "pgd-at", "lam": 0.1}})
+    with pytest.raises(ConfigError, match="lam"):
+        load_study_spec(None, {**TINY, "finetune_objective": {"name": "at-vs", "lam": -1}})

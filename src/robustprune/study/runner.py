@@ -269,7 +269,7 @@ class StudyRunner:
         return {
             "kind": "base", "dataset": splits.spec.name, "architecture": name, "width": width, "seed": seed,
             "train_limit": spec.train_limit, "val_size": spec.val_size,
-            "objective": spec.base_objective.model_dump(), "train": _train_cfg_dict(spec.base_train),
+            "objective": spec.base_objective.record(), "train": _train_cfg_dict(spec.base_train),
         }
 
     def _save(self, store: ResultsStore, model_id: str, model: nn.Module, meta: dict[str, Any], masks: Any,
@@ -346,7 +346,7 @@ class StudyRunner:
             return
         eps = self._eps(splits)
         task_cfg = {"epochs": spec.prune_epochs, "limit": spec.finetune_limit, "eps": eps,
-                    "objective": spec.finetune_objective.model_dump() if method.uses_objective else None}
+                    "objective": spec.finetune_objective.record() if method.uses_objective else None}
         base_key = config_hash(_without_seed(self._base_cfg(splits, arch, seed)))
         incremental = method.incremental(settings)
         set_rates = [r for r in rates if r is not None]

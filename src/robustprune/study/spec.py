@@ -49,6 +49,9 @@ class ObjectiveSpec(BaseModel):
     alpha: float | None = None
     steps: int | None = Field(None, ge=1, le=1000)
     beta: float | None = None
+    lam: float | None = Field(None, ge=0)
+    """Weight of the latent-vulnerability term of ``at-vs`` (Madaan2020 Eq. 4); None: the objective's default
+    (0.001, the ANP-VS reference README's MNIST value)."""
 
     @field_validator("eps", "alpha", mode="before")
     @classmethod
@@ -59,11 +62,19 @@ class ObjectiveSpec(BaseModel):
         out: dict[str, Any] = {}
         if self.name != "natural":
             out["eps"] = self.eps if self.eps is not None else default_eps
-        for k in ("alpha", "steps", "beta"):
+        for k in ("alpha", "steps", "beta", "lam"):
             v = getattr(self, k)
             if v is not None:
                 out[k] = v
         return out
+
+    def record(self) -> dict[str, Any]:
+        """The settings as stored in a model's config (and so in its key). ``lam`` came later than the other
+        fields and is stored only when set, so the keys of models trained before it existed stay valid."""
+        d = self.model_dump()
+        if d["lam"] is None:
+            del d["lam"]
+        return d
 
 
 # One description of an attack: the study's attack spec is the attack layer's AttackConfig (same fields
@@ -191,7 +202,7 @@ class StudySpec(BaseModel):
         from robustprune.data import DATASETS
         from robustprune.methods import METHODS
         from robustprune.models import MODELS
-        from robustprune.objectives import OBJECTIVES
+        from robustprune.objectives import OBJECTIVES, build_objective
 
         for d in self.datasets:
             DATASETS.get(d)
@@ -208,6 +219,9 @@ class StudySpec(BaseModel):
                 raise ConfigError(f"{name} learns its compression rate; drop its method_rates entry")
         for o in (self.base_objective, self.finetune_objective):
             OBJECTIVES.get(o.name)
+            # Build it once now (the eps is only a stand-in when the dataset gives it) so a setting the objective
+            # does not take is a one-line error at load time, before any model is trained.
+            build_objective(o.name, **o.kwargs(o.eps if o.eps is not None else 0.1))
         for a in self.attacks:
             ATTACKS.get(a.name)
         unknown = [n for n in (self.transfer_attacks or ()) if n not in {a.name for a in self.attacks}]
