@@ -96,6 +96,13 @@ def significant(d: list[float], sign: int) -> bool:
     return sign * mean > 2 * se
 
 
+def caveat(t: dict, *keys: tuple) -> str:
+    """`` (caveat: ... did not converge)`` when any model of ``keys`` carries the ``not-converged`` flag: a verdict
+    resting on such a model describes the budget as much as the method."""
+    bad = [k[1] for k in keys if any("not-converged" in e["flags"] for kk, e in t.items() if kk[:3] == k)]
+    return f" (caveat: {', '.join(dict.fromkeys(bad))} did not converge)" if bad else ""
+
+
 def row(claim: str, comparison: str, levels: str, diff: str, verdict: str) -> None:
     if verdict and ("n=1)" in diff or "fewer than 2" in diff):
         verdict = "pending (fewer than 2 seeds)" if verdict else verdict
@@ -113,6 +120,7 @@ def madaan2020(t: dict) -> None:
                    else "not reproduced")
         comp = [e["achieved"] for k, e in t.items() if k[:3] == anpvs and e.get("achieved")]
         comp_s = f"; learned x{min(comp):.2f}-{max(comp):.2f}" if comp else ""
+        verdict += caveat(t, anpvs, at)
         row("Madaan2020 Table 1: ANP-VS lowers vulnerability vs AT at similar robustness",
             f"ANP-VS vs AT: latent vulnerability (LeNet-MNIST w=4{comp_s})",
             f"{level(t, anpvs, 'vuln', 1.0, 3)} vs {level(t, at, 'vuln', 1.0, 3)}", effect(dv, 3), verdict)
@@ -122,6 +130,7 @@ def madaan2020(t: dict) -> None:
     dr = paired(t, atvs, at)
     if dr:
         verdict = "reproduced" if significant(dr, +1) else "opposite" if significant(dr, -1) else "not reproduced"
+        verdict += caveat(t, atvs, at)
         row("Madaan2020 Table 1: AT-VS improves robustness over AT", "AT-VS vs AT: APGD robust accuracy (w=4)",
             f"{level(t, atvs)} vs {level(t, at)}", effect(dr), verdict)
         row("(same)", "AT-VS vs AT: latent vulnerability", f"{level(t, atvs, 'vuln', 1.0, 3)} vs "
@@ -138,6 +147,7 @@ def ye2019(t: dict) -> None:
         wins = [significant(d, +1) for *_x, d in found]
         verdict = ("reproduced" if all(wins) else "partly reproduced" if any(wins) else
                    "opposite" if all(significant(d, -1) for *_x, d in found) else "not reproduced")
+        verdict += caveat(t, *[k for a, b, *_x in found for k in (a, b)])
         for i, (a, b, label, d) in enumerate(found):
             row("Ye2019 Table 2: pruning a wide robust net beats training the small one from scratch" if i == 0
                 else "(same)", f"{label}: APGD", f"{level(t, a)} vs {level(t, b)}", effect(d), verdict if i == 0
@@ -152,6 +162,7 @@ def ye2019(t: dict) -> None:
         strict = significant(d1, +1) or significant(d2, +1) or significant(d3, +1)
         verdict = ("not reproduced (a significant reversal)" if reversal else "reproduced" if strict else
                    "partly reproduced (no reversal; the three are equal within noise)")
+        verdict += caveat(t, *schemes)
         comp = {k[1]: stats([e["achieved"] for kk, e in t.items() if kk[:3] == k and e.get("achieved")])[0]
                 for k in schemes}
         row("Ye2019 Tables 3-4: irregular >= column >= filter (AdvPrune, conv layers 8x)",
@@ -171,6 +182,7 @@ def merkle2022(t: dict) -> None:
         lowers = all(significant(paired(t, k, base), -1) for k in heavy)
         verdict = ("reproduced" if keeps and lowers else "partly reproduced" if keeps or lowers else
                    "not reproduced")
+        verdict += caveat(t, base, *mild, *heavy)
         for k in mild + heavy:
             row("Merkle2022 Table 2: mild keeps, heavy lowers", f"c={k[2]:g} vs unpruned ({level(t, base)})",
                 level(t, k), effect(paired(t, k, base)), verdict)
@@ -185,12 +197,14 @@ def jian2022(t: dict) -> None:
         v = ("reproduced" if significant(d, +1) and keeps else
              "partly reproduced (beats CE, but loses robustness against the base)" if significant(d, +1) else
              "opposite" if significant(d, -1) else "not reproduced")
+        v += caveat(t, pw, ce, base)
         row("Jian2022 Table II: PwoA keeps robustness where CE loses it", "PwoA vs CE at 16x",
             f"{level(t, pw)} vs {level(t, ce)}", effect(d), v)
         row("(same)", f"PwoA at 16x vs unpruned ({level(t, base)})", level(t, pw), effect(paired(t, pw, base)), "")
     if paired(t, pw, kd):
         d = paired(t, pw, kd)
         v = "reproduced" if significant(d, +1) else ("opposite" if significant(d, -1) else "not reproduced")
+        v += caveat(t, pw, kd)
         row("Jian2022 Table II: HBaR adds robustness on top of KD", "KD + HBaR vs KD at 16x",
             f"{level(t, pw)} vs {level(t, kd)}", effect(d), v)
     adv = (FAST_AT, "admm-irregular@pgd10", 16.0)
@@ -200,6 +214,7 @@ def jian2022(t: dict) -> None:
         similar = not significant(d, -1)
         v = ("reproduced (similar robustness; time: see bench)" if similar else
              "partly reproduced (faster, but less robust)")
+        v += caveat(t, pw, adv)
         row("Jian2022 Fig. 3: PwoA reaches similar robustness several times faster than AdvPrune",
             "PwoA vs AdvPrune (PGD-10) at 16x: APGD", f"{level(t, pw)} vs {level(t, adv)}", effect(d), v)
         row("(same)", "training wall time per model (s; the runs shared the CPU differently: use the bench ratio)",
