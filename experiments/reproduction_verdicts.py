@@ -22,6 +22,7 @@ import sys
 FAST_AT = ("lenet5-caffe", 1.0, "fast-at")
 W = {w: ("lenet-mnist-w", float(w), "pgd-at") for w in (1, 2, 4)}
 W4_ATVS = ("lenet-mnist-w", 4.0, "at-vs")
+W4_ATVS_LARGE = ("lenet-mnist-w", 4.0, "at-vs lam=0.1")  # post-hoc sensitivity: madaan2020-at-vs-larger-weight.yaml
 
 Key = tuple  # (family, method, rate, seed)
 
@@ -37,7 +38,8 @@ def load(db: str) -> dict[Key, dict]:
         m = models[mid]
         if m["kind"] != "base" and m["parent_id"] in models:
             m = models[m["parent_id"]]
-        return (json.loads(m["config"] or "{}").get("objective") or {}).get("name", "?")
+        o = json.loads(m["config"] or "{}").get("objective") or {}
+        return o.get("name", "?") + (f" lam={o['lam']:g}" if o.get("lam") is not None else "")
 
     out: dict[Key, dict] = {}
     for r in con.execute("SELECT * FROM results WHERE n_eval >= 1000 AND (eps_str = '0.1' OR attack = 'clean')"):
@@ -123,7 +125,7 @@ def madaan2020(t: dict) -> None:
         verdict += caveat(t, anpvs, at)
         row("Madaan2020 Table 1: ANP-VS lowers vulnerability vs AT at similar robustness",
             f"ANP-VS vs AT: latent vulnerability (LeNet-MNIST w=4{comp_s})",
-            f"{level(t, anpvs, 'vuln', 1.0, 3)} vs {level(t, at, 'vuln', 1.0, 3)}", effect(dv, 3), verdict)
+            f"{level(t, anpvs, 'vuln', 1.0, 4)} vs {level(t, at, 'vuln', 1.0, 4)}", effect(dv, 4), verdict)
         row("(same)", "ANP-VS vs AT: APGD robust accuracy", f"{level(t, anpvs)} vs {level(t, at)}", effect(dr), "")
         row("(same)", "ANP-VS vs AT: clean accuracy", f"{level(t, anpvs, 'clean')} vs {level(t, at, 'clean')}",
             effect(paired(t, anpvs, at, "clean")), "")
@@ -133,10 +135,18 @@ def madaan2020(t: dict) -> None:
         verdict += caveat(t, atvs, at)
         row("Madaan2020 Table 1: AT-VS improves robustness over AT", "AT-VS vs AT: APGD robust accuracy (w=4)",
             f"{level(t, atvs)} vs {level(t, at)}", effect(dr), verdict)
-        row("(same)", "AT-VS vs AT: latent vulnerability", f"{level(t, atvs, 'vuln', 1.0, 3)} vs "
-            f"{level(t, at, 'vuln', 1.0, 3)}", effect(paired(t, atvs, at, "vuln", 1.0), 3), "")
+        row("(same)", "AT-VS vs AT: latent vulnerability", f"{level(t, atvs, 'vuln', 1.0, 4)} vs "
+            f"{level(t, at, 'vuln', 1.0, 4)}", effect(paired(t, atvs, at, "vuln", 1.0), 4), "")
         row("(same)", "AT-VS vs AT: clean accuracy", f"{level(t, atvs, 'clean')} vs {level(t, at, 'clean')}",
             effect(paired(t, atvs, at, "clean")), "")
+    large = (W4_ATVS_LARGE, "unpruned", 1.0)
+    if paired(t, large, at):
+        for label, field, scale, digits in (("APGD robust accuracy", "apgd", 100.0, 1),
+                                            ("latent vulnerability", "vuln", 1.0, 4),
+                                            ("clean accuracy", "clean", 100.0, 1)):
+            row("(post-hoc sensitivity, not a verdict)", f"AT-VS with lambda_VS 0.1 vs AT: {label}",
+                f"{level(t, large, field, scale, digits)} vs {level(t, at, field, scale, digits)}",
+                effect(paired(t, large, at, field, scale), digits), "")
 
 
 def ye2019(t: dict) -> None:
