@@ -231,6 +231,21 @@ def jian2022(t: dict) -> None:
             f"{wall['pwoa']:.0f} vs {wall['adv']:.0f}", "", "")
 
 
+def sehwag2020(t: dict) -> None:
+    base = (FAST_AT, "unpruned", 1.0)
+    hydra, lwm = (FAST_AT, "hydra", 16.0), (FAST_AT, "magnitude-unstructured-local@lwm", 16.0)
+    if paired(t, hydra, lwm):
+        d = paired(t, hydra, lwm)
+        v = "reproduced" if significant(d, +1) else "opposite" if significant(d, -1) else "not reproduced"
+        v += caveat(t, hydra, lwm)
+        row("Sehwag2020 Tables 1-2: HYDRA keeps more robustness than LWM + the same adversarial fine-tuning",
+            "HYDRA vs LWM at 16x (layer-local)", f"{level(t, hydra)} vs {level(t, lwm)}", effect(d), v)
+        row("(same)", "HYDRA vs LWM at 16x: clean", f"{level(t, hydra, 'clean')} vs {level(t, lwm, 'clean')}",
+            effect(paired(t, hydra, lwm, "clean")), "")
+        row("(same)", f"HYDRA at 16x vs unpruned ({level(t, base)})", level(t, hydra), effect(paired(t, hydra, base)),
+            "")
+
+
 def main(db: str) -> None:
     t = load(db)
     print("| claim | comparison | level (mean ± std over seeds; % unless vulnerability) | paired difference | "
@@ -240,6 +255,7 @@ def main(db: str) -> None:
     ye2019(t)
     merkle2022(t)
     jian2022(t)
+    sehwag2020(t)
 
 
 if __name__ == "__main__":
