@@ -86,6 +86,24 @@ def test_settings_are_validated_and_every_default_has_a_source():
         robustprune.prune(MyNet(), "admm-irregular", data=blobs(50), eps=0.1)
 
 
+def test_a_phase_given_in_part_keeps_the_methods_own_phase_defaults():
+    """``prune: {epochs: 5}`` (a study file) or ``prune.lr`` (``--set``) changes only what it names: HYDRA's score
+    phase keeps its reference SGD lr 0.1 and weight decay 1e-4 (Sehwag2020 configs.yml), not the generic lr 1e-3 and
+    no weight decay of a bare phase."""
+    hydra = get_method("hydra")
+    s = hydra.settings({"prune": {"epochs": 5}, "finetune": {"epochs": 2}})
+    default = hydra.Settings()
+    assert s.prune.model_dump() == {**default.prune.model_dump(), "epochs": 5}
+    assert (s.prune.lr, s.prune.weight_decay, s.finetune.lr) == (0.1, 1e-4, 0.01)
+    s = hydra.settings({"prune.lr": 0.2, "prune": {"epochs": 3}})
+    assert (s.prune.lr, s.prune.epochs, s.prune.weight_decay, s.prune.optimizer) == (0.2, 3, 1e-4, "sgd")
+    # and it reaches the training loop: the score phase runs at HYDRA's lr 0.1 with only its schedule changed
+    torch.manual_seed(0)
+    res = robustprune.prune(MyNet(), "hydra", rate=2, data=blobs(240), eps=0.1, epochs=1, pgd_steps=1,
+                            prune={"schedule": "constant"}, finetune={"epochs": 0})
+    assert res.history["prune"][0]["lr"] == pytest.approx(0.1)
+
+
 def test_a_setting_reaches_the_method():
     x, y = blobs(240)
     torch.manual_seed(0)

@@ -309,6 +309,12 @@ class PruningMethod:
                 nested[key].update(value)
             else:
                 nested[key] = dict(value) if isinstance(value, Mapping) else value
+        # A phase given in part (``prune: {epochs: 5}``, ``--set admm.lr=0.01``) changes only what it names: the
+        # rest keeps the method's own phase defaults (e.g. HYDRA's SGD lr 0.1), not PhaseSettings' generic ones.
+        for key, value in nested.items():
+            field = self.Settings.model_fields.get(key)
+            if field is not None and isinstance(field.default, PhaseSettings) and isinstance(value, dict):
+                nested[key] = {**field.default.model_dump(), **value}
         try:
             return self.Settings(**nested)
         except ValidationError as exc:
