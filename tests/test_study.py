@@ -64,7 +64,13 @@ def test_tiny_study_rows_resume_and_report(tmp_path):
     assert by[("unpruned", 1.0, "clean", "0")]["robust_acc"] > 0.5  # the base model learned something
     assert by[("magnitude-unstructured-global", 4.0, "clean", "0")]["achieved_sparsity"] == pytest.approx(0.75, abs=0.01)
     assert (out / "report.md").exists() and (out / "robust_vs_compression.png").stat().st_size > 10_000
-    assert "magnitude-unstructured-global" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "magnitude-unstructured-global" in md
+    # the study's own fine-tuning settings are stated beside the results, against the method's defaults
+    deviations = md.split("## Settings that differ from the methods' defaults", 1)[1].split("## Models", 1)[0]
+    row = next(line for line in deviations.splitlines() if line.startswith("| magnitude-unstructured-global |"))
+    assert "finetune.batch_size = 100 (default 128)" in row and "finetune.lr = 0.001 (default 0.0005)" in row
+    assert "optimizer" not in row  # adam is the default: not a deviation
 
     logs: list[str] = []
     second = run_study(spec, out, log=logs.append)

@@ -38,6 +38,7 @@ from robustprune.study.report.tables import (
     n_text,
     robustness_table,
     robustness_tables,
+    settings_table,
     sweet_spot_tables,
 )
 from robustprune.study.store import FLAGS, ResultsStore
@@ -118,6 +119,9 @@ def write_report(out_dir: str | Path) -> list[Path]:
         text += [f"Base model: {base.get('name')} ({(spec.get('base_train') or {}).get('epochs')} epochs). "
                  "Training budgets per model (seconds, epochs, gradient steps) are in the table of methods at each "
                  "rate.", ""]
+    deviations = settings_table(data)
+    if deviations is not None:
+        text += ["## Settings that differ from the methods' defaults", "", table_markdown(deviations)]
     if models:
         text += ["## Models", "", "Checkpoints are named by the hash of their config; the unpruned base model of "
                  "each seed has the role 'unpruned base'.", "", table_markdown(models_table(data, marks))]
@@ -179,6 +183,8 @@ def write_report(out_dir: str | Path) -> list[Path]:
     rt = runtime_chart_png(data)
     if rt:
         blocks.append(img(rt, "run time per model"))
+    if deviations is not None:
+        blocks.append("<h2>Settings that differ from the methods' defaults</h2>" + table_html(deviations))
     if models:
         blocks.append("<h2>Models</h2><p class=note>Checkpoints are named by the hash of their config; the unpruned "
                       "base model of each seed has the role 'unpruned base'.</p><details><summary>every model "

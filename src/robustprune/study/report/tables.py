@@ -7,6 +7,8 @@ Tables: the headline (clean / APGD / PGD per model), sweet spots (Merkle2022 Tab
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -449,3 +451,49 @@ def models_table(data: ReportData, marks: Marks) -> Table:
                      Cell(m.get("checkpoint") or "", left=True), Cell((m.get("checkpoint_sha256") or "")[:12])])
     return Table("models", ["model id", "role", "method", "c", "seed", "converged", "checkpoint", "sha256"], rows,
                  left_columns=3)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def settings_table(data: ReportData) -> Table | None:
+    """Per method (variant) of the study, every setting that differs from the method's own default (whose source is
+    in ``robustprune list methods --settings NAME``): a short budget or a calibration is stated beside the results,
+    never passed off as the paper's recipe. None when every method ran on its defaults."""
+    from robustprune.errors import RobustPruneError
+    from robustprune.methods import METHODS
+    from robustprune.study.spec import method_of
+
+    seen: dict[str, set[str]] = {}
+    for m in data.models:
+        name = m.get("method")
+        if m.get("kind") == "base" or not name or name == "unpruned":
+            continue
+        stored = m.get("settings")
+        stored = json.loads(stored) if isinstance(stored, str) else (stored or {})
+        try:
+            defaults = METHODS.get(method_of(name)).Settings().model_dump(mode="json")
+        except (RobustPruneError, ValueError):  # a method this version no longer has: nothing to compare against
+            continue
+        flat, dflt = _flat(stored), _flat(defaults)
+        for k in sorted(flat):
+            if k in dflt and flat[k] != dflt[k]:
+                default = "the task's epochs" if k.endswith("epochs") and dflt[k] is None else _value_text(dflt[k])
+                seen.setdefault(name, set()).add(f"{k} = {_value_text(flat[k])} (default {default})")
+    if not seen:
+        return None
+    rows = [[Cell(n, left=True), Cell("; ".join(sorted(v)), left=True)] for n, v in sorted(seen.items())]
+    return Table("per method (variant)", ["method", "setting = value (default)"], rows,
+                 notes=["Defaults and their sources (paper tables, reference codes): `robustprune list methods "
+                        "--settings NAME`."], left_columns=2)
+
+
+def _value_text(v: Any) -> str:
+    return "None" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
