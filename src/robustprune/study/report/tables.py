@@ -8,7 +8,6 @@ Tables: the headline (clean / APGD / PGD per model), sweet spots (Merkle2022 Tab
 from __future__ import annotations
 
 import json
-
 from dataclasses import dataclass, field
 from typing import Any
 
