@@ -99,7 +99,8 @@ class PhaseSettings(BaseModel):
                            lr=self.lr if self.lr is not None else default_lr, momentum=self.momentum,
                            weight_decay=self.weight_decay, schedule=self.schedule, select=self.select,
                            seed=task.seed + seed_offset, progress=task.progress, max_steps_per_epoch=steps,
-                           val_size=task.val_size)
+                           val_size=task.val_size, precision=task.precision, channels_last=task.channels_last,
+                           compile=task.compile)
 
 
 def _epochs_and_steps(epochs: float, n: int, batch_size: int) -> tuple[int, int | None]:
@@ -174,6 +175,12 @@ class PruneTask:
     """Compression the model already has (iterative chains resume from here)."""
     teacher: nn.Module | None = None
     """Distillation teacher for methods that need one (default: a frozen copy of the model as given)."""
+    precision: str = "fp32"
+    """Numerical precision of every training phase: fp32 | tf32 | bf16 (``robustprune.train.precision``)."""
+    channels_last: bool | None = None
+    """Memory layout of convolutional models while training (None: channels_last for bf16 on CUDA)."""
+    compile: bool = False
+    """``torch.compile`` the forward passes of every training phase."""
     log: Callable[[str], None] = field(default=lambda msg: None, repr=False)
 
     def fine_tune_objective(self) -> Objective:

@@ -7,7 +7,7 @@ and every model (the unpruned base included) evaluated under every attack at eve
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -140,6 +140,15 @@ class StudySpec(BaseModel):
     transfer: bool = True
     """Black-box rows: every budget attack's examples crafted once on the unpruned base model of the same
     dataset/architecture/seed and applied to each pruned model (Madaan2020 Table 1, Ye2019 Table 8)."""
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    """Numerical precision of every training phase (base training, each method's phases, fine-tuning): fp32
+    (IEEE, TF32 off), tf32 (TF32 tensor cores on CUDA) or bf16 (bfloat16 autocast, channels_last on CUDA); see
+    ``robustprune.train.precision``. Part of every model's identity (a bf16 model is another model)."""
+    compile: bool = False
+    """``torch.compile`` the forward passes of every training phase."""
+    eval_precision: Literal["fp32", "tf32"] = "fp32"
+    """Precision of every measurement (attacks, checks): strict fp32 with TF32 off by default, so a robust accuracy
+    does not depend on the chip."""
     vulnerability: bool = True
     """Latent vulnerability (Madaan2020 Eq. 1-2) of every model on the first L∞ budget attack's examples at the
     dataset's ε (else its middle budget), white-box and (with ``transfer``) black-box."""

@@ -1,0 +1,148 @@
+"""Numerical precision of training and evaluation.
+
+``precision`` of a training phase (``TrainConfig.precision``, ``--precision``, a study's ``precision:``):
+
+* ``fp32``: IEEE float32 everywhere; TF32 is switched **off** for CUDA matmuls and cuDNN convolutions while the
+  phase runs (PyTorch's default leaves TF32 on for cuDNN convolutions, which makes a CUDA run differ from a CPU
+  run in the fourth digit). The default, and what the CPU always computes.
+* ``tf32``: float32 storage, TF32 tensor-core math for CUDA matmuls and convolutions (about 10 mantissa bits).
+  On the CPU it computes as ``fp32``, and is recorded as such.
+* ``bf16``: automatic mixed precision (``torch.autocast`` with bfloat16) for the forward passes of training,
+  the attacks that make its adversarial examples included; weights, optimiser state and gradients stay float32
+  (no loss scaling needed with bfloat16). Convolutional models train in ``channels_last`` memory layout on CUDA.
+
+Evaluation (the attacks that measure robustness, validation selection, the equivalence checks of slim models)
+runs in strict fp32 with TF32 off by default (:func:`evaluation_precision`), so a reported robust accuracy does
+not depend on the chip nor on the precision the model was trained in.
+
+The TF32 switches are set through PyTorch's per-backend ``fp32_precision`` API where it exists (torch >= 2.9;
+mixing it with the legacy ``allow_tf32`` flags is an error there), else through ``allow_tf32``; every context
+manager here restores the switches it found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+from torch import nn
+
+from robustprune.errors import ConfigError
+
+Precision = Literal["fp32", "tf32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16")
+EvalPrecision = Literal["fp32", "tf32"]
+EVAL_PRECISIONS: tuple[str, ...] = ("fp32", "tf32")
+
+PRECISION_HELP = ("fp32 (IEEE float32, TF32 off), tf32 (TF32 tensor cores on CUDA; fp32 on the CPU) or bf16 "
+                  "(bfloat16 autocast; channels_last on CUDA)")
+
+
+def check_precision(precision: object, *, what: str = "precision", choices: tuple[str, ...] = PRECISIONS) -> str:
+    """``precision`` as one of ``choices``, else a one-line :class:`ConfigError`."""
+    if not isinstance(precision, str) or precision.strip().lower() not in choices:
+        raise ConfigError(f"{what} must be one of {', '.join(choices)}, got {precision!r}")
+    return precision.strip().lower()
+
+
+def _device_type(device: torch.device | str | None) -> str:
+    if device is None:
+        return "cpu"
+    return torch.device(device).type
+
+
+def effective_precision(precision: str, device: torch.device | str | None) -> str:
+    """What the device really computes in: ``tf32`` is a CUDA feature (``fp32`` elsewhere)."""
+    p = check_precision(precision)
+    if p == "tf32" and _device_type(device) != "cuda":
+        return "fp32"
+    return p
+
+
+# ------------------------------------------------------------------------------------------- TF32 switches
+def _new_api() -> bool:
+    return hasattr(torch.backends.cuda.matmul, "fp32_precision") and hasattr(torch.backends.cudnn, "conv")
+
+
+def tf32_state() -> dict[str, object]:
+    """The current TF32 switches (to restore them later)."""
+    if _new_api():
+        return {"matmul": torch.backends.cuda.matmul.fp32_precision,
+                "conv": torch.backends.cudnn.conv.fp32_precision,
+                "rnn": torch.backends.cudnn.rnn.fp32_precision}
+    return {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
+
+
+def _set_tf32_state(state: dict[str, object]) -> None:
+    if _new_api():
+        torch.backends.cuda.matmul.fp32_precision = state["matmul"]
+        torch.backends.cudnn.conv.fp32_precision = state["conv"]
+        torch.backends.cudnn.rnn.fp32_precision = state["rnn"]
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = bool(state["matmul"])
+        torch.backends.cudnn.allow_tf32 = bool(state["cudnn"])
+
+
+def tf32_enabled() -> dict[str, bool]:
+    """Whether CUDA matmuls / cuDNN convolutions may use TF32 now (``{"matmul": ..., "conv": ...}``)."""
+    s = tf32_state()
+    if _new_api():
+        # "none" inherits: matmul defaults to IEEE, cuDNN convolutions to TF32 (PyTorch's defaults)
+        return {"matmul": s["matmul"] == "tf32", "conv": s["conv"] in ("tf32", "none")}
+    return {"matmul": bool(s["matmul"]), "conv": bool(s["cudnn"])}
+
+
+@contextlib.contextmanager
+def allow_tf32(allowed: bool) -> Iterator[None]:
+    """TF32 on (``True``) or off for CUDA matmuls and cuDNN convolutions inside the block; restored after."""
+    saved = tf32_state()
+    if _new_api():
+        v = "tf32" if allowed else "ieee"
+        _set_tf32_state({"matmul": v, "conv": v, "rnn": v})
+    else:
+        _set_tf32_state({"matmul": allowed, "cudnn": allowed})
+    try:
+        yield
+    finally:
+        _set_tf32_state(saved)
+
+
+# ------------------------------------------------------------------------------------------- contexts
+def autocast(precision: str, device: torch.device | str | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to bfloat16 for ``bf16`` on ``device``'s type; a no-op context otherwise."""
+    if check_precision(precision) != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=_device_type(device), dtype=torch.bfloat16)
+
+
+def training_math(precision: str) -> contextlib.AbstractContextManager:
+    """The TF32 switches of a training phase: off for ``fp32``, on for ``tf32`` and ``bf16`` (whatever autocast
+    leaves in float32 may use TF32 there)."""
+    return allow_tf32(check_precision(precision) != "fp32")
+
+
+def evaluation_precision(precision: str = "fp32") -> contextlib.AbstractContextManager:
+    """The math of a measurement: strict IEEE fp32 (TF32 off) by default; ``tf32`` allows TF32."""
+    p = check_precision(precision, what="evaluation precision", choices=EVAL_PRECISIONS)
+    return allow_tf32(p == "tf32")
+
+
+def is_convolutional(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def use_channels_last(model: nn.Module, precision: str, device: torch.device | str | None,
+                      channels_last: bool | None = None) -> bool:
+    """Whether a training phase keeps ``model`` in ``channels_last``: as asked, or by default for ``bf16`` on
+    CUDA for convolutional models (tensor-core convolutions want NHWC; on the CPU it rarely helps)."""
+    if channels_last is not None:
+        return bool(channels_last) and is_convolutional(model)
+    return check_precision(precision) == "bf16" and _device_type(device) == "cuda" and is_convolutional(model)
+
+
+def to_contiguous(model: nn.Module) -> nn.Module:
+    """Back to the default (NCHW-contiguous) layout: what checkpoints (safetensors) and exports expect."""
+    return model.to(memory_format=torch.contiguous_format)
+
