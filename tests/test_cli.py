@@ -27,9 +27,17 @@ def test_missing_dataset_gives_one_line_error(tmp_path):
     assert "train-images-idx3-ubyte" in err
 
 
-def test_unknown_model_gives_one_line_error():
+def test_unknown_model_gives_one_line_error(tmp_path):
     err = one_line_error(run("train", "--arch", "resnet9000", "--epochs", "1"))
     assert "resnet9000" in err and "lenet5-caffe" in err
+    # names are checked before any data is looked for: a missing dataset must not hide the unknown name
+    nowhere = ("--data-dir", str(tmp_path / "nowhere"))
+    err = one_line_error(run("train", "--arch", "resnet9000", "--epochs", "1", *nowhere))
+    assert "resnet9000" in err and "lenet5-caffe" in err
+    err = one_line_error(run("train", "--objective", "pgd-att", "--epochs", "1", *nowhere))
+    assert "pgd-att" in err
+    err = one_line_error(run("train", "--precision", "fp16", "--epochs", "1", *nowhere))
+    assert "--precision" in err and "bf16" in err
 
 
 def test_out_of_range_value_and_unknown_method(tmp_path):

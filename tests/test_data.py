@@ -582,3 +582,50 @@ def test_cuda_data_with_cpu_generator(tmp_path):
     assert all(x.is_cuda for x, _ in on_gpu)
     for (xg, yg), (xc, yc) in zip(on_gpu, on_cpu):
         assert torch.equal(xg.cpu(), xc) and torch.equal(yg.cpu(), yc)
+
+
+def test_pixels_scale_to_the_ieee_quotient_on_every_device():
+    """Images are v / 255 by IEEE division for all 256 values, read from one table made on the CPU. CUDA computes
+    ``x / 255.0`` as ``x * (1 / 255)`` (one rounding more), which differs in the last bit for about half the values:
+    that is why a seed gave other images on a GPU than on the CPU."""
+    from robustprune.data.splits import u8_to_unit
+
+    v = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
+    exact = torch.arange(256, dtype=torch.float64).div(255).to(torch.float32).view(1, 1, 16, 16)
+    assert torch.equal(u8_to_unit(v), exact)
+    by_reciprocal = v.to(torch.float32) * torch.tensor(1 / 255, dtype=torch.float32)
+    assert 50 < int((by_reciprocal != exact).sum()) < 256  # the CUDA path this table replaces
+    assert torch.equal(u8_to_unit(v.repeat(20000, 1, 1, 1), chunk=4096), exact.repeat(20000, 1, 1, 1))
+
+
+def test_fit_draws_its_batches_from_a_cpu_generator_of_their_own():
+    """The batches ``fit`` trains on depend only on the seed (a CPU generator of their own), not on what the
+    objective draws in between nor on the device: the same sequence as ``Batches`` with ``make_generator(seed)``."""
+    from torch import nn
+
+    from robustprune.train import TrainConfig, fit
+    from robustprune.utils import make_generator
+
+    x = torch.rand(40, 1, 8, 8, generator=_gen(3))
+    y = torch.arange(40) % 2
+    split = Split(x, y)
+    seen: list[torch.Tensor] = []
+
+    class Recorder:
+        def __call__(self, model, xb, yb, *, generator=None):
+            from robustprune.objectives.base import ObjectiveOutput
+
+            seen.append(xb.clone())
+            torch.rand(7, generator=generator)  # the objective's own draws must not shift the data order
+            out = model(xb)
+            return ObjectiveOutput(nn.functional.cross_entropy(out, yb), out)
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+    fit(model, Recorder(), split, None, TrainConfig(epochs=2, batch_size=8, seed=5, progress=False, select="last"),
+        augment="crop-flip")
+    want = []
+    batches = Batches(split, 8, shuffle=True, augment="crop-flip", generator=make_generator(5, "cpu"), drop_last=True)
+    for _ in range(2):
+        want += [xb for xb, _ in batches]
+    assert len(seen) == len(want) == 10
+    assert all(torch.equal(a, b) for a, b in zip(seen, want))

@@ -188,3 +188,61 @@ def test_gates_and_slim_on_a_functional_style_model():
     res = gates.slim(example=x)
     assert torch.allclose(res.model.eval()(x), model(x), atol=1e-5)
     assert res.unit_sparsity() > 0
+
+
+def _slim_pair(width: float = 0.5):
+    """A masked lenet5-caffe (units scaled by hooks) and its slim copy, with the sites and scales."""
+    model = _model("lenet5-caffe", width)
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():  # logits of a trained model's scale (about 10), not an untrained one's (0.1)
+        last.weight.mul_(100)
+        last.bias.mul_(100)
+    g = torch.Generator().manual_seed(3)
+    sites = {s.name: s for s in unit_sites(model) if s.supported}
+    scales = {n: (torch.rand(s.num_units, generator=g) > 0.4).float() for n, s in sites.items()}
+    res = slim_model(model, scales, check=False)
+    return model, res.model.eval(), sites, scales
+
+
+def test_slim_check_tolerance_follows_the_precision_of_each_side():
+    """One side in bf16 autocast (what a GPU's low-precision path computes) differs from the fp32 reference by far
+    more than the strict-fp32 tolerance, yet far less than a wrongly cut network: the check must use the tolerance
+    of the precision in effect, and still catch a real structural error at that tolerance."""
+    from robustprune.errors import RobustPruneError
+    from robustprune.sparsity.slim.check import EQUIVALENCE_RTOL, check_equivalent, equivalence_tolerance
+
+    model, slim, sites, scales = _slim_pair()
+    x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    # both sides in strict fp32: equal within the fp32 tolerance (and the caller's autocast does not leak in)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        d32 = check_equivalent(model, slim, sites, scales, {}, x)
+    assert d32 <= EQUIVALENCE_RTOL["fp32"] * 10
+    # the slim side in bf16: refused at the fp32 tolerance, accepted at the bf16 one
+    with pytest.raises(RobustPruneError, match="fp32 tolerance"):
+        check_equivalent(model, slim, sites, scales, {}, x, atol=equivalence_tolerance("fp32"), precision="bf16",
+                         reference_precision="fp32")
+    d16 = check_equivalent(model, slim, sites, scales, {}, x, precision="bf16", reference_precision="fp32")
+    assert EQUIVALENCE_RTOL["fp32"] < d16 and equivalence_tolerance("bf16", "fp32") == EQUIVALENCE_RTOL["bf16"]
+    # a wrong cut (one kept unit of the first layer zeroed in the slim model only) fails even at the bf16 tolerance
+    broken = __import__("copy").deepcopy(slim)
+    first = next(m for m in broken.modules() if isinstance(m, nn.Conv2d))
+    with torch.no_grad():
+        first.weight[: max(1, first.out_channels // 2)] = 0
+        if first.bias is not None:
+            first.bias[: max(1, first.out_channels // 2)] = 0
+    with pytest.raises(RobustPruneError, match="bf16 vs fp32 tolerance"):
+        check_equivalent(model, broken, sites, scales, {}, x, precision="bf16", reference_precision="fp32")
+
+
+def test_slim_check_ignores_the_callers_tf32_switches():
+    """The default check computes in strict fp32 whatever TF32 switches are on (PyTorch's CUDA default turns TF32 on
+    for cuDNN convolutions): the switches are restored afterwards."""
+    from robustprune.sparsity.slim.check import check_equivalent
+    from robustprune.precision import allow_tf32, tf32_state
+
+    model, slim, sites, scales = _slim_pair()
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(5))
+    with allow_tf32(True):
+        before = tf32_state()
+        check_equivalent(model, slim, sites, scales, {}, x)
+        assert tf32_state() == before

@@ -57,6 +57,8 @@ def prune(
     device: str | torch.device | None = None,
     progress: bool = False,
     teacher: nn.Module | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
     settings: Mapping[str, Any] | None = None,
     **more_settings: Any,
 ) -> PruneResult:
@@ -68,8 +70,13 @@ def prune(
     per training phase unless the method's settings give the phase its own. Other keyword arguments (or
     ``settings``) are the method's settings, e.g. ``alpha=1.0`` or ``**{"admm.lr": 1e-3}``; see
     ``robustprune list methods --settings NAME``. The model is pruned in place (except for learned-rate methods,
-    which return a folded copy as ``result.model``).
+    which return a folded copy as ``result.model``). ``precision``: of every training phase, ``fp32`` (IEEE, TF32
+    off), ``tf32`` or ``bf16`` (autocast; see :mod:`robustprune.precision`); ``compile``: ``torch.compile``
+    the forward passes of training.
     """
+    from robustprune.precision import check_precision
+
+    precision = check_precision(precision)
     m = get_method(method)
     train = _as_split(data, "data")
     val_split = _as_split(val, "val") if val is not None else None
@@ -81,5 +88,5 @@ def prune(
     val_split = Split(x=val_split.x.to(dev), y=val_split.y.to(dev))
     s = m.settings({**dict(settings or {}), **more_settings})
     task = PruneTask(train=train, val=val_split, eps=eps, epochs=epochs, objective=objective, dataset=dataset,
-                     seed=seed, progress=progress, teacher=teacher)
+                     seed=seed, progress=progress, teacher=teacher, precision=precision, compile=bool(compile))
     return m.prune(model, task, rate, s)

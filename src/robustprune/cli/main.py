@@ -26,6 +26,10 @@ app = typer.Typer(
 DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: CUDA when present)")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder with the dataset's files.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+PrecisionOpt = Annotated[str, typer.Option(
+    help="Precision of training: fp32 (IEEE, TF32 off), tf32 (TF32 tensor cores on CUDA; fp32 on the CPU) or bf16 "
+         "(bfloat16 autocast, channels_last on CUDA). Evaluation always runs in fp32.")]
+CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the forward passes of training.")]
 
 
 def _echo(msg: str) -> None:
@@ -187,38 +191,47 @@ def train(
     val_size: Annotated[int, typer.Option(help="Validation images carved from the training set.")] = 5000,
     out: Annotated[Path, typer.Option(help="Checkpoint to write (.safetensors, with a .json beside it).")] = Path(
         "runs/model.safetensors"),
+    precision: PrecisionOpt = "fp32",
+    compile_: CompileOpt = False,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a model (natural or adversarial) and save the validation-selected checkpoint."""
     from robustprune.checkpoint import save_checkpoint
-    from robustprune.data import load_splits
+    from robustprune.data import get_spec, load_splits
     from robustprune.errors import DivergenceError
-    from robustprune.models import model_for_dataset
+    from robustprune.models import MODELS, model_for_dataset
     from robustprune.objectives import build_objective
     from robustprune.train import TrainConfig, evaluate_split, fit, validated
+    from robustprune.precision import check_precision, effective_precision
     from robustprune.utils import default_device, seed_everything
 
     if epochs < 1:
         raise ConfigError(f"--epochs must be at least 1 (got {epochs}): with no training epoch an untrained model "
                           "would be saved")
+    # every name and value is checked before any data is looked for (a missing dataset must not hide a typo)
+    precision = check_precision(precision, what="--precision")
+    spec = get_spec(dataset)
+    MODELS.get(arch)
     obj_name, obj_kw = parse_kv(objective, "objective")
+    if obj_name != "natural":
+        obj_kw.setdefault("eps", spec.eps_linf)
+    obj = build_objective(obj_name, **obj_kw)
     cfg = validated(TrainConfig, dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-                                      weight_decay=weight_decay, schedule=schedule, seed=seed, progress=not quiet),
+                                      weight_decay=weight_decay, schedule=schedule, seed=seed, progress=not quiet,
+                                      precision=precision, compile=compile_),
                     "training settings")
     check_writable_file(out, "--out checkpoint")
     check_writable_file(_sidecar(out), "--out checkpoint's sidecar")
     dev = default_device(device)
     splits = load_splits(dataset, data_dir=data_dir, val_size=val_size, seed=seed, device=dev, train_limit=train_limit)
-    if obj_name != "natural":
-        obj_kw.setdefault("eps", splits.spec.eps_linf)
-    obj = build_objective(obj_name, **obj_kw)
     seed_everything(seed)
     model = model_for_dataset(arch, splits.spec, width=width).to(dev)
     if not quiet:
         _echo(f"training {arch} on {splits.spec.name} ({len(splits.train)} images, {len(splits.val)} for validation)"
-              f" with {obj_name} for {epochs} epoch(s), {optimizer} lr {lr:g} ({schedule} schedule)")
+              f" with {obj_name} for {epochs} epoch(s), {optimizer} lr {lr:g} ({schedule} schedule), "
+              f"{effective_precision(precision, dev)} on {dev}")
     try:
         res = fit(model, obj, splits.train, splits.val, cfg, val_eps=obj_kw.get("eps"),
                   augment=splits.spec.augment)
@@ -232,7 +245,8 @@ def train(
     meta = {"architecture": arch, "dataset": s.name, "num_classes": s.num_classes, "input_shape": list(s.shape),
             "width": width, "mean": list(s.mean), "std": list(s.std),
             "config": {"objective": {"name": obj_name, **obj_kw}, "train": cfg.model_dump(),
-                       "train_limit": train_limit, "val_size": val_size},
+                       "train_limit": train_limit, "val_size": val_size,
+                       "train_precision": effective_precision(precision, dev), "eval_precision": "fp32"},
             "train": res.to_dict()}
     save_checkpoint(out, model, meta=meta)
     ev = evaluate_split(model, splits.val, n=min(1000, len(splits.val)), eps=obj_kw.get("eps"), steps=20, seed=seed)
@@ -270,6 +284,8 @@ def prune(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of data order, validation split and the method.")] = 0,
     out: Annotated[Path, typer.Option(help="Folder for the pruned checkpoints.")] = Path("runs/pruned"),
+    precision: PrecisionOpt = "fp32",
+    compile_: CompileOpt = False,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = None,
     quiet: QuietOpt = False,
@@ -283,8 +299,10 @@ def prune(
     from robustprune.objectives import build_objective
     from robustprune.provenance import code_version, file_sha256
     from robustprune.train import evaluate_split
+    from robustprune.precision import check_precision, effective_precision
     from robustprune.utils import default_device
 
+    precision = check_precision(precision, what="--precision")
     dev = default_device(device)
     m = get_method(method)
     overrides: dict[str, Any] = {}
@@ -317,12 +335,13 @@ def prune(
         obj = build_objective(obj_name, **obj_kw)
     task = PruneTask(train=splits.train, val=splits.val, eps=budget, epochs=epochs, objective=obj,
                      dataset=splits.spec.name, augment=splits.spec.augment, seed=seed, progress=not quiet,
-                     masks=masks, start_rate=start)
+                     masks=masks, start_rate=start, precision=precision, compile=compile_)
     parent_hash = file_sha256(checkpoint)
     if not quiet:
         _echo(f"pruning {checkpoint} (compression {start:.3g}) with {m.name} [{m.paper.key}] to "
               + ", ".join("learned rate" if r is None else f"c={r:g}" for r in rates)
-              + f"; {len(splits.train)} training images, {epochs:g} epoch(s) per phase")
+              + f"; {len(splits.train)} training images, {epochs:g} epoch(s) per phase, "
+              f"{effective_precision(precision, dev)} on {dev}")
     for res in m.prune_many(net, task, rates, settings):
         ev = evaluate_split(res.model, splits.val, n=min(1000, len(splits.val)), eps=budget, steps=20, seed=seed)
         flags = result_flags(res, val_clean=ev.get("clean"), num_classes=splits.spec.num_classes,
@@ -335,6 +354,7 @@ def prune(
                                "settings": res.settings, "epochs": epochs, "train_limit": train_limit,
                                "eps": budget, "objective": objective, "seed": seed, "data_dir":
                                    str(data_dir) if data_dir else None,
+                               "train_precision": effective_precision(precision, dev), "eval_precision": "fp32",
                                "command": ["robustprune", *sys.argv[1:]]},
                     "achieved_compression": res.achieved_compression, "prune_result": res.summary(),
                     "validation": ev, "flags": flags}
@@ -550,7 +570,12 @@ def study(
         "--ray-address", help="Run the cells as Ray tasks on this existing Ray cluster (e.g. auto, ray://host:10001)."
     )] = None,
 ) -> None:
-    """Run a study grid (the main job with no arguments); a second run reuses finished work."""
+    """Run a study grid (the main job with no arguments); a second run reuses finished work.
+
+    A cell (one model's training, pruning or evaluation) that fails is stored with its error and listed in the
+    report, and the study goes on with every cell that does not depend on it; the command then ends with exit status
+    1 and a summary line (a rerun retries the failed cells). A user error found before any work starts stops at once
+    with exit status 2."""
     from robustprune.study import load_study_spec, run_study
 
     spec = load_study_spec(spec_file, {"data_dir": str(data_dir) if data_dir else None})
@@ -566,6 +591,10 @@ def study(
           f"{outcome.rows_written} result rows written")
     for f in outcome.report_files:
         _echo(f"report: {f}")
+    summary = outcome.summary()
+    if summary is not None:  # failed cells: stored and reported; exit 1 (2 is a user error before any work)
+        typer.echo(f"error: {summary}", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

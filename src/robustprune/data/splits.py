@@ -93,10 +93,24 @@ def _val_count(val_size: int | float, n_train: int) -> int:
     raise ConfigError(f"val_size must be an int count or a float fraction in (0, 1), got {val_size!r}")
 
 
+_U8_TO_UNIT = torch.arange(256, dtype=torch.float32) / 255.0
+"""Pixel value v -> v / 255 in float32, computed once on the CPU (IEEE division). Every device reads its pixels
+from this table, so one seed gives bit-identical images everywhere: CUDA's ``x / 255.0`` multiplies by the rounded
+reciprocal instead, which differs from the CPU's division in the last bit for about half of the 256 values."""
+
+
+def u8_to_unit(x_u8: Tensor, *, chunk: int = 8192) -> Tensor:
+    """uint8 images -> float32 in [0, 1], bit-identical on every device (see :data:`_U8_TO_UNIT`)."""
+    lut = _U8_TO_UNIT.to(x_u8.device)
+    out = torch.empty(x_u8.shape, dtype=torch.float32, device=x_u8.device)
+    for i in range(0, len(x_u8), chunk):  # int64 indices in chunks: 8 bytes per pixel only for one chunk
+        out[i : i + chunk] = lut[x_u8[i : i + chunk].long()]
+    return out
+
+
 def _to_split(x_u8: Tensor, y: Tensor, idx: Tensor, device: torch.device) -> Split:
     # index the uint8 images on the device first (4x less to move / copy), then scale to [0, 1]
-    x = x_u8[idx].to(torch.float32).div_(255.0)
-    return Split(x, y[idx], idx)
+    return Split(u8_to_unit(x_u8[idx]), y[idx], idx)
 
 
 def _as_tensor(a: np.ndarray, device: torch.device) -> Tensor:

@@ -121,6 +121,7 @@ def evaluate_model(
     per_feature: bool = True,
     warn: bool = True,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> EvaluationReport:
     """Evaluate ``model`` on (x, y) under ``attacks`` (see :func:`run_attacks`), and
 
@@ -131,7 +132,26 @@ def evaluate_model(
       ``check_subset`` points; failures are emitted as :class:`SanityCheckWarning` when ``warn``.
 
     ``progress``: progress bars for the white-box attacks, the transfer attacks and the sanity checks.
+    ``precision``: the math of every attack and check, strict IEEE ``fp32`` (TF32 off, no autocast) by default so
+    that a robust accuracy does not depend on the chip; ``tf32`` allows TF32 on CUDA.
     """
+    import torch
+
+    from robustprune.precision import evaluation_precision
+
+    with evaluation_precision(precision), torch.autocast(x.device.type, enabled=False):
+        return _evaluate_model(model, x, y, attacks, default_eps=default_eps, eps_by_norm=eps_by_norm,
+                               batch_size=batch_size, seed=seed, transfer_from=transfer_from,
+                               transfer_source=transfer_source, checks=checks, check_subset=check_subset,
+                               thresholds=thresholds, vulnerability=vulnerability, per_feature=per_feature,
+                               warn=warn, progress=progress)
+
+
+def _evaluate_model(model: nn.Module, x: Tensor, y: Tensor, attacks: Sequence[Any], *, default_eps: float,
+                    eps_by_norm: Mapping[str, float] | None, batch_size: int, seed: int,
+                    transfer_from: nn.Module | None, transfer_source: str, checks: bool, check_subset: int,
+                    thresholds: CheckThresholds, vulnerability: bool, per_feature: bool, warn: bool,
+                    progress: bool) -> EvaluationReport:
     run = run_attacks(model, x, y, attacks, default_eps=default_eps, eps_by_norm=eps_by_norm,
                       batch_size=batch_size, seed=seed, keep_adv=vulnerability, progress=progress,
                       desc="white-box attacks")
@@ -153,5 +173,5 @@ def evaluate_model(
                                       batch_size=batch_size, thresholds=thresholds, progress=progress)
         if warn:
             for c in report.failed_checks:
-                warnings.warn(f"sanity check {c['name']} failed: {c['detail']}", SanityCheckWarning, stacklevel=2)
+                warnings.warn(f"sanity check {c['name']} failed: {c['detail']}", SanityCheckWarning, stacklevel=3)
     return report

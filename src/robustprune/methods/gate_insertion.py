@@ -232,7 +232,7 @@ class GateSet:
         remove_gates(m)
         return m
 
-    def slim(self, *, example: Tensor | None = None, check: bool = True, atol: float = 1e-5) -> SlimResult:
+    def slim(self, *, example: Tensor | None = None, check: bool = True, atol: float | None = None) -> SlimResult:
         """The physically smaller dense model equal to the gated model in eval mode
         (:func:`robustprune.sparsity.slim.slim_model` with the test-time masks folded in)."""
         return slim_model(self.plain_copy(), self.output_scales(), self.input_scales(), example=example,
@@ -240,7 +240,7 @@ class GateSet:
 
 
 def fold_gates(model: nn.Module, *, example: Tensor | None = None, check: bool = True,
-               atol: float = 1e-5) -> tuple[nn.Module, dict[str, Tensor]]:
+               atol: float | None = None) -> tuple[nn.Module, dict[str, Tensor]]:
     """The gated ``model`` (eval mode: test-time masks) as a plain model of the same architecture, with the masks
     folded into the weights and pruned units' weights exactly zero, plus the weight masks
     (:func:`robustprune.sparsity.slim.fold_unit_scales`); what a study stores as the pruned checkpoint."""

@@ -176,7 +176,7 @@ class PruneTask:
     teacher: nn.Module | None = None
     """Distillation teacher for methods that need one (default: a frozen copy of the model as given)."""
     precision: str = "fp32"
-    """Numerical precision of every training phase: fp32 | tf32 | bf16 (``robustprune.train.precision``)."""
+    """Numerical precision of every training phase: fp32 | tf32 | bf16 (``robustprune.precision``)."""
     channels_last: bool | None = None
     """Memory layout of convolutional models while training (None: channels_last for bf16 on CUDA)."""
     compile: bool = False

@@ -143,7 +143,7 @@ class StudySpec(BaseModel):
     precision: Literal["fp32", "tf32", "bf16"] = "fp32"
     """Numerical precision of every training phase (base training, each method's phases, fine-tuning): fp32
     (IEEE, TF32 off), tf32 (TF32 tensor cores on CUDA) or bf16 (bfloat16 autocast, channels_last on CUDA); see
-    ``robustprune.train.precision``. Part of every model's identity (a bf16 model is another model)."""
+    ``robustprune.precision``. Part of every model's identity (a bf16 model is another model)."""
     compile: bool = False
     """``torch.compile`` the forward passes of every training phase."""
     eval_precision: Literal["fp32", "tf32"] = "fp32"

@@ -35,7 +35,7 @@ class TrainConfig(BaseModel):
     max_steps_per_epoch: int | None = Field(None, ge=1)
     progress: bool = True
     precision: Literal["fp32", "tf32", "bf16"] = "fp32"
-    """Numerical precision of the phase (``robustprune.train.precision``): fp32 (TF32 off), tf32 or bf16 autocast."""
+    """Numerical precision of the phase (``robustprune.precision``): fp32 (TF32 off), tf32 or bf16 autocast."""
     channels_last: bool | None = None
     """Memory layout of convolutional models while training; None: channels_last for bf16 on CUDA."""
     compile: bool = False

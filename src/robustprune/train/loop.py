@@ -17,10 +17,18 @@ from torch import nn
 
 from robustprune.attacks import pgd_linf
 from robustprune.data import Batches, Split
-from robustprune.errors import DivergenceError
+from robustprune.errors import ConfigError, DivergenceError
 from robustprune.objectives import Objective
 from robustprune.sparsity import MaskSet
 from robustprune.train.config import TrainConfig
+from robustprune.precision import (
+    autocast,
+    check_precision,
+    evaluation_precision,
+    to_contiguous,
+    training_math,
+    use_channels_last,
+)
 from robustprune.utils import make_generator
 
 
@@ -104,7 +112,14 @@ def evaluate_split(
     batch_size: int = 500,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Clean (and, with ``eps``, PGD-``steps``) accuracy on the first ``n`` points of ``split``; eval mode."""
+    """Clean (and, with ``eps``, PGD-``steps``) accuracy on the first ``n`` points of ``split``; eval mode, strict
+    fp32 (TF32 off, no autocast) whatever precision the model trains in."""
+    with evaluation_precision("fp32"), torch.autocast(split.x.device.type, enabled=False):
+        return _evaluate_split(model, split, n=n, eps=eps, steps=steps, batch_size=batch_size, seed=seed)
+
+
+def _evaluate_split(model: nn.Module, split: Split, *, n: int, eps: float | None, steps: int, batch_size: int,
+                    seed: int) -> dict[str, float]:
     was_training = model.training
     model.eval()
     x, y = split.x[:n], split.y[:n]
@@ -190,6 +205,7 @@ def fit(
     param_groups: Sequence[dict] | None = None,
     augment: str | None = None,
     desc: str = "train",
+    precision: str | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with ``objective`` and return the history.
 
@@ -205,13 +221,59 @@ def fit(
       :class:`~robustprune.errors.DivergenceError`; the model is first restored to the last good state (the best
       epoch so far, or the last finite epoch with ``select="last"``; ``exc.restored_epoch``; ``exc.result`` holds
       the history).
+    - Precision (``cfg.precision``, see :mod:`robustprune.precision`): ``fp32`` trains with TF32 off,
+      ``tf32`` with TF32 on (CUDA), ``bf16`` under bfloat16 autocast (the objective's forward passes, the attacks
+      that make its adversarial examples and the hooks' extra losses; the backward pass and the optimiser step
+      outside it, in float32). Convolutional models train in ``channels_last`` on CUDA with ``bf16`` (or as
+      ``cfg.channels_last`` says) and are returned in the default layout. Validation selection is measured in
+      strict fp32. ``cfg.compile`` compiles the model's forward (``nn.Module.compile``) for the phase only.
+      ``precision`` (keyword) overrides ``cfg.precision``.
     """
+    if precision is not None:
+        cfg = cfg.model_copy(update={"precision": check_precision(precision)})
     device = train.x.device
     model.to(device)
-    gen = make_generator(cfg.seed, device)
+    channels_last = use_channels_last(model, cfg.precision, device, cfg.channels_last)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        _compile(model)
+    try:
+        with training_math(cfg.precision):
+            return _fit(model, objective, train, val, cfg, hooks=hooks, masks=masks, val_eps=val_eps,
+                        param_groups=param_groups, augment=augment, desc=desc, channels_last=channels_last)
+    finally:
+        if cfg.compile:
+            _uncompile(model)
+        if channels_last:
+            to_contiguous(model)
+
+
+def _compile(model: nn.Module) -> None:
+    """Compile ``model``'s forward in place (names of submodules and hooks stay as they are)."""
+    if not hasattr(model, "compile"):
+        raise ConfigError(f"compile needs torch >= 2.2 with nn.Module.compile (this is torch {torch.__version__}); "
+                          "drop compile")
+    model.compile()
+
+
+def _uncompile(model: nn.Module) -> None:
+    """Back to the eager forward after a compiled phase (what is saved, evaluated and exported)."""
+    if getattr(model, "_compiled_call_impl", None) is not None:
+        model._compiled_call_impl = None
+
+
+def _fit(model: nn.Module, objective: Objective, train: Split, val: Split | None, cfg: TrainConfig, *,
+         hooks: Sequence[Hook], masks: MaskSet | None, val_eps: float | None, param_groups: Sequence[dict] | None,
+         augment: str | None, desc: str, channels_last: bool) -> TrainResult:
+    device = train.x.device
+    gen = make_generator(cfg.seed, device)  # the objective's randomness (attack starts, dropout masks), on the device
+    # Data order and augmentation come from a CPU generator of their own, so one seed gives the same batches on every
+    # device (a CUDA generator draws other numbers than a CPU one) whatever the objective draws in between.
+    data_gen = make_generator(cfg.seed, "cpu")
     optimizer = build_optimizer(model, cfg, param_groups)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    batches = Batches(train, cfg.batch_size, shuffle=True, augment=augment, generator=gen,
+    batches = Batches(train, cfg.batch_size, shuffle=True, augment=augment, generator=data_gen,
                       drop_last=len(train) >= 2 * cfg.batch_size)
     steps_per_epoch = len(batches) if cfg.max_steps_per_epoch is None else min(len(batches), cfg.max_steps_per_epoch)
     total = steps_per_epoch * cfg.epochs
@@ -255,12 +317,16 @@ def fit(
                 f = lr_factor(cfg, step, total)
                 for g, lr0 in zip(optimizer.param_groups, base_lrs):
                     g["lr"] = lr0 * f
-                out = objective(model, x, y, generator=gen)
-                loss = out.loss
-                for h in hooks:
-                    extra = h.extra_loss(model)
-                    if extra is not None:
-                        loss = loss + extra
+                if channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast(cfg.precision, device):
+                    out = objective(model, x, y, generator=gen)
+                    loss = out.loss
+                    for h in hooks:
+                        extra = h.extra_loss(model)
+                        if extra is not None:
+                            loss = loss + extra
+                loss = loss.float()
                 nonfinite |= ~torch.isfinite(loss.detach())
                 if i % _CHECK_EVERY == 0 and bool(nonfinite):
                     shown = "" if bool(torch.isfinite(loss.detach())) else f" ({float(loss.detach()):g})"

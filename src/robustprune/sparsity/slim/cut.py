@@ -73,7 +73,7 @@ def slim_model(
     masks: Any = None,
     example: Tensor | None = None,
     check: bool = True,
-    atol: float = 1e-5,
+    atol: float | None = None,
     reference: nn.Module | None = None,
 ) -> SlimResult:
     """A new, smaller dense model equal to ``model`` with ``unit_scales`` / ``input_scales`` applied (module
@@ -92,7 +92,9 @@ def slim_model(
     ``check``: compare the logits of the slim model with the reference -- ``reference`` when given, ``model``
     itself for ``masks``, else ``model`` with the scales applied by hooks -- on ``example`` (real inputs, up to
     64 rows) and random inputs shaped like it, and raise ``RobustPruneError`` when they differ by more than
-    ``atol * max(1, |logits|_max)``.
+    ``atol * max(1, |logits|_max)`` (``atol`` None: the strict-fp32 tolerance of
+    :func:`~robustprune.sparsity.slim.check.equivalence_tolerance`; both sides run in IEEE fp32 with TF32 off
+    whatever the device's defaults).
     """
     input_scales = dict(input_scales or {})
     x_ex = example_input(model, example)

@@ -51,7 +51,7 @@ def fold_unit_scales(
     *,
     example: Tensor | None = None,
     check: bool = True,
-    atol: float = 1e-5,
+    atol: float | None = None,
 ) -> tuple[nn.Module, dict[str, Tensor]]:
     """The masked model (``unit_scales`` / ``input_scales`` as in :func:`slim_model`) as a copy of ``model`` with
     the *same architecture*: every factor folded into the weights (exact), the weights of removed units and of
