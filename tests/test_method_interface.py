@@ -285,9 +285,10 @@ def test_every_method_trains_one_epoch_in_bf16(name):
     """``precision="bf16"`` reaches every training phase of every method: the forward passes of training run under
     bfloat16 autocast (a convolution's output is bf16 while the method trains), the weights stay float32 in the
     default layout, pruned weights are exactly zero and the logits are finite; with the default fp32 no forward
-    pass is ever bf16."""
+    pass is ever bf16. The second bf16 run trains in channels_last, as CUDA does by default (views of NHWC weights
+    would fail in a method that reshapes them without care)."""
     x, y = blobs(160)
-    for precision in ("bf16", "fp32"):
+    for precision, channels_last in (("bf16", None), ("bf16", True), ("fp32", None)):
         torch.manual_seed(0)
         net = MyNet()
         seen: set[torch.dtype] = set()
@@ -295,7 +296,7 @@ def test_every_method_trains_one_epoch_in_bf16(name):
         m = get_method(name)
         rate = None if m.rate_kind == "learned" else 2
         res = robustprune.prune(net, name, rate=rate, data=(x, y), eps=0.1, epochs=1, precision=precision,
-                                **fast_settings(name))
+                                channels_last=channels_last, **fast_settings(name))
         handle.remove()
         if precision == "bf16":
             assert torch.bfloat16 in seen, f"{name}: no forward pass ran in bf16"

@@ -157,3 +157,29 @@ def test_reproduction_files_share_their_base_models():
             cells.setdefault(arch, set()).add(repr(cell))
     assert ("lenet5-caffe", 1.0) in cells and ("lenet-mnist-w", 4.0) in cells
     assert all(len(v) == 1 for v in cells.values()), {k: len(v) for k, v in cells.items()}
+
+
+def test_precision_study_is_the_main_job_on_three_seeds():
+    """studies/precision/main-job-3-seeds.yaml (bf16 vs fp32 training) differs from the main job only in its name and
+    seeds; the precision comes from the command line, so one file serves both runs."""
+    spec = load_study_spec(STUDIES / "precision" / "main-job-3-seeds.yaml")
+    main = load_study_spec(None)
+    assert spec.seeds == (0, 1, 2) and spec.precision == "fp32"
+    assert spec.model_copy(update={"name": main.name, "seeds": main.seeds}) == main
+
+
+def test_precision_is_one_top_level_key_of_a_study(tmp_path):
+    """The study's ``precision`` applies to every training phase; a precision hidden in ``base_train`` would be
+    overridden silently, so it is refused with a one-line hint."""
+    from robustprune.errors import ConfigError
+
+    f = tmp_path / "s.yaml"
+    f.write_text("base_train: {epochs: 2, precision: bf16}\n")
+    with pytest.raises(ConfigError, match="move base_train.precision to the top level"):
+        load_study_spec(f)
+    f.write_text("precision: bf16\neval_precision: tf32\n")
+    spec = load_study_spec(f)
+    assert spec.precision == "bf16" and spec.eval_precision == "tf32"
+    f.write_text("eval_precision: bf16\n")
+    with pytest.raises(ConfigError, match="eval_precision"):
+        load_study_spec(f)

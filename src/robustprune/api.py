@@ -58,6 +58,7 @@ def prune(
     progress: bool = False,
     teacher: nn.Module | None = None,
     precision: str = "fp32",
+    channels_last: bool | None = None,
     compile: bool = False,
     settings: Mapping[str, Any] | None = None,
     **more_settings: Any,
@@ -71,7 +72,8 @@ def prune(
     ``settings``) are the method's settings, e.g. ``alpha=1.0`` or ``**{"admm.lr": 1e-3}``; see
     ``robustprune list methods --settings NAME``. The model is pruned in place (except for learned-rate methods,
     which return a folded copy as ``result.model``). ``precision``: of every training phase, ``fp32`` (IEEE, TF32
-    off), ``tf32`` or ``bf16`` (autocast; see :mod:`robustprune.precision`); ``compile``: ``torch.compile``
+    off), ``tf32`` or ``bf16`` (autocast; see :mod:`robustprune.precision`); ``channels_last``: the memory layout
+    of a convolutional model while it trains (None: channels_last for bf16 on CUDA); ``compile``: ``torch.compile``
     the forward passes of training.
     """
     from robustprune.precision import check_precision
@@ -88,5 +90,6 @@ def prune(
     val_split = Split(x=val_split.x.to(dev), y=val_split.y.to(dev))
     s = m.settings({**dict(settings or {}), **more_settings})
     task = PruneTask(train=train, val=val_split, eps=eps, epochs=epochs, objective=objective, dataset=dataset,
-                     seed=seed, progress=progress, teacher=teacher, precision=precision, compile=bool(compile))
+                     seed=seed, progress=progress, teacher=teacher, precision=precision,
+                     channels_last=channels_last, compile=bool(compile))
     return m.prune(model, task, rate, s)

@@ -561,6 +561,11 @@ def study(
     spec_file: Annotated[Optional[Path], typer.Argument(help="YAML study file; none: the quick default study.")] = None,
     out: Annotated[Path, typer.Option(help="Output folder (results.sqlite, checkpoints, report).")] = Path(
         "runs/default-study"),
+    precision: Annotated[Optional[str], typer.Option(
+        help="Precision of every training phase, overriding the study file's `precision`: fp32 (IEEE, TF32 off), "
+             "tf32 or bf16 (bfloat16 autocast, channels_last on CUDA). Evaluation runs in fp32.")] = None,
+    compile_: Annotated[Optional[bool], typer.Option(
+        "--compile/--no-compile", help="torch.compile the forward passes of training (overrides `compile`).")] = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = None,
     quiet: QuietOpt = False,
@@ -576,9 +581,13 @@ def study(
     report, and the study goes on with every cell that does not depend on it; the command then ends with exit status
     1 and a summary line (a rerun retries the failed cells). A user error found before any work starts stops at once
     with exit status 2."""
+    from robustprune.precision import check_precision
     from robustprune.study import load_study_spec, run_study
 
-    spec = load_study_spec(spec_file, {"data_dir": str(data_dir) if data_dir else None})
+    overrides: dict[str, Any] = {"data_dir": str(data_dir) if data_dir else None, "compile": compile_}
+    if precision is not None:
+        overrides["precision"] = check_precision(precision, what="--precision")
+    spec = load_study_spec(spec_file, overrides)
     _echo(f"study {spec.name!r} -> {out}")
     command = ["robustprune", *sys.argv[1:]]
     if ray or ray_address:

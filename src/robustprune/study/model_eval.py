@@ -82,9 +82,18 @@ class ModelEvaluator:
         return not want_black or store.has_vulnerability(model_id, "black")
 
     def evaluate(self, store: ResultsStore, model_id: str, model: nn.Module, splits: Splits, base: dict[str, Any],
-                  train_wall: float, source: tuple[str, dict[str, torch.Tensor]] | None = None) -> None:
+                 train_wall: float, source: tuple[str, dict[str, torch.Tensor]] | None = None) -> None:
         """Clean and white-box rows of every attack; with ``source`` = (base id, base state) and ``transfer``,
-        black-box rows from the base model; vulnerability (white / black); the row-based sanity checks."""
+        black-box rows from the base model; vulnerability (white / black); the row-based sanity checks. All of it
+        in the study's ``eval_precision`` (strict fp32, TF32 off, by default), whatever the model trained in."""
+        from robustprune.precision import evaluation_precision
+
+        with evaluation_precision(self.spec.eval_precision), torch.autocast(splits.test.x.device.type,
+                                                                            enabled=False):
+            self._evaluate(store, model_id, model, splits, base, train_wall, source)
+
+    def _evaluate(self, store: ResultsStore, model_id: str, model: nn.Module, splits: Splits, base: dict[str, Any],
+                  train_wall: float, source: tuple[str, dict[str, torch.Tensor]] | None) -> None:
         from robustprune.evaluation.checks import (
             check_input_gradients,
             check_monotone,
@@ -133,7 +142,7 @@ class ModelEvaluator:
             if store.has_result(model_id, r["attack_hash"], r["eps_str"], r.get("n_eval", n)):
                 continue  # already stored (a resumed cell, or a budget re-attacked only for its examples)
             row = {**base, **sizes, **r, "model_id": model_id, "study": spec.name, "code_version": code_version(),
-                   "train_wall_time": train_wall}
+                   "train_wall_time": train_wall, "eval_precision": spec.eval_precision}
             if isinstance(row.get("settings"), dict):
                 row["settings"] = json.dumps(row["settings"], sort_keys=True)
             if isinstance(row.get("flags"), list):

@@ -3,7 +3,9 @@
 The work units are those of :class:`StudyRunner` (one base cell per dataset/architecture/seed, then one method chain
 per dataset/architecture/seed/method from the stored base model); each task runs one unit with the same code as the
 in-process runner and commits its cells to the same SQLite store, so finished cells are reused, a killed study
-resumes, and the rows are those of the in-process runner. No scheduler of our own: Ray places the tasks. On a
+resumes, and the rows are those of the in-process runner. No scheduler of our own: Ray places the tasks. A cell that
+fails inside a task is stored by the task (as in-process); a task that fails as a whole (its worker died) has its
+unfinished cells stored as failed by the driver, and the study goes on with the other tasks. On a
 multi-machine cluster the output folder must be on a file system every node sees (SQLite WAL needs a local or
 properly locking one).
 
@@ -81,12 +83,20 @@ def run_study_ray(spec: StudySpec, out_dir: str | Path, *, address: str | None =
         for wave in ([(d, a, s, None) for d, a, s in bases], chains):
             n_threads = threads if threads is not None else torch.get_num_threads()
             futures = [task.remote(spec_json, str(out), dev, d, a, s, m, n_threads) for d, a, s, m in wave]
-            for res in ray.get(futures):
+            for unit, future in zip(wave, futures):
+                try:
+                    res = ray.get(future)
+                except Exception as exc:  # noqa: BLE001  (the task as a whole failed: its cells are stored as such)
+                    d, a, s, m = unit
+                    runner.unit_failed(d, a, s, m, getattr(exc, "cause", None) or exc)
+                    continue
                 for line in res["log"]:
                     log(line)
                 runner.outcome.models_trained += res["models_trained"]
                 runner.outcome.models_reused += res["models_reused"]
                 runner.outcome.rows_written += res["rows_written"]
+                runner.outcome.failures += res.get("failures", [])
+                runner.outcome.diverged += res.get("diverged", [])
     finally:
         if started_here:
             ray.shutdown()

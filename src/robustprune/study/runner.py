@@ -13,11 +13,13 @@ Layout of the output folder::
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,16 +29,17 @@ import torch
 from torch import nn
 
 from robustprune.checkpoint import load_checkpoint, save_checkpoint
-from robustprune.data import Split, Splits, load_splits
+from robustprune.data import DatasetSpec, Split, Splits, get_spec, load_splits
 from robustprune.errors import CheckpointError, ConfigError, DivergenceError, RobustPruneError
-from robustprune.methods import PruneResult, PruneTask, get_method
+from robustprune.methods import PruneResult, PruneTask, PruningMethod, get_method
 from robustprune.methods.interface import FLAG_TEXT, result_flags
 from robustprune.models import model_for_dataset
 from robustprune.objectives import build_objective
+from robustprune.precision import effective_precision
 from robustprune.provenance import code_version, file_sha256
 from robustprune.study.model_eval import ModelEvaluator
 from robustprune.study.spec import ObjectiveSpec, StudySpec, method_of, split_architecture
-from robustprune.study.store import ResultsStore
+from robustprune.study.store import STATUS_DONE, STATUS_FAILED, ResultsStore
 from robustprune.train import TrainConfig, fit
 from robustprune.utils import config_hash, default_device, seed_everything
 
@@ -44,9 +47,58 @@ Log = Callable[[str], None]
 
 
 def _train_cfg_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """A training config as hashed into a model's identity: without ``progress``, and without the precision
+    fields at their defaults (fp32, no compile, default layout), so models made before they existed keep their
+    ids and are reused."""
     d = cfg.model_dump()
     d.pop("progress", None)
+    for key, default in (("precision", "fp32"), ("compile", False), ("channels_last", None)):
+        if key in d and d[key] == default:
+            d.pop(key)
     return d
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message as one line (its class name when it has none), at most ``limit`` characters."""
+    text = " ".join(str(exc).split())
+    if not text:
+        text = type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def rate_text(rate: float | None, method: str | None = None) -> str:
+    if method == "unpruned":
+        return "unpruned"
+    return "c=learned" if rate is None else f"c={float(rate):g}"
+
+
+def cell_label(f: dict[str, Any]) -> str:
+    """``dataset/architecture/seed s/method c=rate`` of a failure row (or any row with those keys)."""
+    method = f.get("method") or "?"
+    where = f"{f.get('dataset')}/{f.get('architecture')}/seed {f.get('seed')}"
+    return f"{where}/{method}" + ("" if method == "unpruned" else f" {rate_text(f.get('rate'))}")
+
+
+def failure_summary(failures: list[dict[str, Any]], total: int, *, limit: int = 3, width: int = 160) -> str:
+    """``N of M models failed: <model> (<step>): <error>: <message>; ...`` for the CLI's last line: the cells
+    that failed (the first ``limit``), then how many were not run because a cell they depend on failed."""
+    failed = [f for f in failures if f.get("error")]
+    skipped = [f for f in failures if not f.get("error")]
+    n = len(failures)
+    parts = []
+    for f in failed[:limit]:
+        msg = f"{f['error']}: {f.get('message') or ''}".strip()
+        if len(msg) > width:
+            msg = msg[: width - 1] + "…"
+        parts.append(f"{cell_label(f)} ({f.get('step')}): {msg}")
+    if len(failed) > limit:
+        parts.append(f"and {len(failed) - limit} more")
+    text = f"{n} of {max(total, n)} models failed: " + "; ".join(parts) if parts else \
+        f"{n} of {max(total, n)} models failed"
+    if skipped:
+        text += (f" ({len(skipped)} of them not run: a model they depend on failed)" if parts
+                 else ": not run, a model they depend on failed")
+    return text + "; the report lists them; rerun the same command to retry them (finished models are reused)"
 
 
 @contextlib.contextmanager
@@ -82,10 +134,67 @@ class StudyOutcome:
     wall_time: float = 0.0
     report_files: list[Path] = field(default_factory=list)
     diverged: list[str] = field(default_factory=list)
+    """Cells whose training diverged (each also in ``failures``)."""
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    """The failure rows written by this run (see ``ResultsStore.failures``): cells that failed, and cells not run
+    because a cell they depend on failed."""
+    models_planned: int = 0
+    report_error: str | None = None
+    """Why the report could not be written (None: it was, or the run never got that far)."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and self.report_error is None
+
+    def summary(self) -> str | None:
+        """The one-line failure summary (None when nothing failed)."""
+        parts = []
+        if self.failures:
+            parts.append(failure_summary(self.failures, self.models_planned))
+        if self.report_error is not None:
+            parts.append(f"the report could not be written: {self.report_error}")
+        return "; ".join(parts) if parts else None
+
+
+@dataclass
+class _MethodCells:
+    """The cells of one method on one base model: their ids (``keys``) and what their rows share, computed without
+    training anything (so that the cells of a failed base model can be named too)."""
+
+    name: str
+    method: PruningMethod
+    settings: Any
+    settings_json: dict[str, Any]
+    rates: list[float | None]
+    incremental: bool
+    task_cfg: dict[str, Any]
+    base_key: str
+    base_id: str
+    cell: dict[str, Any]
+
+    def keys(self, rate: float | None) -> tuple[str, str]:
+        """(model_id, model_key) of the cell at ``rate``."""
+        if rate is None:
+            path: Any = "learned"
+        elif self.incremental:
+            path = self.method.rate_path([r for r in self.rates if r is not None and r <= rate], self.settings)
+        else:
+            path = [rate]
+        cell = {"kind": "pruned", "base": self.base_key, "method": self.name, "settings": self.settings_json,
+                "path": path, "task": self.task_cfg}
+        return config_hash({**cell, "base_id": self.base_id}), config_hash(cell)
+
+    def failure_cell(self, rate: float | None) -> dict[str, Any]:
+        return {**self.cell, "cell_id": self.keys(rate)[0], "rate": rate}
 
 
 class StudyRunner:
-    """Runs every cell of a :class:`StudySpec`, skipping cells whose results are already in the database."""
+    """Runs every cell of a :class:`StudySpec`, skipping cells whose results are already in the database.
+
+    Failures: an exception while training, pruning or evaluating one cell is stored in the database's ``failures``
+    table (and a model whose evaluation failed gets ``status`` 'failed'); the cells that depend on it are stored as
+    not run, and every other cell goes on. A rerun retries the failed cells and reuses the rest. User errors that
+    can be found before any work (settings, objectives, data files) are raised by :meth:`run` before it starts."""
 
     def __init__(self, spec: StudySpec, out_dir: str | Path, *, device: str | None = None, log: Log = print,
                  progress: bool | None = None, command: list[str] | None = None) -> None:
@@ -98,10 +207,17 @@ class StudyRunner:
         self.ckpt_dir = self.out / "checkpoints"
         self.outcome = StudyOutcome(self.out, self.out / "results.sqlite")
         self.evaluator = ModelEvaluator(spec, self.device, log, self.outcome)
+        self.train_precision = effective_precision(spec.precision, self.device)
+        """What training computes in on this device (tf32 is fp32 on a CPU): recorded on every model and row."""
 
     # ---- helpers ------------------------------------------------------------------------------------------
     def _cfg(self, cfg: TrainConfig) -> TrainConfig:
         return cfg if self.progress is None else cfg.model_copy(update={"progress": self.progress})
+
+    def _base_train(self) -> TrainConfig:
+        """The base model's training config, in the study's precision."""
+        return self.spec.base_train.model_copy(update={"precision": self.spec.precision,
+                                                       "compile": self.spec.compile})
 
     def _objective(self, spec: ObjectiveSpec, splits: Splits):
         return build_objective(spec.name, **spec.kwargs(splits.spec.eps_linf))
@@ -111,9 +227,9 @@ class StudyRunner:
             return None
         return spec.eps if spec.eps is not None else splits.spec.eps_linf
 
-    def _eps(self, splits: Splits) -> float:
+    def _eps(self, ds: DatasetSpec) -> float:
         e = self.spec.finetune_objective.eps
-        return float(e) if e is not None else float(splits.spec.eps_linf)
+        return float(e) if e is not None else float(ds.eps_linf)
 
     def _arch(self, arch: str) -> tuple[str, float]:
         """(registered model name, width) of an architecture entry (``NAME`` or ``NAME*W``)."""
@@ -128,7 +244,7 @@ class StudyRunner:
         name, width = self._arch(arch)
         return {"architecture": name, "dataset": s.name, "num_classes": s.num_classes, "input_shape": list(s.shape),
                 "width": width, "mean": list(s.mean), "std": list(s.std), "code_version": code_version(),
-                **extra}
+                "precision": {"train": self.train_precision, "eval": self.spec.eval_precision}, **extra}
 
     def _load(self, record: dict[str, Any]):
         path = Path(record["checkpoint"])
@@ -154,10 +270,57 @@ class StudyRunner:
         idx = torch.randperm(len(train), generator=g)[:n].to(train.x.device)
         return Split(x=train.x[idx], y=train.y[idx])
 
-    def _evaluate(self, store: ResultsStore, model_id: str, model: nn.Module, splits: Splits, base: dict[str, Any],
-                  train_wall: float, source: tuple[str, dict[str, torch.Tensor]] | None = None) -> None:
-        self.evaluator.evaluate(store, model_id, model, splits, base, train_wall, source=source)
+    # ---- failures -----------------------------------------------------------------------------------------
+    def _failure_cell(self, dataset: str, arch: str, seed: int, method: str, rate: float | None,
+                      cell_id: str) -> dict[str, Any]:
+        return {"cell_id": cell_id, "study": self.spec.name, "dataset": dataset, "architecture": self._arch(arch)[0],
+                "seed": seed, "method": method, "rate": rate}
 
+    def _free_memory(self) -> None:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _failed(self, store: ResultsStore, cell: dict[str, Any], step: str, exc: BaseException) -> dict[str, Any]:
+        """Store the failure of one cell, say it in one line, free what it held; the study goes on."""
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        rec = store.put_failure({**cell, "step": step, "error": type(exc).__name__, "message": one_line(exc),
+                                 "traceback": tb})
+        self.outcome.failures.append(rec)
+        if isinstance(exc, DivergenceError):
+            self.outcome.diverged.append(cell_label(cell))
+        self.log(f"  warning: {cell_label(cell)} failed in {step}: {type(exc).__name__}: {one_line(exc)} "
+                 f"(stored; the study goes on, a rerun retries it)")
+        self._free_memory()
+        return rec
+
+    def _not_run(self, store: ResultsStore, cell: dict[str, Any], why: str, message: str) -> None:
+        """Store a cell that was not run because a cell it depends on failed."""
+        if store.get_model(cell["cell_id"]) is not None:
+            return  # made by an earlier run: it stays (and is reused once what it depends on is back)
+        rec = store.put_failure({**cell, "step": f"not run: {why}", "error": None, "message": message,
+                                 "traceback": None}, attempted=False)
+        self.outcome.failures.append(rec)
+        self.log(f"  warning: {cell_label(cell)} not run: {why}")
+
+    def _succeeded(self, store: ResultsStore, model_id: str) -> None:
+        store.set_model_status(model_id, STATUS_DONE)
+        store.clear_failure(model_id)
+
+    def _evaluate(self, store: ResultsStore, model_id: str, model: nn.Module, splits: Splits, base: dict[str, Any],
+                  train_wall: float, source: tuple[str, dict[str, torch.Tensor]] | None = None) -> bool:
+        """Evaluate a stored model; a failure marks it 'failed' (kept, reused and re-evaluated by a rerun)."""
+        try:
+            self.evaluator.evaluate(store, model_id, model, splits, base, train_wall, source=source)
+        except Exception as exc:  # noqa: BLE001  (any failure of one cell is stored; the study goes on)
+            store.set_model_status(model_id, STATUS_FAILED)
+            self._failed(store, self._failure_cell(splits.spec.name, base["architecture"], base["seed"],
+                                                   base["method"], base.get("rate"), model_id), "evaluation", exc)
+            return False
+        self._succeeded(store, model_id)
+        return True
+
+    # ---- before any work ------------------------------------------------------------------------------------
     def _check_out(self) -> None:
         """The output folder is a writable folder, checked before any work starts."""
         if self.out.exists() and not self.out.is_dir():
@@ -171,26 +334,56 @@ class StudyRunner:
             raise ConfigError(f"cannot write to the study folder {self.out} ({exc.strerror or exc}); choose a "
                               "writable folder with --out") from None
 
+    def _check_inputs(self) -> None:
+        """Everything that can be checked before any work: every method's settings, the objectives at each
+        dataset's budget, the precision, and that every dataset's files load (decoded files are cached in-process,
+        so the study's own loads are cheap). A user error here stops the study with its one line."""
+        spec = self.spec
+        if spec.compile and not hasattr(nn.Module, "compile"):
+            raise ConfigError(f"compile needs torch >= 2.2 with nn.Module.compile (this is torch "
+                              f"{torch.__version__}); drop compile")
+        for name in spec.methods:
+            get_method(method_of(name)).settings(spec.method_settings.get(name, {}))
+        for d in spec.datasets:
+            ds = get_spec(d)
+            for o in (spec.base_objective, spec.finetune_objective):
+                build_objective(o.name, **o.kwargs(ds.eps_linf))
+            load_splits(d, data_dir=spec.data_dir, val_size=spec.val_size, seed=spec.seeds[0], device="cpu",
+                        train_limit=spec.train_limit, test_limit=spec.eval_n)
+
     def _start(self) -> None:
         self._check_out()
+        self._check_inputs()
         (self.out / "study.json").write_text(json.dumps(self.spec.model_dump(mode="json"), indent=2))
         with ResultsStore(self.outcome.db_path) as store:
             store.set_meta("spec", self.spec.model_dump(mode="json"))
             store.set_meta("command", list(self.command) if self.command is not None else list(sys.argv))
             store.set_meta("started_at", time.time())
             done = len(store.results())
+            failed = len(store.failures())
         plan = self.plan()
+        self.outcome.models_planned = plan["models"]
         self.log(f"study {self.spec.name}: {plan['models']} models ({plan['base_models']} base), {plan['rows']} result "
-                 f"rows; {done} rows already in {self.outcome.db_path}")
+                 f"rows; {done} rows already in {self.outcome.db_path}"
+                 + (f"; {failed} failed cell(s) of an earlier run to retry" if failed else ""))
 
     def _finish(self, t_start: float) -> StudyOutcome:
+        """Record the wall time and write the report (also after failed cells: it lists them)."""
         self.outcome.wall_time = time.perf_counter() - t_start
         with ResultsStore(self.outcome.db_path) as store:
             store.set_meta("study_wall_time", self.outcome.wall_time)
+        self._write_report()
+        return self.outcome
+
+    def _write_report(self) -> None:
         from robustprune.study.report import write_report
 
-        self.outcome.report_files = write_report(self.out)
-        return self.outcome
+        try:
+            self.outcome.report_files = write_report(self.out)
+        except Exception as exc:  # noqa: BLE001  (the database is complete; the report can be rewritten later)
+            self.outcome.report_error = f"{type(exc).__name__}: {one_line(exc)} (the results are in " \
+                                        f"{self.outcome.db_path}; `robustprune report {self.out}` retries)"
+            self.log(f"  warning: the report could not be written: {self.outcome.report_error}")
 
     def _splits(self, dataset: str, seed: int) -> Splits:
         seed_everything(seed)
@@ -208,7 +401,6 @@ class StudyRunner:
         """The grid's size before anything runs: base models (one per dataset/architecture/seed), pruned models
         (per base: one per method and rate; one per learned-rate method), and result rows (per model: clean + every
         attack budget; per pruned model also one transfer row per budget)."""
-        from robustprune.data import get_spec
         from robustprune.evaluation.attack_info import info_for_spec
         from robustprune.evaluation.run import budgets_for
 
@@ -228,48 +420,89 @@ class StudyRunner:
     def run(self) -> StudyOutcome:
         t_start = time.perf_counter()
         self._start()
-        with ResultsStore(self.outcome.db_path) as store:
-            for dataset in self.spec.datasets:
-                for seed in self.spec.seeds:
-                    splits = self._splits(dataset, seed)
-                    for arch in self.spec.architectures:
-                        base_id, model, row_base = self._run_base(store, splits, arch, seed)
-                        base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                        for method in self.spec.methods:
-                            self._run_method(store, splits, arch, seed, method, base_id, base_state, row_base)
+        try:
+            with ResultsStore(self.outcome.db_path) as store:
+                for dataset in self.spec.datasets:
+                    for seed in self.spec.seeds:
+                        splits = self._splits(dataset, seed)
+                        for arch in self.spec.architectures:
+                            base = self._run_base(store, splits, arch, seed)
+                            if base is None:
+                                for method in self.spec.methods:
+                                    self._base_failed(store, splits.spec, arch, seed, method)
+                                continue
+                            base_id, model, row_base = base
+                            base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                            for method in self.spec.methods:
+                                self._run_method(store, splits, arch, seed, method, base_id, base_state, row_base)
+        except Exception:
+            self._write_report()  # what finished is reported even when something outside every cell failed
+            raise
         return self._finish(t_start)
 
-    def run_unit(self, dataset: str, arch: str, seed: int, method: str | None = None) -> dict[str, int]:
+    def _base_failed(self, store: ResultsStore, ds: DatasetSpec, arch: str, seed: int, method: str) -> None:
+        """The cells of ``method`` on a base model that failed: stored as not run."""
+        base_id = config_hash(self._base_cfg(ds.name, arch, seed))
+        cells = self._method_cells(ds, arch, seed, method, base_id)
+        for rate in cells.rates:
+            self._not_run(store, cells.failure_cell(rate), "its base model failed",
+                          f"its base model {base_id} ({ds.name}/{arch}/seed {seed}) failed; see that model's failure")
+
+    def run_unit(self, dataset: str, arch: str, seed: int, method: str | None = None) -> dict[str, Any]:
         """Run one work unit (the base cell when ``method`` is None, else one method's cells from the stored base
-        model) and return its counts. What the Ray runner's tasks call."""
+        model) and return its counts and failure rows. What the Ray runner's tasks call."""
         with ResultsStore(self.outcome.db_path) as store:
             splits = self._splits(dataset, seed)
             if method is None:
                 self._run_base(store, splits, arch, seed)
             else:
-                base_id = config_hash(self._base_cfg(splits, arch, seed))
+                base_id = config_hash(self._base_cfg(splits.spec.name, arch, seed))
                 rec = store.get_model(base_id)
                 loaded = self._load(rec) if rec else None
-                if loaded is None:
+                if loaded is None and store.failures("cell_id = ?", (base_id,)):
+                    self._base_failed(store, splits.spec, arch, seed, method)
+                elif loaded is None:
                     raise RobustPruneError(f"base model {base_id} of {dataset}/{arch}/seed {seed} is not in "
                                            f"{self.outcome.db_path}; its base task must finish first")
-                base_state = {k: v.detach().clone() for k, v in loaded[0].state_dict().items()}
-                row_base = self._row_base(splits, arch, seed)
-                self._run_method(store, splits, arch, seed, method, base_id, base_state, row_base)
+                else:
+                    base_state = {k: v.detach().clone() for k, v in loaded[0].state_dict().items()}
+                    row_base = self._row_base(splits, arch, seed)
+                    self._run_method(store, splits, arch, seed, method, base_id, base_state, row_base)
         o = self.outcome
-        return {"models_trained": o.models_trained, "models_reused": o.models_reused, "rows_written": o.rows_written}
+        return {"models_trained": o.models_trained, "models_reused": o.models_reused, "rows_written": o.rows_written,
+                "failures": [{k: v for k, v in f.items() if k != "traceback"} for f in o.failures],
+                "diverged": list(o.diverged)}
+
+    def unit_failed(self, dataset: str, arch: str, seed: int, method: str | None, exc: BaseException) -> None:
+        """A work unit that failed outside every cell (e.g. its Ray worker died): each of its cells not stored
+        gets a failure row (step 'ray task')."""
+        ds = get_spec(dataset)
+        base_id = config_hash(self._base_cfg(ds.name, arch, seed))
+        with ResultsStore(self.outcome.db_path) as store:
+            if method is None:
+                cells = [self._failure_cell(ds.name, arch, seed, "unpruned", 1.0, base_id)]
+            else:
+                mc = self._method_cells(ds, arch, seed, method, base_id)
+                cells = [mc.failure_cell(r) for r in mc.rates]
+            for cell in cells:
+                rec = store.get_model(cell["cell_id"])
+                if rec is None or rec.get("status") == STATUS_FAILED:
+                    self._failed(store, cell, "ray task", exc)
 
     def _row_base(self, splits: Splits, arch: str, seed: int) -> dict[str, Any]:
         name, width = self._arch(arch)
-        return {"dataset": splits.spec.name, "architecture": name, "width": width, "seed": seed}
+        return {"dataset": splits.spec.name, "architecture": name, "width": width, "seed": seed,
+                "eval_precision": self.spec.eval_precision}
 
-    def _base_cfg(self, splits: Splits, arch: str, seed: int) -> dict[str, Any]:
+    def _base_cfg(self, dataset: str, arch: str, seed: int) -> dict[str, Any]:
+        """The config hashed into a base model's id (``dataset``: the registered name). The precision is part of it
+        only when it is not the default (fp32, no compile), so earlier studies' models keep their ids."""
         spec = self.spec
         name, width = self._arch(arch)
         return {
-            "kind": "base", "dataset": splits.spec.name, "architecture": name, "width": width, "seed": seed,
+            "kind": "base", "dataset": dataset, "architecture": name, "width": width, "seed": seed,
             "train_limit": spec.train_limit, "val_size": spec.val_size,
-            "objective": spec.base_objective.record(), "train": _train_cfg_dict(spec.base_train),
+            "objective": spec.base_objective.record(), "train": _train_cfg_dict(self._base_train()),
         }
 
     def _save(self, store: ResultsStore, model_id: str, model: nn.Module, meta: dict[str, Any], masks: Any,
@@ -277,17 +510,19 @@ class StudyRunner:
         ckpt = self.ckpt_dir / f"{model_id}.safetensors"
         save_checkpoint(ckpt, model, meta=meta, masks=masks)
         store.put_model({**record, "model_id": model_id, "study": self.spec.name,
-                         "checkpoint": str(ckpt.relative_to(self.out)), "checkpoint_sha256": file_sha256(ckpt)})
+                         "checkpoint": str(ckpt.relative_to(self.out)), "checkpoint_sha256": file_sha256(ckpt),
+                         "train_precision": self.train_precision, "eval_precision": self.spec.eval_precision})
 
     def _run_base(self, store: ResultsStore, splits: Splits, arch: str,
-                  seed: int) -> tuple[str, nn.Module, dict[str, Any]]:
-        with cell_lock(self.out, config_hash(self._base_cfg(splits, arch, seed))):
+                  seed: int) -> tuple[str, nn.Module, dict[str, Any]] | None:
+        """The base cell: reuse or train, then evaluate. None when its training failed (stored as a failure)."""
+        with cell_lock(self.out, config_hash(self._base_cfg(splits.spec.name, arch, seed))):
             return self._run_base_locked(store, splits, arch, seed)
 
     def _run_base_locked(self, store: ResultsStore, splits: Splits, arch: str,
-                         seed: int) -> tuple[str, nn.Module, dict[str, Any]]:
+                         seed: int) -> tuple[str, nn.Module, dict[str, Any]] | None:
         spec = self.spec
-        base_cfg = self._base_cfg(splits, arch, seed)
+        base_cfg = self._base_cfg(splits.spec.name, arch, seed)
         base_id = config_hash(base_cfg)
         model_key = config_hash(_without_seed(base_cfg))
         row_base = self._row_base(splits, arch, seed)
@@ -297,26 +532,38 @@ class StudyRunner:
             model, _, _ = loaded
             train_wall = float(record["wall_time"] or 0.0)
             train_epochs, train_steps = record.get("metrics", {}).get("epochs"), record.get("metrics", {}).get("steps")
+            train_precision = record.get("train_precision")
             self.outcome.models_reused += 1
             self.log(f"[{splits.spec.name}/{arch}/seed {seed}] base model {base_id}: reused")
         else:
             self.log(f"[{splits.spec.name}/{arch}/seed {seed}] training base model {base_id} "
-                     f"({spec.base_objective.name}, {spec.base_train.epochs} epochs, {len(splits.train)} images)")
-            seed_everything(seed)
-            model = self._build(arch, splits)
-            cfg = self._cfg(spec.base_train.model_copy(update={"seed": seed}))
-            res = fit(model, self._objective(spec.base_objective, splits), splits.train, splits.val, cfg,
-                      val_eps=self._val_eps(spec.base_objective, splits), augment=splits.spec.augment, desc="base")
-            train_wall = res.wall_time
-            train_epochs, train_steps = float(cfg.epochs), int(res.steps)
-            metrics = {**res.to_dict(), "epochs": train_epochs}
-            self._save(store, base_id, model, self._meta(splits, arch, {"config": base_cfg, "train": res.to_dict()}),
-                       None, {"kind": "base", "dataset": splits.spec.name, "architecture": self._arch(arch)[0],
-                              "method": "unpruned",
-                              "rate": 1.0, "rate_kind": "none", "group": "none", "settings": {},
-                              "model_key": model_key, "seed": seed, "metrics": metrics, "config": base_cfg,
-                              "wall_time": train_wall, "converged": None, "flags": [], "convergence": {},
-                              "train_epochs": train_epochs, "train_steps": train_steps})
+                     f"({spec.base_objective.name}, {spec.base_train.epochs} epochs, {len(splits.train)} images"
+                     + (f", {self.train_precision}" if self.train_precision != "fp32" else "") + ")")
+            step = "base training"
+            try:
+                seed_everything(seed)
+                model = self._build(arch, splits)
+                cfg = self._cfg(self._base_train().model_copy(update={"seed": seed}))
+                res = fit(model, self._objective(spec.base_objective, splits), splits.train, splits.val, cfg,
+                          val_eps=self._val_eps(spec.base_objective, splits), augment=splits.spec.augment,
+                          desc="base")
+                train_wall = res.wall_time
+                train_epochs, train_steps = float(cfg.epochs), int(res.steps)
+                metrics = {**res.to_dict(), "epochs": train_epochs}
+                step = "saving the base model"
+                self._save(store, base_id, model,
+                           self._meta(splits, arch, {"config": base_cfg, "train": res.to_dict()}),
+                           None, {"kind": "base", "dataset": splits.spec.name, "architecture": self._arch(arch)[0],
+                                  "method": "unpruned",
+                                  "rate": 1.0, "rate_kind": "none", "group": "none", "settings": {},
+                                  "model_key": model_key, "seed": seed, "metrics": metrics, "config": base_cfg,
+                                  "wall_time": train_wall, "converged": None, "flags": [], "convergence": {},
+                                  "train_epochs": train_epochs, "train_steps": train_steps})
+            except Exception as exc:  # noqa: BLE001  (stored; the cells that need this base are not run)
+                self._failed(store, self._failure_cell(splits.spec.name, arch, seed, "unpruned", 1.0, base_id), step,
+                             exc)
+                return None
+            train_precision = self.train_precision
             self.outcome.models_trained += 1
             last = res.history[-1] if res.history else {}
             self.log(f"  base trained in {train_wall:.0f}s (best epoch {res.best_epoch} by {res.selected_by}; "
@@ -325,10 +572,28 @@ class StudyRunner:
                        {**row_base, "method": "unpruned", "group": "none", "scope": "none", "score": "none",
                         "schedule": "none", "rate": 1.0, "rate_kind": "none", "settings": "{}",
                         "model_key": model_key, "converged": None, "flags": "[]", "train_epochs": train_epochs,
-                        "train_steps": train_steps}, train_wall)
+                        "train_steps": train_steps, "train_precision": train_precision}, train_wall)
         return base_id, model, row_base
 
     # ---- one method: every rate, through the PruningMethod interface ------------------------------------------
+    def _method_cells(self, ds: DatasetSpec, arch: str, seed: int, name: str, base_id: str) -> _MethodCells:
+        spec = self.spec
+        method = get_method(method_of(name))
+        settings = method.settings(spec.method_settings.get(name, {}))
+        task_cfg: dict[str, Any] = {
+            "epochs": spec.prune_epochs, "limit": spec.finetune_limit, "eps": self._eps(ds),
+            "objective": spec.finetune_objective.record() if method.uses_objective else None}
+        if spec.precision != "fp32":  # part of the identity only when not the default: earlier ids stay
+            task_cfg["precision"] = spec.precision
+        if spec.compile:
+            task_cfg["compile"] = True
+        return _MethodCells(
+            name=name, method=method, settings=settings, settings_json=settings.model_dump(mode="json"),
+            rates=spec.rates_for(name), incremental=method.incremental(settings), task_cfg=task_cfg,
+            base_key=config_hash(_without_seed(self._base_cfg(ds.name, arch, seed))), base_id=base_id,
+            cell={"study": spec.name, "dataset": ds.name, "architecture": self._arch(arch)[0], "seed": seed,
+                  "method": name})
+
     def _run_method(self, store: ResultsStore, splits: Splits, arch: str, seed: int, name: str, base_id: str,
                     base_state: dict[str, torch.Tensor], row_base: dict[str, Any]) -> None:
         with cell_lock(self.out, config_hash({"base": base_id, "method": name})):
@@ -336,36 +601,20 @@ class StudyRunner:
 
     def _run_method_locked(self, store: ResultsStore, splits: Splits, arch: str, seed: int, name: str,
                            base_id: str, base_state: dict[str, torch.Tensor], row_base: dict[str, Any]) -> None:
+        """Every rate of one method on one base model. Each rate is a cell: a failure is stored and the other
+        rates go on (an incremental chain's later rates depend on the failed one and are stored as not run)."""
         spec = self.spec
         seed_everything(seed)  # a method's numbers do not depend on what ran before it (in-process, Ray, resume)
-        method = get_method(method_of(name))
-        settings = method.settings(spec.method_settings.get(name, {}))
-        settings_json = settings.model_dump(mode="json")
-        rates = spec.rates_for(name)
+        cells = self._method_cells(splits.spec, arch, seed, name, base_id)
+        method, settings, incremental, rates = cells.method, cells.settings, cells.incremental, cells.rates
         if not rates:
             return
-        eps = self._eps(splits)
-        task_cfg = {"epochs": spec.prune_epochs, "limit": spec.finetune_limit, "eps": eps,
-                    "objective": spec.finetune_objective.record() if method.uses_objective else None}
-        base_key = config_hash(_without_seed(self._base_cfg(splits, arch, seed)))
-        incremental = method.incremental(settings)
-        set_rates = [r for r in rates if r is not None]
-
-        def keys(rate: float | None) -> tuple[str, str]:
-            if rate is None:
-                path: Any = "learned"
-            elif incremental:
-                path = method.rate_path([r for r in set_rates if r <= rate], settings)
-            else:
-                path = [rate]
-            cell = {"kind": "pruned", "base": base_key, "method": name, "settings": settings_json, "path": path,
-                    "task": task_cfg}
-            return config_hash({**cell, "base_id": base_id}), config_hash(cell)
-
+        eps = self._eps(splits.spec)
+        keys = cells.keys
         row = {**row_base, "method": name, "group": method.group, "scope": getattr(method, "scope", "local"),
                "score": getattr(method, "score", name.split("-")[0]),
                "schedule": getattr(settings, "schedule", "one-shot"), "rate_kind": method.rate_kind,
-               "settings": settings_json}
+               "settings": cells.settings_json}
         # Reuse what is stored; an incremental chain resumes after its furthest stored rate.
         todo: list[float | None] = []
         start_model: nn.Module | None = None
@@ -387,9 +636,6 @@ class StudyRunner:
                 start_achieved = float((rec.get("metrics") or {}).get("achieved_compression") or 1.0)
         if not todo:
             return
-        model = start_model if start_model is not None else self._build(arch, splits)
-        if start_model is None:
-            model.load_state_dict(base_state)
         teacher = None
         if method.needs_teacher:
             teacher = self._build(arch, splits)
@@ -399,28 +645,54 @@ class StudyRunner:
                          objective=self._objective(spec.finetune_objective, splits) if method.uses_objective else None,
                          dataset=splits.spec.name, augment=splits.spec.augment, seed=seed,
                          progress=bool(self.progress) if self.progress is not None else False,
-                         masks=start_masks, start_rate=start_rate, teacher=teacher, log=self.log)
-        self.log(f"[{splits.spec.name}/{arch}/seed {seed}] {name} [{method.paper.key}]: "
-                 + ("learning its rate" if todo == [None] else
-                    f"pruning to c={', '.join(f'{r:g}' for r in todo if r is not None)} from c={start_rate:g}"))
+                         masks=start_masks, start_rate=start_rate, teacher=teacher, log=self.log,
+                         precision=spec.precision, compile=spec.compile)
+        pending = list(todo)
+        model = start_model
         wall = done_wall
-        try:
-            for res in method.prune_many(model, task, todo, settings):
-                wall = (wall if incremental else 0.0) + res.wall_time
-                self._store_result(store, splits, arch, seed, name, base_id, base_state, res, keys(res.rate), row,
-                                   wall, start_achieved if incremental else 1.0)
-                if incremental and res.rate is not None:
-                    start_rate, start_achieved = res.rate, res.achieved_compression
-        except DivergenceError as exc:
-            # A diverged run stores nothing (no half-trained model is taken for a result); the study goes on.
-            self.log(f"  warning: {name} diverged and was skipped: {exc}")
-            self.outcome.diverged.append(f"{splits.spec.name}/{arch}/seed {seed}/{name}")
+        while pending:
+            if model is None:  # from the base model (after a failed rate: a fresh copy, whatever the method did)
+                model = self._build(arch, splits)
+                model.load_state_dict(base_state)
+            self.log(f"[{splits.spec.name}/{arch}/seed {seed}] {name} [{method.paper.key}]: "
+                     + ("learning its rate" if pending == [None] else
+                        f"pruning to c={', '.join(f'{r:g}' for r in pending if r is not None)} from c={start_rate:g}"))
+            current, step = pending[0], "pruning"
+            try:
+                # Non-incremental methods get every pending rate at once (a method may share work between them);
+                # after a failure the remaining rates are asked for again, so one rate's failure costs no other.
+                for res in method.prune_many(model, task, list(pending), settings):
+                    current, step = res.rate, "saving the pruned model"
+                    wall = (wall if incremental else 0.0) + res.wall_time
+                    self._store_result(store, splits, arch, seed, name, base_id, base_state, res, keys(res.rate), row,
+                                       wall, start_achieved if incremental else 1.0)
+                    if incremental and res.rate is not None:
+                        start_rate, start_achieved = res.rate, res.achieved_compression
+                    if res.rate in pending:
+                        pending.remove(res.rate)
+                    else:
+                        pending.pop(0)
+                    step = "pruning"
+                    if pending:
+                        current = pending[0]
+                pending = []  # rates a method does not return are not retried in a loop
+            except Exception as exc:  # noqa: BLE001  (stored; the other cells go on)
+                self._failed(store, cells.failure_cell(current), step, exc)
+                if current in pending:
+                    pending.remove(current)
+                if incremental:
+                    for r in pending:
+                        self._not_run(store, cells.failure_cell(r), f"{rate_text(current)} of its chain failed",
+                                      f"{name} {rate_text(r)} continues from {rate_text(current)}, which failed "
+                                      f"({type(exc).__name__}: {one_line(exc, 160)})")
+                    pending = []
+                model = None
 
     def _row(self, row: dict[str, Any], rate: float | None, model_key: str, rec: dict[str, Any]) -> dict[str, Any]:
         metrics = rec.get("metrics") or {}
         return {**row, "rate": rate, "model_key": model_key, "converged": rec.get("converged"),
                 "flags": rec.get("flags") or [], "train_epochs": metrics.get("epochs"),
-                "train_steps": metrics.get("steps")}
+                "train_steps": metrics.get("steps"), "train_precision": rec.get("train_precision")}
 
     def _store_result(self, store: ResultsStore, splits: Splits, arch: str, seed: int, name: str, base_id: str,
                       base_state: dict[str, torch.Tensor], res: PruneResult, ids: tuple[str, str],
@@ -452,7 +724,8 @@ class StudyRunner:
                  + (f", converged {res.converged}" if res.converged is not None else ""))
         self._evaluate(store, cid, res.model, splits,
                        {**row, "rate": res.rate, "model_key": mkey, "converged": res.converged, "flags": flags,
-                        "train_epochs": res.epochs, "train_steps": res.steps}, cumulative,
+                        "train_epochs": res.epochs, "train_steps": res.steps,
+                        "train_precision": self.train_precision}, cumulative,
                        source=(base_id, base_state))
 
 

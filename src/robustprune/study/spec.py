@@ -202,6 +202,10 @@ class StudySpec(BaseModel):
     def _base_epochs(cls, v: TrainConfig) -> TrainConfig:
         if v.epochs < 1:
             raise ValueError("base_train.epochs must be >= 1: an untrained base model would be pruned and evaluated")
+        if v.precision != "fp32" or v.compile:
+            key = "precision" if v.precision != "fp32" else "compile"
+            raise ValueError(f"{key} of a study is one top-level key for every training phase (base training "
+                             f"included); move base_train.{key} to the top level ({key}: ...)")
         return v
 
     @model_validator(mode="after")

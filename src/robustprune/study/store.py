@@ -11,6 +11,12 @@ Tables:
 ``checks``         the sanity checks of evaluations, one row per (model, evaluation, check); ``ran`` says whether
                    the check ran (1) or was skipped (0, ``detail`` says why).
 ``vulnerability``  latent vulnerability of a model under one attack's examples.
+``failures``       one row per study cell that failed (keyed by the model_id the cell would have had): the step
+                   (``base training``, ``pruning``, ``evaluation``, ... or ``not run: ...`` for a cell that depends
+                   on a failed one), the exception's class and one-line message, its traceback and how many runs
+                   tried the cell. A cell that later succeeds loses its row. A model whose evaluation failed keeps
+                   its ``models`` row with ``status`` 'failed' (else 'done'); a rerun reuses it and retries the
+                   evaluation.
 
 Vocabulary (``docs/``'s glossary): the compression rate ``rate`` is c (1/c of the prunable weights remain; 1.0
 for the unpruned model; NULL when the method learns its rate, ``rate_kind`` = 'learned', and the achieved value
@@ -37,9 +43,16 @@ from urllib.parse import quote
 from robustprune.errors import RobustPruneError
 
 SCHEMA_KEY = "robustprune_schema"
-SCHEMA_VERSION = 2
-"""Version 2: ``group`` / ``rate`` / ``rate_kind`` / ``settings`` / ``model_key`` / ``converged`` / ``flags``
-(version 1, unmarked, had ``scheme`` and ``target_compression``, 0 meaning learned)."""
+SCHEMA_VERSION = 3
+"""Version 3: the ``failures`` table, ``models.status``, and ``train_precision`` / ``eval_precision`` on ``models``
+and ``results`` (a version-2 database is migrated in place when a study opens it for writing, and read as it is by
+the read-only commands: the new columns read as None). Version 2: ``group`` / ``rate`` / ``rate_kind`` /
+``settings`` / ``model_key`` / ``converged`` / ``flags`` (version 1, unmarked, had ``scheme`` and
+``target_compression``, 0 meaning learned)."""
+READABLE_VERSIONS = (2, 3)
+"""Schema versions this robustprune opens (older ones are migrated when opened writable)."""
+
+STATUS_DONE, STATUS_FAILED = "done", "failed"
 
 GROUPS = ("unstructured", "kernel", "filter", "column", "none")
 RATE_KINDS = ("set", "learned", "none")
@@ -98,6 +111,8 @@ RESULT_COLUMNS: dict[str, str] = {
     "train_steps": "INTEGER",             # ... and in gradient steps
     "eval_wall_time": "REAL",             # seconds for this attack
     "created_at": "REAL",
+    "train_precision": "TEXT",            # fp32 | tf32 | bf16: what the model's training computed in (schema 3)
+    "eval_precision": "TEXT",             # fp32 | tf32: what this measurement computed in (schema 3)
 }
 
 MODEL_COLUMNS: dict[str, str] = {
@@ -125,6 +140,9 @@ MODEL_COLUMNS: dict[str, str] = {
     "train_epochs": "REAL",
     "train_steps": "INTEGER",
     "created_at": "REAL",
+    "status": "TEXT DEFAULT 'done'",      # done | failed (the model exists, its evaluation failed) (schema 3)
+    "train_precision": "TEXT",            # fp32 | tf32 | bf16 (schema 3)
+    "eval_precision": "TEXT",             # fp32 | tf32 (schema 3)
 }
 JSON_MODEL_COLUMNS = {"settings": dict, "convergence": dict, "flags": list, "metrics": dict, "config": dict}
 
@@ -153,7 +171,26 @@ VULNERABILITY_COLUMNS: dict[str, str] = {
     "created_at": "REAL",
 }
 
-TABLES = ("meta", "models", "results", "checks", "vulnerability")
+FAILURE_COLUMNS: dict[str, str] = {
+    "cell_id": "TEXT PRIMARY KEY",        # the model_id the cell has (or would have had)
+    "study": "TEXT",
+    "dataset": "TEXT",
+    "architecture": "TEXT",
+    "seed": "INTEGER",
+    "method": "TEXT",                     # 'unpruned' for a base model
+    "rate": "REAL",                       # NULL: a learned rate
+    "step": "TEXT",                       # base training | pruning | evaluation | ... | not run: <why>
+    "error": "TEXT",                      # the exception's class name (NULL for a cell that was not run)
+    "message": "TEXT",                    # one line
+    "traceback": "TEXT",
+    "attempts": "INTEGER",                # runs that tried the cell and failed
+    "created_at": "REAL",
+}
+
+TABLES = ("meta", "models", "results", "checks", "vulnerability", "failures")
+
+ADDED_IN_3 = {"models": ("status", "train_precision", "eval_precision"),
+              "results": ("train_precision", "eval_precision")}
 
 
 def _q(name: str) -> str:
@@ -221,8 +258,9 @@ class ResultsStore:
     """SQLite store. Safe to open from several processes (WAL journal, retries on a busy database).
 
     ``ResultsStore(path)`` creates the database (and its folder) when absent and marks it with the schema
-    version; an existing file must carry the marker of this version. ``ResultsStore(path, readonly=True)`` never
-    writes: the file must exist and be a robustprune database of this schema. Either way, anything else is a
+    version; an existing file must carry the marker of a version this robustprune reads (a version-2 file is
+    migrated to this version). ``ResultsStore(path, readonly=True)`` never writes: the file must exist and be a
+    robustprune database of a readable schema (a version-2 file is read as it is). Either way, anything else is a
     one-line :class:`RobustPruneError` that says what is wrong and how to fix it.
     """
 
@@ -265,7 +303,8 @@ class ResultsStore:
     def _tables(self) -> set[str]:
         return {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
-    def _check_marker(self) -> None:
+    def _check_marker(self) -> int:
+        """The schema version of an existing file (one this robustprune reads), else a one-line error."""
         tables = self._tables()
         if not tables:
             raise RobustPruneError(f"{self.path} holds no tables: it is not a robustprune results database; "
@@ -286,15 +325,17 @@ class ResultsStore:
                                        f"version reads schema {SCHEMA_VERSION}); " + _rerun_hint(self.path))
             raise RobustPruneError(f"{self.path} is not a robustprune results database (tables "
                                    f"{', '.join(sorted(tables))}); " + _rerun_hint(self.path))
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise RobustPruneError(f"{self.path} has results schema {version}, this robustprune reads schema "
                                    f"{SCHEMA_VERSION}; " + _rerun_hint(self.path))
+        return int(version)
 
     def _create(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")  # one creator at a time: a concurrent study waits, then sees the marker
         try:
             if self._tables():
-                self._check_marker()
+                if self._check_marker() < SCHEMA_VERSION:
+                    self._migrate()
             else:
                 self._db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
                 self._db.execute(f"CREATE TABLE models ({_cols(MODEL_COLUMNS)})")
@@ -304,6 +345,7 @@ class ResultsStore:
                                  f"{_cols(CHECK_COLUMNS)}, UNIQUE(model_id, evaluation_id, name))")
                 self._db.execute(f"CREATE TABLE vulnerability (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                                  f"{_cols(VULNERABILITY_COLUMNS)}, UNIQUE(model_id, threat, attack_hash, eps_str))")
+                self._db.execute(f"CREATE TABLE failures ({_cols(FAILURE_COLUMNS)})")
                 self._db.execute("CREATE INDEX results_model ON results (model_id)")
                 self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?)",
                                  (SCHEMA_KEY, json.dumps(SCHEMA_VERSION)))
@@ -311,6 +353,22 @@ class ResultsStore:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+
+    def _columns(self, table: str) -> set[str]:
+        return {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+
+    def _migrate(self) -> None:
+        """Schema 2 -> 3 in place (inside :meth:`_create`'s transaction): the new columns (NULL on old rows; a
+        model's status 'done'), the failures table, the marker."""
+        for table, names in ADDED_IN_3.items():
+            have = self._columns(table)
+            columns = MODEL_COLUMNS if table == "models" else RESULT_COLUMNS
+            for name in names:
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {_q(name)} {columns[name]}")
+        self._db.execute(f"UPDATE models SET status = '{STATUS_DONE}' WHERE status IS NULL")
+        self._db.execute(f"CREATE TABLE IF NOT EXISTS failures ({_cols(FAILURE_COLUMNS)})")
+        self._db.execute("UPDATE meta SET value = ? WHERE key = ?", (json.dumps(SCHEMA_VERSION), SCHEMA_KEY))
 
     def _write(self) -> None:
         if self.readonly:
@@ -351,6 +409,10 @@ class ResultsStore:
     @staticmethod
     def _decode_model(row: sqlite3.Row) -> dict[str, Any]:
         out = dict(row)
+        for k in MODEL_COLUMNS:  # a schema-2 file read as it is: the columns of schema 3 read as None
+            out.setdefault(k, None)
+        if out["status"] is None:
+            out["status"] = STATUS_DONE
         for k, empty in JSON_MODEL_COLUMNS.items():
             out[k] = _load(out[k], empty)
         return out
@@ -368,6 +430,9 @@ class ResultsStore:
         validate_row(record, table="models")
         rec = {k: record.get(k) for k in MODEL_COLUMNS}
         rec["created_at"] = rec["created_at"] or time.time()
+        rec["status"] = rec["status"] or STATUS_DONE
+        if rec["status"] not in (STATUS_DONE, STATUS_FAILED):
+            raise ValueError(f"models row: status must be {STATUS_DONE!r} or {STATUS_FAILED!r}, got {rec['status']!r}")
         for k, empty in JSON_MODEL_COLUMNS.items():
             rec[k] = _dump(rec[k], empty())
         if rec["converged"] is not None:
@@ -377,6 +442,14 @@ class ResultsStore:
 
     def models(self) -> list[dict[str, Any]]:
         return [self._decode_model(r) for r in self._db.execute("SELECT * FROM models ORDER BY created_at")]
+
+    def set_model_status(self, model_id: str, status: str) -> None:
+        """Mark a stored model 'done' or 'failed' (its evaluation failed; the model itself is kept and reused)."""
+        if status not in (STATUS_DONE, STATUS_FAILED):
+            raise ValueError(f"status must be {STATUS_DONE!r} or {STATUS_FAILED!r}, got {status!r}")
+        self._write()
+        self._db.execute("UPDATE models SET status = ? WHERE model_id = ? AND status IS NOT ?",
+                         (status, model_id, status))
 
     # ---- results --------------------------------------------------------------------------------------------
     def has_result(self, model_id: str, attack_hash: str, eps_str: str, n_eval: int | None = None) -> bool:
@@ -421,6 +494,8 @@ class ResultsStore:
         out = []
         for r in self._db.execute(sql, tuple(params)):
             d = dict(r)
+            for k in ADDED_IN_3["results"]:  # a schema-2 file read as it is
+                d.setdefault(k, None)
             d["settings"] = _load(d["settings"], dict)
             d["flags"] = _load(d["flags"], list)
             out.append(d)
@@ -485,3 +560,35 @@ class ResultsStore:
             r["layers"] = json.loads(r["layers"]) if r["layers"] else {}
             r["features"] = json.loads(r["features"]) if r["features"] else {}
         return rows
+
+    # ---- failed cells -------------------------------------------------------------------------------------
+    def put_failure(self, record: Mapping[str, Any], *, attempted: bool = True) -> dict[str, Any]:
+        """Insert (or replace) the failure row of one cell (``record`` keyed by :data:`FAILURE_COLUMNS`, at least
+        ``cell_id`` and ``step``). ``attempts`` counts the runs that tried the cell and failed: the stored count
+        plus one when ``attempted`` (a cell that was not run because a cell it depends on failed keeps its count).
+        Returns the row as stored."""
+        unknown = set(record) - set(FAILURE_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown failure columns {sorted(unknown)}; known: {list(FAILURE_COLUMNS)}")
+        if not record.get("cell_id") or not record.get("step"):
+            raise ValueError("a failure row needs a cell_id and a step")
+        self._write()
+        rec = {k: record.get(k) for k in FAILURE_COLUMNS}
+        prev = self._db.execute("SELECT attempts FROM failures WHERE cell_id = ?", (rec["cell_id"],)).fetchone()
+        if rec["attempts"] is None:
+            rec["attempts"] = (int(prev[0] or 0) if prev else 0) + (1 if attempted else 0)
+        rec["created_at"] = rec["created_at"] or time.time()
+        self._db.execute(_insert_sql("failures", list(rec)), tuple(rec.values()))
+        return rec
+
+    def clear_failure(self, cell_id: str) -> None:
+        """Forget the failure of a cell that has now succeeded (nothing when there is none)."""
+        self._write()
+        self._db.execute("DELETE FROM failures WHERE cell_id = ?", (cell_id,))
+
+    def failures(self, where: str = "", params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        """The failure rows, oldest first (none in a schema-2 file read as it is)."""
+        if "failures" not in self._tables():
+            return []
+        sql = "SELECT * FROM failures" + (f" WHERE {where}" if where else "") + " ORDER BY created_at, cell_id"
+        return [dict(r) for r in self._db.execute(sql, tuple(params))]

@@ -33,9 +33,12 @@ from robustprune.study.report.tables import (
     checks_table,
     checks_text,
     comparison_tables,
+    failures_table,
+    failures_text,
     headline_tables,
     models_table,
     n_text,
+    precision_text,
     robustness_table,
     robustness_tables,
     settings_table,
@@ -62,7 +65,7 @@ def load(out_dir: str | Path) -> ReportData:
     with ResultsStore(db, readonly=True) as store:
         meta = {k: store.get_meta(k) for k in ("command", "started_at", "study_wall_time")}
         return build(store.results(), store.models(), store.checks(), store.vulnerabilities(), meta,
-                     store.get_meta("spec", {}) or {})
+                     store.get_meta("spec", {}) or {}, store.failures())
 
 
 def _sections(data: ReportData, marks: Marks) -> list[tuple[str, str, list]]:
@@ -105,8 +108,13 @@ def write_report(out_dir: str | Path) -> list[Path]:
                                         for f, s in marks.symbol.items())
                   + " (marked on every row and plot point, explained under each table).") if marks.symbol else ""
 
+    failed = failures_table(data)
+    precision = precision_text(data)
+
     # ---- Markdown
     text = [f"# robustprune study: {name}", "", intro, ""] + ([flags_line, ""] if flags_line else [])
+    if failed is not None:
+        text += ["## Failed models", "", failures_text(data), "", table_markdown(failed)]
     text += sections_markdown(sections[:1])
     if fig1 is not None:
         text += [f"![accuracy against achieved compression]({fig1_path.name})", ""]
@@ -118,7 +126,9 @@ def write_report(out_dir: str | Path) -> list[Path]:
         base = spec.get("base_objective") or {}
         text += [f"Base model: {base.get('name')} ({(spec.get('base_train') or {}).get('epochs')} epochs). "
                  "Training budgets per model (seconds, epochs, gradient steps) are in the table of methods at each "
-                 "rate.", ""]
+                 "rate." + (f" {precision}" if precision else ""), ""]
+    elif precision:
+        text += [precision, ""]
     deviations = settings_table(data)
     if deviations is not None:
         text += ["## Settings that differ from the methods' defaults", "", table_markdown(deviations)]
@@ -137,6 +147,9 @@ def write_report(out_dir: str | Path) -> list[Path]:
               f"<p>{len(models)} models, {len(rows)} result rows. {e(intro.replace('`', '').replace('*', ''))}</p>"]
     if flags_line:
         blocks.append(f"<p class=flag>{e(flags_line)}</p>")
+    if failed is not None:
+        blocks += ["<h2 id=failed-models>Failed models</h2>", f"<p class=fail>{e(failures_text(data))}</p>",
+                   table_html(failed)]
     for i, (title, sec_intro, tables) in enumerate(sections):
         blocks.append(f"<h2>{e(title)}</h2>")
         if sec_intro:
@@ -180,6 +193,8 @@ def write_report(out_dir: str | Path) -> list[Path]:
     wall = data.meta.get("study_wall_time")
     blocks.append(f"<p>Training / pruning {train_time:.0f}s, evaluation {eval_time:.0f}s"
                   + (f"; last study run {wall:.0f}s wall time" if wall is not None else "") + ".</p>")
+    if precision:
+        blocks.append(f"<p>{e(precision)}</p>")
     rt = runtime_chart_png(data)
     if rt:
         blocks.append(img(rt, "run time per model"))

@@ -327,6 +327,8 @@ class ReportData:
     meta: dict[str, Any]
     spec: dict[str, Any]
     entry_of_model: dict[str, list[Entry]]
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    """Cells that failed or were not run (the database's ``failures`` table), oldest first."""
 
     @property
     def n_values(self) -> list[int]:
@@ -363,7 +365,7 @@ def _root_key(model_id: str | None, models: dict[str, dict[str, Any]]) -> str | 
 
 def build(rows: list[dict[str, Any]], models: list[dict[str, Any]], checks: list[dict[str, Any]],
           vulns: list[dict[str, Any]], meta: dict[str, Any] | None = None,
-          spec: dict[str, Any] | None = None) -> ReportData:
+          spec: dict[str, Any] | None = None, failures: list[dict[str, Any]] | None = None) -> ReportData:
     """Group rows into entries and columns (see the module docstring)."""
     by_model = {m["model_id"]: m for m in models}
     entries: dict[tuple[str, int], Entry] = {}
@@ -437,7 +439,8 @@ def build(rows: list[dict[str, Any]], models: list[dict[str, Any]], checks: list
         cols.sort(key=lambda c: (c.attack != "clean", c.transfer, c.attack, c.label, c.eps))
         _name_variants(ents)
         groups.append(Group(g[0], g[1], ents, cols))
-    return ReportData(groups, rows, models, checks, vulns, meta or {}, spec or {}, entry_of_model)
+    return ReportData(groups, rows, models, checks, vulns, meta or {}, spec or {}, entry_of_model,
+                      list(failures or []))
 
 
 def _name_variants(entries: list[Entry]) -> None:

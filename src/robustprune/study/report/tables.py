@@ -434,9 +434,76 @@ def checks_table(checks: list[dict[str, Any]], data: ReportData) -> Table:
 
 
 # ---- models and their roles -----------------------------------------------------------------------------------
+def failure_label(f: dict[str, Any]) -> str:
+    """``dataset / architecture / seed s / method c=rate`` of a failure row."""
+    method = f.get("method") or "?"
+    rate = f.get("rate")
+    c = "" if method == "unpruned" else (" c=learned" if rate is None else f" c={float(rate):g}")
+    return f"{f.get('dataset')} / {f.get('architecture')} / seed {f.get('seed')} / {method}{c}"
+
+
+def failures_text(data: ReportData) -> str:
+    """One paragraph on the failed cells ('' when none failed)."""
+    fs = data.failures
+    if not fs:
+        return ""
+    failed = [f for f in fs if f.get("error")]
+    skipped = len(fs) - len(failed)
+    parts = [f"{len(failed)} model{'s' if len(failed) != 1 else ''} failed"] if failed else []
+    if skipped:
+        parts.append(f"{skipped} {'were' if skipped != 1 else 'was'} not run because a model "
+                     f"{'they depend' if skipped != 1 else 'it depends'} on failed")
+    return (" and ".join(parts) + ". The study went on with every other model; the tables below have no results "
+            "for them. Rerunning the same command retries them and reuses every finished model (the full "
+            "tracebacks are in the database's failures table).")
+
+
+def failures_table(data: ReportData) -> Table | None:
+    """The cells that failed (which model, at which step, why) and those not run because of them."""
+    if not data.failures:
+        return None
+    rows = []
+    for f in sorted(data.failures, key=lambda f: (not f.get("error"), f.get("dataset") or "",
+                                                  f.get("architecture") or "", f.get("seed") or 0,
+                                                  f.get("method") != "unpruned", f.get("method") or "",
+                                                  f.get("rate") if f.get("rate") is not None else float("inf"))):
+        why = f"{f['error']}: {f.get('message') or ''}" if f.get("error") else (f.get("message") or "")
+        rows.append([Cell(failure_label(f), left=True), Cell(str(f.get("cell_id") or "")),
+                     Cell(str(f.get("step") or ""), "fail" if f.get("error") else None, left=True),
+                     Cell(why, left=True), Cell(str(f.get("attempts") or 0))])
+    return Table("which model, at which step, why", ["model", "model id", "step", "error", "attempts"], rows,
+                 left_columns=4)
+
+
+def _precisions(m: dict[str, Any]) -> tuple[str, str]:
+    return (m.get("train_precision") or "not recorded", m.get("eval_precision") or "not recorded")
+
+
+PRECISION_WORDS = {"fp32": "fp32 (IEEE float32, TF32 off)", "tf32": "tf32 (TF32 tensor cores)",
+                   "bf16": "bf16 (bfloat16 autocast, float32 weights)"}
+
+
+def precision_text(data: ReportData) -> str:
+    """The precision of training and evaluation in one sentence ('' when no model recorded it)."""
+    pairs = {_precisions(m) for m in data.models if m.get("train_precision") or m.get("eval_precision")}
+    if not pairs:
+        return ""
+    if len(pairs) == 1:
+        tp, ep = next(iter(pairs))
+        unrecorded = sum(1 for m in data.models if not (m.get("train_precision") or m.get("eval_precision")))
+        return (f"Precision: training {PRECISION_WORDS.get(tp, tp)}, evaluation {PRECISION_WORDS.get(ep, ep)}"
+                + (f" ({unrecorded} model(s) of an earlier version did not record theirs)" if unrecorded else "")
+                + ".")
+    return ("Precision differs between models (training / evaluation): see the precision column of the models "
+            "table.")
+
+
 def models_table(data: ReportData, marks: Marks) -> Table:
     """Every stored model with its role (the unpruned base model of each seed, the pruned ones), rate, seed,
-    checkpoint file (named by the hash of its config) and content hash."""
+    checkpoint file (named by the hash of its config) and content hash; its status when an evaluation failed, and
+    its precision when the models differ in it."""
+    show_status = any(m.get("status") == "failed" for m in data.models)
+    show_precision = len({_precisions(m) for m in data.models}) > 1
     rows = []
     for m in sorted(data.models, key=lambda m: (m.get("kind") != "base", m.get("method") or "", m.get("seed") or 0,
                                                 m.get("rate") or 0)):
@@ -444,12 +511,21 @@ def models_table(data: ReportData, marks: Marks) -> Table:
         e = es[0] if es else None
         role = "unpruned base" if m.get("kind") == "base" else f"pruned from {str(m.get('parent_id') or '?')[:10]}"
         conv = {1: "yes", 0: "NO", None: ""}.get(m.get("converged"), str(m.get("converged")))
-        rows.append([Cell(m["model_id"], left=True), Cell(role, left=True),
-                     method_cell(e, marks) if e else Cell(m.get("method") or "", left=True),
-                     Cell(e.rate_text() if e else ""), Cell(str(m.get("seed"))), Cell(conv),
-                     Cell(m.get("checkpoint") or "", left=True), Cell((m.get("checkpoint_sha256") or "")[:12])])
-    return Table("models", ["model id", "role", "method", "c", "seed", "converged", "checkpoint", "sha256"], rows,
-                 left_columns=3)
+        rate = m.get("rate")
+        c = e.rate_text() if e else ("learned" if rate is None else f"{float(rate):g}")
+        row = [Cell(m["model_id"], left=True), Cell(role, left=True),
+               method_cell(e, marks) if e else Cell(m.get("method") or "", left=True),
+               Cell(c), Cell(str(m.get("seed"))), Cell(conv)]
+        if show_status:
+            failed = m.get("status") == "failed"
+            row.append(Cell("evaluation failed" if failed else "done", "fail" if failed else None))
+        if show_precision:
+            row.append(Cell(" / ".join(_precisions(m))))
+        row += [Cell(m.get("checkpoint") or "", left=True), Cell((m.get("checkpoint_sha256") or "")[:12])]
+        rows.append(row)
+    header = ["model id", "role", "method", "c", "seed", "converged"] + (["status"] if show_status else []) \
+        + (["precision (train / eval)"] if show_precision else []) + ["checkpoint", "sha256"]
+    return Table("models", header, rows, left_columns=3)
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
