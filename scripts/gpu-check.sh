@@ -13,6 +13,8 @@ PY=${PYTHON:-python3}
 OUT=${GPU_CHECK_OUT:-runs/gpu-check}
 QUICK=0
 [ "${1:-}" = "--quick" ] && QUICK=1
+# optional time limits per stage in seconds (0: none), for machines lent by the minute
+T_TESTS=${GPU_CHECK_TESTS_TIMEOUT:-0}; T_MAIN=${GPU_CHECK_MAIN_TIMEOUT:-0}; T_BENCH=${GPU_CHECK_BENCH_TIMEOUT:-0}
 mkdir -p "$OUT"
 
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
@@ -34,7 +36,7 @@ EOF
 XDIST=""
 if "$PY" -c "import xdist" >/dev/null 2>&1; then XDIST="-n $(( $(nproc) < 12 ? $(nproc) : 12 ))"; fi
 t0=$(date +%s)
-"$PY" -m pytest -q $XDIST -p no:cacheprovider > "$OUT/tests.txt" 2>&1
+timeout "$T_TESTS" "$PY" -m pytest -q $XDIST -p no:cacheprovider > "$OUT/tests.txt" 2>&1
 TEST_RC=$?
 TEST_WALL=$(( $(date +%s) - t0 ))
 TEST_LINE=$(grep -E "(passed|failed|error)" "$OUT/tests.txt" | tail -1)
@@ -45,7 +47,7 @@ declare -A MAIN_WALL MAIN_RC
 if [ "$QUICK" = 0 ]; then
   for prec in fp32 bf16; do
     t0=$(date +%s)
-    "$PY" -m robustprune study --precision "$prec" --out "$OUT/main-$prec" --quiet > "$OUT/main-$prec.log" 2>&1
+    timeout "$T_MAIN" "$PY" -m robustprune study --precision "$prec" --out "$OUT/main-$prec" --quiet > "$OUT/main-$prec.log" 2>&1
     MAIN_RC[$prec]=$?
     MAIN_WALL[$prec]=$(( $(date +%s) - t0 ))
     echo "main job ($prec): rc=${MAIN_RC[$prec]} in ${MAIN_WALL[$prec]}s"
@@ -53,7 +55,7 @@ if [ "$QUICK" = 0 ]; then
 fi
 
 # 3. the bench: ResNet-18, CIFAR-shaped batch of 512, PGD-10, library vs bare loop at each precision
-"$PY" bench/bench_pgd_step.py --model resnet18 --batch 512 --steps 10 --iters 6 --rounds 3 --warmup 1 \
+timeout "$T_BENCH" "$PY" bench/bench_pgd_step.py --model resnet18 --batch 512 --steps 10 --iters 6 --rounds 3 --warmup 1 \
   --precision fp32,tf32,bf16 --device cuda --no-naive > "$OUT/bench.txt" 2>&1
 BENCH_RC=$?
 
