@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import robustprune
+import robustprune.api  # the tests use robustprune.api._as_split: import it, whatever ran before
 from conftest import blobs
 from robustprune.errors import ConfigError
 from robustprune.methods import METHODS, PruneTask, get_method

@@ -164,7 +164,7 @@ def test_precision_study_is_the_main_job_on_three_seeds():
     seeds; the precision comes from the command line, so one file serves both runs."""
     spec = load_study_spec(STUDIES / "precision" / "main-job-3-seeds.yaml")
     main = load_study_spec(None)
-    assert spec.seeds == (0, 1, 2) and spec.precision == "fp32"
+    assert spec.seeds == (0, 1, 2) and spec.precision == "auto"
     assert spec.model_copy(update={"name": main.name, "seeds": main.seeds}) == main
 
 

@@ -361,20 +361,22 @@ def test_a_schema_2_database_is_read_as_it_is_and_migrated_when_a_study_writes(t
 def test_precision_is_part_of_a_model_id_only_when_not_the_default(tmp_path, mnist_dir):
     from robustprune.train import TrainConfig
 
-    # the fields' defaults are not hashed: ids of models made before precision existed are unchanged
-    assert not {"precision", "compile", "channels_last"} & set(_train_cfg_dict(TrainConfig()))
+    # fp32 (what "auto" resolves to on a CPU) and the other defaults are not hashed: ids of models made before
+    # precision existed are unchanged
+    assert not {"precision", "compile", "channels_last"} & set(_train_cfg_dict(TrainConfig(precision="fp32")))
     methods = ["magnitude-unstructured-global"]
-    fp32 = StudyRunner(load_study_spec(None, tiny(mnist_dir, methods=methods)), tmp_path / "a", device="cpu")
+    auto = StudyRunner(load_study_spec(None, tiny(mnist_dir, methods=methods)), tmp_path / "a", device="cpu")
     tf32 = StudyRunner(load_study_spec(None, tiny(mnist_dir, methods=methods, precision="tf32")), tmp_path / "b",
                        device="cpu")
     bf16 = StudyRunner(load_study_spec(None, tiny(mnist_dir, methods=methods, precision="bf16", compile=True)),
                        tmp_path / "c", device="cpu")
-    base = {r: r._base_cfg("mnist", "lenet-mnist-w", 0) for r in (fp32, tf32, bf16)}
-    assert "precision" not in base[fp32]["train"] and base[tf32]["train"]["precision"] == "tf32"
+    # the identity holds what the device computes in: auto and tf32 are fp32 on a CPU, so they are the same models
+    assert auto.train_precision == tf32.train_precision == "fp32" and bf16.train_precision == "bf16"
+    base = {r: r._base_cfg("mnist", "lenet-mnist-w", 0) for r in (auto, tf32, bf16)}
+    assert "precision" not in base[auto]["train"] and base[tf32] == base[auto]
     assert base[bf16]["train"]["precision"] == "bf16" and base[bf16]["train"]["compile"] is True
-    assert tf32.train_precision == "fp32" and bf16.train_precision == "bf16"  # tf32 computes as fp32 on a CPU
-    ds = fp32._splits("mnist", 0).spec
+    ds = auto._splits("mnist", 0).spec
     cells = {r: r._method_cells(ds, "lenet-mnist-w", 0, "magnitude-unstructured-global", "b") for r in base}
-    assert "precision" not in cells[fp32].task_cfg and cells[bf16].task_cfg == {
-        **cells[fp32].task_cfg, "precision": "bf16", "compile": True}
-    assert len({c.keys(2.0)[0] for c in cells.values()}) == 3
+    assert "precision" not in cells[auto].task_cfg and cells[bf16].task_cfg == {
+        **cells[auto].task_cfg, "precision": "bf16", "compile": True}
+    assert len({c.keys(2.0)[0] for c in cells.values()}) == 2

@@ -52,7 +52,7 @@ def test_slim_of_a_filter_pruned_model_equals_the_pruned_model():
     res = slim_model(model, masks=masks, example=x)
     ref = model(x)
     got = res.model.eval()(x)
-    assert float((got - ref).abs().max()) < 1e-5
+    assert float((got - ref).abs().max().detach()) < 1e-5
     assert res.units["features.0"] == (10, 20) and res.units["features.3"] == (25, 50)
     # the unit-scale path (scales read off the masks' rows) agrees with the pruned model too
     scales = {n: m.flatten(1).any(1).float() for n, m in masks.masks.items()}

@@ -57,7 +57,7 @@ def prune(
     device: str | torch.device | None = None,
     progress: bool = False,
     teacher: nn.Module | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
     channels_last: bool | None = None,
     compile: bool = False,
     settings: Mapping[str, Any] | None = None,
@@ -71,8 +71,8 @@ def prune(
     per training phase unless the method's settings give the phase its own. Other keyword arguments (or
     ``settings``) are the method's settings, e.g. ``alpha=1.0`` or ``**{"admm.lr": 1e-3}``; see
     ``robustprune list methods --settings NAME``. The model is pruned in place (except for learned-rate methods,
-    which return a folded copy as ``result.model``). ``precision``: of every training phase, ``fp32`` (IEEE, TF32
-    off), ``tf32`` or ``bf16`` (autocast; see :mod:`robustprune.precision`); ``channels_last``: the memory layout
+    which return a folded copy as ``result.model``). ``precision``: of every training phase, ``auto`` (``tf32``
+    on CUDA, ``fp32`` on the CPU), ``fp32`` (IEEE, TF32 off), ``tf32`` or ``bf16`` (autocast; see :mod:`robustprune.precision`); ``channels_last``: the memory layout
     of a convolutional model while it trains (None: channels_last for bf16 on CUDA); ``compile``: ``torch.compile``
     the forward passes of training.
     """

@@ -27,8 +27,8 @@ DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (d
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder with the dataset's files.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 PrecisionOpt = Annotated[str, typer.Option(
-    help="Precision of training: fp32 (IEEE, TF32 off), tf32 (TF32 tensor cores on CUDA; fp32 on the CPU) or bf16 "
-         "(bfloat16 autocast, channels_last on CUDA). Evaluation always runs in fp32.")]
+    help="Precision of training: auto (tf32 on CUDA, fp32 on the CPU), fp32 (IEEE, TF32 off), tf32 (TF32 tensor "
+         "cores on CUDA) or bf16 (bfloat16 autocast, channels_last on CUDA). Evaluation always runs in fp32.")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the forward passes of training.")]
 
 
@@ -191,7 +191,7 @@ def train(
     val_size: Annotated[int, typer.Option(help="Validation images carved from the training set.")] = 5000,
     out: Annotated[Path, typer.Option(help="Checkpoint to write (.safetensors, with a .json beside it).")] = Path(
         "runs/model.safetensors"),
-    precision: PrecisionOpt = "fp32",
+    precision: PrecisionOpt = "auto",
     compile_: CompileOpt = False,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = None,
@@ -284,7 +284,7 @@ def prune(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of data order, validation split and the method.")] = 0,
     out: Annotated[Path, typer.Option(help="Folder for the pruned checkpoints.")] = Path("runs/pruned"),
-    precision: PrecisionOpt = "fp32",
+    precision: PrecisionOpt = "auto",
     compile_: CompileOpt = False,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = None,
@@ -562,8 +562,8 @@ def study(
     out: Annotated[Path, typer.Option(help="Output folder (results.sqlite, checkpoints, report).")] = Path(
         "runs/default-study"),
     precision: Annotated[Optional[str], typer.Option(
-        help="Precision of every training phase, overriding the study file's `precision`: fp32 (IEEE, TF32 off), "
-             "tf32 or bf16 (bfloat16 autocast, channels_last on CUDA). Evaluation runs in fp32.")] = None,
+        help="Precision of every training phase, overriding the study file's `precision`: auto (tf32 on CUDA, "
+             "fp32 on the CPU), fp32 (IEEE, TF32 off), tf32 or bf16 (bfloat16 autocast, channels_last on CUDA). Evaluation runs in fp32.")] = None,
     compile_: Annotated[Optional[bool], typer.Option(
         "--compile/--no-compile", help="torch.compile the forward passes of training (overrides `compile`).")] = None,
     data_dir: DataDirOpt = None,

@@ -175,8 +175,8 @@ class PruneTask:
     """Compression the model already has (iterative chains resume from here)."""
     teacher: nn.Module | None = None
     """Distillation teacher for methods that need one (default: a frozen copy of the model as given)."""
-    precision: str = "fp32"
-    """Numerical precision of every training phase: fp32 | tf32 | bf16 (``robustprune.precision``)."""
+    precision: str = "auto"
+    """Numerical precision of every training phase: auto | fp32 | tf32 | bf16 (``robustprune.precision``)."""
     channels_last: bool | None = None
     """Memory layout of convolutional models while training (None: channels_last for bf16 on CUDA)."""
     compile: bool = False

@@ -216,7 +216,7 @@ class StudyRunner:
 
     def _base_train(self) -> TrainConfig:
         """The base model's training config, in the study's precision."""
-        return self.spec.base_train.model_copy(update={"precision": self.spec.precision,
+        return self.spec.base_train.model_copy(update={"precision": self.train_precision,
                                                        "compile": self.spec.compile})
 
     def _objective(self, spec: ObjectiveSpec, splits: Splits):
@@ -583,8 +583,8 @@ class StudyRunner:
         task_cfg: dict[str, Any] = {
             "epochs": spec.prune_epochs, "limit": spec.finetune_limit, "eps": self._eps(ds),
             "objective": spec.finetune_objective.record() if method.uses_objective else None}
-        if spec.precision != "fp32":  # part of the identity only when not the default: earlier ids stay
-            task_cfg["precision"] = spec.precision
+        if self.train_precision != "fp32":  # part of the identity only when not fp32: earlier ids stay
+            task_cfg["precision"] = self.train_precision
         if spec.compile:
             task_cfg["compile"] = True
         return _MethodCells(
@@ -646,7 +646,7 @@ class StudyRunner:
                          dataset=splits.spec.name, augment=splits.spec.augment, seed=seed,
                          progress=bool(self.progress) if self.progress is not None else False,
                          masks=start_masks, start_rate=start_rate, teacher=teacher, log=self.log,
-                         precision=spec.precision, compile=spec.compile)
+                         precision=self.train_precision, compile=spec.compile)
         pending = list(todo)
         model = start_model
         wall = done_wall

@@ -140,10 +140,11 @@ class StudySpec(BaseModel):
     transfer: bool = True
     """Black-box rows: every budget attack's examples crafted once on the unpruned base model of the same
     dataset/architecture/seed and applied to each pruned model (Madaan2020 Table 1, Ye2019 Table 8)."""
-    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
-    """Numerical precision of every training phase (base training, each method's phases, fine-tuning): fp32
-    (IEEE, TF32 off), tf32 (TF32 tensor cores on CUDA) or bf16 (bfloat16 autocast, channels_last on CUDA); see
-    ``robustprune.precision``. Part of every model's identity (a bf16 model is another model)."""
+    precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
+    """Numerical precision of every training phase (base training, each method's phases, fine-tuning): auto (tf32
+    on CUDA, fp32 on the CPU), fp32 (IEEE, TF32 off), tf32 (TF32 tensor cores on CUDA) or bf16 (bfloat16 autocast,
+    channels_last on CUDA); see ``robustprune.precision``. What it resolves to on the device is part of every model's
+    identity when it is not fp32 (a bf16 model is another model)."""
     compile: bool = False
     """``torch.compile`` the forward passes of every training phase."""
     eval_precision: Literal["fp32", "tf32"] = "fp32"
@@ -202,8 +203,8 @@ class StudySpec(BaseModel):
     def _base_epochs(cls, v: TrainConfig) -> TrainConfig:
         if v.epochs < 1:
             raise ValueError("base_train.epochs must be >= 1: an untrained base model would be pruned and evaluated")
-        if v.precision != "fp32" or v.compile:
-            key = "precision" if v.precision != "fp32" else "compile"
+        if v.precision != "auto" or v.compile:
+            key = "precision" if v.precision != "auto" else "compile"
             raise ValueError(f"{key} of a study is one top-level key for every training phase (base training "
                              f"included); move base_train.{key} to the top level ({key}: ...)")
         return v

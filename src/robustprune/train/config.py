@@ -34,8 +34,9 @@ class TrainConfig(BaseModel):
     val_attack_steps: int = Field(10, ge=1)
     max_steps_per_epoch: int | None = Field(None, ge=1)
     progress: bool = True
-    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
-    """Numerical precision of the phase (``robustprune.precision``): fp32 (TF32 off), tf32 or bf16 autocast."""
+    precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
+    """Numerical precision of the phase (``robustprune.precision``): auto (tf32 on CUDA, fp32 on the CPU), fp32
+    (TF32 off), tf32 or bf16 autocast."""
     channels_last: bool | None = None
     """Memory layout of convolutional models while training; None: channels_last for bf16 on CUDA."""
     compile: bool = False

@@ -24,6 +24,7 @@ from robustprune.train.config import TrainConfig
 from robustprune.precision import (
     autocast,
     check_precision,
+    effective_precision,
     evaluation_precision,
     to_contiguous,
     training_math,
@@ -221,7 +222,8 @@ def fit(
       :class:`~robustprune.errors.DivergenceError`; the model is first restored to the last good state (the best
       epoch so far, or the last finite epoch with ``select="last"``; ``exc.restored_epoch``; ``exc.result`` holds
       the history).
-    - Precision (``cfg.precision``, see :mod:`robustprune.precision`): ``fp32`` trains with TF32 off,
+    - Precision (``cfg.precision``, see :mod:`robustprune.precision`): ``auto`` is ``tf32`` on CUDA and ``fp32``
+      on the CPU; ``fp32`` trains with TF32 off,
       ``tf32`` with TF32 on (CUDA), ``bf16`` under bfloat16 autocast (the objective's forward passes, the attacks
       that make its adversarial examples and the hooks' extra losses; the backward pass and the optimiser step
       outside it, in float32). Convolutional models train in ``channels_last`` on CUDA with ``bf16`` (or as
@@ -232,6 +234,7 @@ def fit(
     if precision is not None:
         cfg = cfg.model_copy(update={"precision": check_precision(precision)})
     device = train.x.device
+    cfg = cfg.model_copy(update={"precision": effective_precision(cfg.precision, device)})  # "auto" resolved
     model.to(device)
     channels_last = use_channels_last(model, cfg.precision, device, cfg.channels_last)
     if channels_last:
