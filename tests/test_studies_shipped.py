@@ -183,3 +183,20 @@ def test_precision_is_one_top_level_key_of_a_study(tmp_path):
     f.write_text("eval_precision: bf16\n")
     with pytest.raises(ConfigError, match="eval_precision"):
         load_study_spec(f)
+
+
+def test_default_yaml_gives_the_main_jobs_model_ids(tmp_path):
+    """Equal specs must give equal model ids: `prune_epochs: 1` read from a file (1.0) once hashed unlike the main
+    job's default (1), so running studies/default.yaml into the main job's folder redid every pruned model."""
+    from robustprune.data import get_spec
+    from robustprune.study.runner import StudyRunner
+    from robustprune.utils import config_hash
+
+    ds = get_spec("fashion-mnist")
+    ids = []
+    for spec in (load_study_spec(None), load_study_spec(STUDIES / "default.yaml"),
+                 load_study_spec(STUDIES / "precision" / "main-job-3-seeds.yaml", {"precision": "fp32"})):
+        r = StudyRunner(spec, tmp_path / "out", device="cpu")
+        base = config_hash(r._base_cfg(ds.name, "lenet5-caffe", 0))
+        ids.append([base] + [r._method_cells(ds, "lenet5-caffe", 0, m, base).keys(4.0)[0] for m in spec.methods])
+    assert ids[0] == ids[1] == ids[2]

@@ -164,6 +164,13 @@ class StudySpec(BaseModel):
             raise ValueError(f"compression rates are >= 1 (1/c of the weights remain); got {bad}")
         return tuple(sorted(set(float(r) for r in v)))
 
+    @field_validator("prune_epochs")
+    @classmethod
+    def _whole_epochs_as_int(cls, v: float) -> float:
+        # 1 and 1.0 must hash alike: the main job's default (int 1) and a file's `prune_epochs: 1` (read as 1.0)
+        # gave every pruned model two ids, so a study file equal to the main job redid all its pruned models
+        return int(v) if float(v).is_integer() else float(v)
+
     @field_validator("method_rates")
     @classmethod
     def _method_rates(cls, v: dict[str, tuple[float, ...]]) -> dict[str, tuple[float, ...]]:
