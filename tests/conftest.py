@@ -104,3 +104,17 @@ class LinearModel(nn.Module):
 
     def forward(self, x):
         return x.flatten(1) @ self.w.t() + self.b
+
+
+def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run ``robustprune ARGS`` in-process through the real entry point; (exit status, stdout, stderr)."""
+    import sys
+
+    from robustprune.cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["robustprune", *args])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    out, err = capsys.readouterr()
+    code = exc.value.code
+    return (0 if code is None else code), out, err

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from robustprune.data import write_idx
+from conftest import cli
 
 IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 N_TEST = 60
@@ -35,18 +36,6 @@ def mnist_dir(tmp_path_factory) -> Path:
     for name, a in zip(IDX, (x, y, xt, yt)):
         write_idx(folder / name, a)
     return folder
-
-
-def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run ``robustprune ARGS`` in-process through the real entry point; (exit status, stdout, stderr)."""
-    from robustprune.cli.main import main
-
-    monkeypatch.setattr(sys, "argv", ["robustprune", *args])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    out, err = capsys.readouterr()
-    code = exc.value.code
-    return (0 if code is None else code), out, err
 
 
 def one_error(code: int, err: str) -> str:

@@ -8,7 +8,6 @@ Data: a tiny synthetic MNIST (IDX files in a temporary folder); methods register
 from __future__ import annotations
 
 import sqlite3
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from robustprune.sparsity import compute_masks
 from robustprune.study import ResultsStore, load_study_spec, run_study
 from robustprune.study.runner import StudyRunner, _train_cfg_dict
 from robustprune.study.store import SCHEMA_KEY, SCHEMA_VERSION
+from conftest import cli
 
 IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 FAIL = {"rate": 4.0}
@@ -113,28 +113,9 @@ def tiny(mnist_dir: Path, **kw) -> dict:
     return spec
 
 
-def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """``robustprune ARGS`` in-process through the real entry point: (exit status, stdout, stderr)."""
-    from robustprune.cli.main import main
-
-    monkeypatch.setattr(sys, "argv", ["robustprune", *args])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    out, err = capsys.readouterr()
-    return (0 if exc.value.code is None else exc.value.code), out, err
-
-
 def _stored(out: Path):
     with ResultsStore(out / "results.sqlite", readonly=True) as store:
         return store.models(), store.results(), store.failures()
-
-
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_a_failing_cell_is_stored_reported_and_retried_while_the_rest_finishes(monkeypatch, capsys, tmp_path,
