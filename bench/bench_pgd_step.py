@@ -58,6 +58,14 @@ def hand_loops(model, split, batch, eps, alpha, steps, generator, precision, cha
             x = split.x[idx]
             yield (x.contiguous(memory_format=torch.channels_last) if channels_last else x), split.y[idx]
 
+    def train_step(x_adv, y):
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            loss = F.cross_entropy(model(x_adv), y)
+        loss.backward()
+        opt.step()
+
     def bare():
         with allow_tf32(precision != "fp32"):
             for x, y in batches():
@@ -69,12 +77,7 @@ def hand_loops(model, split, batch, eps, alpha, steps, generator, precision, cha
                         loss = F.cross_entropy(model(x_adv), y, reduction="sum")
                     (g,) = torch.autograd.grad(loss, x_adv)
                     x_adv = project(x_adv.detach() + alpha * g.sign(), x, eps)
-                model.train()
-                opt.zero_grad(set_to_none=True)
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                    loss = F.cross_entropy(model(x_adv), y)
-                loss.backward()
-                opt.step()
+                train_step(x_adv, y)
 
     def naive():
         with allow_tf32(precision != "fp32"):
@@ -90,12 +93,7 @@ def hand_loops(model, split, batch, eps, alpha, steps, generator, precision, cha
                     x_adv = project(x_adv.detach() + alpha * x_adv.grad.sign(), x, eps)
                     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                         model(x_adv)  # the extra forward per step (e.g. to log the attack's accuracy)
-                model.train()
-                opt.zero_grad(set_to_none=True)
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                    loss = F.cross_entropy(model(x_adv), y)
-                loss.backward()
-                opt.step()
+                train_step(x_adv, y)
 
     return bare, naive
 

@@ -118,3 +118,24 @@ def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     out, err = capsys.readouterr()
     code = exc.value.code
     return (0 if code is None else code), out, err
+
+
+MNIST_IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def write_learnable_mnist(folder, n_train: int = 400, n_test: int = 60):
+    """MNIST-format IDX files in ``folder``: 28x28 images, learnable (class k brightens columns 2k..2k+2)."""
+    import numpy as np
+
+    from robustprune.data import write_idx
+
+    rng = np.random.default_rng(0)
+    y, yt = rng.integers(0, 10, n_train).astype(np.uint8), rng.integers(0, 10, n_test).astype(np.uint8)
+    x = rng.integers(0, 60, (n_train, 28, 28)).astype(np.uint8)
+    xt = rng.integers(0, 60, (n_test, 28, 28)).astype(np.uint8)
+    for k in range(10):
+        x[y == k, :, 2 * k:2 * k + 3] += 150
+        xt[yt == k, :, 2 * k:2 * k + 3] += 150
+    for name, a in zip(MNIST_IDX, (x, y, xt, yt)):
+        write_idx(folder / name, a)
+    return folder

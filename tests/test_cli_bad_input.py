@@ -12,30 +12,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from robustprune.data import write_idx
-from conftest import cli
+from conftest import cli, write_learnable_mnist
 
-IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 N_TEST = 60
 
 
 @pytest.fixture(scope="module")
 def mnist_dir(tmp_path_factory) -> Path:
-    """400 training and 60 test images, 28x28, learnable (class k brightens columns 2k..2k+2)."""
-    folder = tmp_path_factory.mktemp("mnist")
-    rng = np.random.default_rng(0)
-    y, yt = rng.integers(0, 10, 400).astype(np.uint8), rng.integers(0, 10, N_TEST).astype(np.uint8)
-    x = rng.integers(0, 60, (400, 28, 28)).astype(np.uint8)
-    xt = rng.integers(0, 60, (N_TEST, 28, 28)).astype(np.uint8)
-    for k in range(10):
-        x[y == k, :, 2 * k:2 * k + 3] += 150
-        xt[yt == k, :, 2 * k:2 * k + 3] += 150
-    for name, a in zip(IDX, (x, y, xt, yt)):
-        write_idx(folder / name, a)
-    return folder
+    """400 training and N_TEST test images, 28x28, learnable (class k brightens columns 2k..2k+2)."""
+    return write_learnable_mnist(tmp_path_factory.mktemp("mnist"), n_test=N_TEST)
 
 
 def one_error(code: int, err: str) -> str:

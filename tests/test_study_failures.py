@@ -10,12 +10,10 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
-from robustprune.data import write_idx
 from robustprune.errors import RobustPruneError
 from robustprune.methods import METHODS, PruneResult, PruneTask, PruningMethod, register_method
 from robustprune.methods.interface import PAPERS, MethodSettings, setting
@@ -23,9 +21,8 @@ from robustprune.sparsity import compute_masks
 from robustprune.study import ResultsStore, load_study_spec, run_study
 from robustprune.study.runner import StudyRunner, _train_cfg_dict
 from robustprune.study.store import SCHEMA_KEY, SCHEMA_VERSION
-from conftest import cli
+from conftest import cli, write_learnable_mnist
 
-IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 FAIL = {"rate": 4.0}
 """The rate at which the test methods raise (None: they never do): the 'fix' between two runs."""
 
@@ -83,17 +80,7 @@ def flaky():
 @pytest.fixture(scope="module")
 def mnist_dir(tmp_path_factory) -> Path:
     """400 training and 60 test images, 28x28, learnable (class k brightens columns 2k..2k+2)."""
-    folder = tmp_path_factory.mktemp("mnist")
-    rng = np.random.default_rng(0)
-    y, yt = rng.integers(0, 10, 400).astype(np.uint8), rng.integers(0, 10, 60).astype(np.uint8)
-    x = rng.integers(0, 60, (400, 28, 28)).astype(np.uint8)
-    xt = rng.integers(0, 60, (60, 28, 28)).astype(np.uint8)
-    for k in range(10):
-        x[y == k, :, 2 * k:2 * k + 3] += 150
-        xt[yt == k, :, 2 * k:2 * k + 3] += 150
-    for name, a in zip(IDX, (x, y, xt, yt)):
-        write_idx(folder / name, a)
-    return folder
+    return write_learnable_mnist(tmp_path_factory.mktemp("mnist"), n_test=60)
 
 
 def tiny(mnist_dir: Path, **kw) -> dict:
