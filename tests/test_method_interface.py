@@ -299,9 +299,9 @@ def test_every_method_trains_one_epoch_in_bf16(name):
         res = robustprune.prune(net, name, rate=rate, data=(x, y), eps=0.1, epochs=1, precision=precision,
                                 channels_last=channels_last, **fast_settings(name))
         handle.remove()
-        if precision == "bf16":
+        if precision == "bf16" and not name.startswith("pwoa-"):
             assert torch.bfloat16 in seen, f"{name}: no forward pass ran in bf16"
-        else:
+        else:  # fp32, or PwoA: its distillation objective is full_precision (tau = 30 needs float32 logits)
             assert seen == {torch.float32}, f"{name}: {seen}"
         for p in res.model.parameters():
             assert p.dtype == torch.float32 and p.is_contiguous()

@@ -339,3 +339,31 @@ def test_adversarial_training_makes_a_linear_model_robust(name):
         assert robust < 0.5
     else:
         assert robust > 0.95
+
+
+def test_distillation_runs_in_float32_inside_a_bf16_phase():
+    """Distillation at tau = 30 (PwoA) reads logit differences that bf16 logits drown (PwoA at 16x lost 16 points of
+    APGD accuracy on the main job's seed 0 with bf16 logits), so ``fit`` keeps autocast off for an objective marked
+    ``full_precision`` -- alone or inside HBaR -- while PGD-AT in the same phase runs in bf16."""
+    from torch import nn
+
+    from robustprune.data import Split
+    from robustprune.objectives import build_objective
+    from robustprune.objectives.distill import Distillation
+    from robustprune.objectives.hsic import HBaR
+    from robustprune.train import TrainConfig, fit
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(64, 1, 8, 8, generator=g), torch.randint(0, 3, (64,), generator=g)
+    cfg = TrainConfig(epochs=1, batch_size=16, progress=False, select="last", precision="bf16")
+    for objective, want in ((lambda t: Distillation(t), torch.float32),
+                            (lambda t: HBaR(Distillation(t), lambda_x=0.1, lambda_y=0.1), torch.float32),
+                            (lambda t: build_objective("pgd-at", eps=0.1, steps=1), torch.bfloat16)):
+        torch.manual_seed(0)
+        student = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3))
+        teacher = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3))
+        seen: set[torch.dtype] = set()
+        h = student[0].register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
+        fit(student, objective(teacher), Split(x, y), None, cfg)
+        h.remove()
+        assert seen == {want}

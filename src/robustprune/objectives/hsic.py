@@ -286,6 +286,11 @@ class HBaR:
                 raise ConfigError("hbar layers must name at least one module (or be omitted for the default)")
         self.normalized = bool(self.normalized)
 
+    @property
+    def full_precision(self) -> bool:
+        """Float32 under a bf16 phase when the inner objective needs it (PwoA's distillation does)."""
+        return bool(getattr(self.inner, "full_precision", False))
+
     def terms(
         self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None
     ) -> tuple[ObjectiveOutput, Tensor, Tensor]:

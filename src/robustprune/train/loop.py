@@ -228,7 +228,8 @@ def fit(
       that make its adversarial examples and the hooks' extra losses; the backward pass and the optimiser step
       outside it, in float32). Convolutional models train in ``channels_last`` on CUDA with ``bf16`` (or as
       ``cfg.channels_last`` says) and are returned in the default layout. Validation selection is measured in
-      strict fp32. ``cfg.compile`` compiles the model's forward (``nn.Module.compile``) for the phase only.
+      strict fp32. An objective with ``full_precision = True`` (distillation, whose tau = 30 signal bf16 logits drown)
+      runs without autocast in a bf16 phase. ``cfg.compile`` compiles the model's forward (``nn.Module.compile``) for the phase only.
       ``precision`` (keyword) overrides ``cfg.precision``.
     """
     if precision is not None:
@@ -270,6 +271,9 @@ def _fit(model: nn.Module, objective: Objective, train: Split, val: Split | None
          hooks: Sequence[Hook], masks: MaskSet | None, val_eps: float | None, param_groups: Sequence[dict] | None,
          augment: str | None, desc: str, channels_last: bool) -> TrainResult:
     device = train.x.device
+    # an objective whose signal bf16 would drown (``full_precision``, e.g. distillation at tau = 30) runs in float32
+    # (TF32 as the phase allows) even in a bf16 phase
+    amp_precision = "tf32" if cfg.precision == "bf16" and getattr(objective, "full_precision", False) else cfg.precision
     gen = make_generator(cfg.seed, device)  # the objective's randomness (attack starts, dropout masks), on the device
     # Data order and augmentation come from a CPU generator of their own, so one seed gives the same batches on every
     # device (a CUDA generator draws other numbers than a CPU one) whatever the objective draws in between.
@@ -322,7 +326,7 @@ def _fit(model: nn.Module, objective: Objective, train: Split, val: Split | None
                     g["lr"] = lr0 * f
                 if channels_last and x.dim() == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with autocast(cfg.precision, device):
+                with autocast(amp_precision, device):
                     out = objective(model, x, y, generator=gen)
                     loss = out.loss
                     for h in hooks:
