@@ -26,5 +26,6 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   "$PY" -m pip install -q torch==2.13.0
 fi
 extras=""
-if [ "${1:-}" = "--test" ]; then extras="[test]"; fi
+# --test: the test tools and the `export` extra (onnx, onnxruntime, onnxscript), so that the export tests run
+if [ "${1:-}" = "--test" ]; then extras="[test,export]"; fi
 "$PY" -m pip install -q -e ".${extras}"

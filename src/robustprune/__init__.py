@@ -8,7 +8,7 @@ from robustprune.errors import RobustPruneError
 
 from robustprune._version import __version__
 
-__all__ = ["RobustPruneError", "__version__", "prune"]
+__all__ = ["RobustPruneError", "__version__", "export", "prune"]
 
 
 def prune(*args, **kwargs):  # noqa: D103  (imported lazily: `import robustprune` stays light)
@@ -18,3 +18,13 @@ def prune(*args, **kwargs):  # noqa: D103  (imported lazily: `import robustprune
 
 
 prune.__doc__ = "Prune any nn.Module with any registered method; see :func:`robustprune.api.prune`."
+
+
+def export(*args, **kwargs):  # noqa: D103  (imported lazily, as prune)
+    from robustprune.deploy import export as _export
+
+    return _export(*args, **kwargs)
+
+
+export.__doc__ = ("Export a model to onnx / torchscript / exported-program, verified by the format's runtime; see "
+                  ":func:`robustprune.deploy.export.export`.")

@@ -141,16 +141,22 @@ class StudyOutcome:
     models_planned: int = 0
     report_error: str | None = None
     """Why the report could not be written (None: it was, or the run never got that far)."""
+    exports: dict[str, int] = field(default_factory=dict)
+    """``{"exported", "reused", "failed"}`` of the study key ``export`` (empty without it)."""
+    export_error: str | None = None
+    """The one-line summary of the exports that failed (None: none did)."""
 
     @property
     def ok(self) -> bool:
-        return not self.failures and self.report_error is None
+        return not self.failures and self.report_error is None and self.export_error is None
 
     def summary(self) -> str | None:
         """The one-line failure summary (None when nothing failed)."""
         parts = []
         if self.failures:
             parts.append(failure_summary(self.failures, self.models_planned))
+        if self.export_error is not None:
+            parts.append(self.export_error)
         if self.report_error is not None:
             parts.append(f"the report could not be written: {self.report_error}")
         return "; ".join(parts) if parts else None
@@ -344,6 +350,11 @@ class StudyRunner:
                               f"{torch.__version__}); drop compile")
         for name in spec.methods:
             get_method(method_of(name)).settings(spec.method_settings.get(name, {}))
+        if spec.export:
+            from robustprune.deploy.formats import check_format_available
+
+            for f in spec.export:
+                check_format_available(f)  # e.g. onnx without the extra: the install hint now, not after training
         for d in spec.datasets:
             ds = get_spec(d)
             for o in (spec.base_objective, spec.finetune_objective):
@@ -372,8 +383,21 @@ class StudyRunner:
         self.outcome.wall_time = time.perf_counter() - t_start
         with ResultsStore(self.outcome.db_path) as store:
             store.set_meta("study_wall_time", self.outcome.wall_time)
+        if self.spec.export:
+            self._export()
         self._write_report()
         return self.outcome
+
+    def _export(self) -> None:
+        """The study key ``export``: every done model to each format, verified (``robustprune.study.exports``); a
+        failed export is a row of its own and never costs the other models."""
+        from robustprune.study.exports import export_study, export_summary
+
+        self.log(f"exporting every model to {', '.join(self.spec.export)} (verified on the first {self.spec.eval_n} "
+                 "test images)")
+        self.outcome.exports = export_study(self.out, self.spec.export, n=self.spec.eval_n,
+                                            data_dir=self.spec.data_dir, log=self.log)
+        self.outcome.export_error = export_summary(self.out)
 
     def _write_report(self) -> None:
         from robustprune.study.report import write_report

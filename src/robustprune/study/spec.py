@@ -150,6 +150,10 @@ class StudySpec(BaseModel):
     eval_precision: Literal["fp32", "tf32"] = "fp32"
     """Precision of every measurement (attacks, checks): strict fp32 with TF32 off by default, so a robust accuracy
     does not depend on the chip."""
+    export: tuple[str, ...] = ()
+    """Deployment formats every model is exported to after the grid (onnx, torchscript, exported-program), each
+    export verified against the model (logits, and accuracy on its APGD examples) and measured (size, latency); a
+    deployment table in the report (``robustprune.study.exports``). Empty: no export."""
     vulnerability: bool = True
     """Latent vulnerability (Madaan2020 Eq. 1-2) of every model on the first L∞ budget attack's examples at the
     dataset's ε (else its middle budget), white-box and (with ``transfer``) black-box."""
@@ -197,6 +201,17 @@ class StudySpec(BaseModel):
             return [None]
         rates = self.method_rates.get(method, self.compression)
         return [r for r in rates if r > 1]
+
+    @field_validator("export", mode="before")
+    @classmethod
+    def _export_formats(cls, v: Any) -> Any:
+        from robustprune.deploy.formats import FORMATS
+
+        v = [v] if isinstance(v, str) else (v or [])
+        bad = [f for f in v if str(f).strip().lower() not in FORMATS]
+        if bad:
+            raise ValueError(f"unknown export format {bad[0]!r}; choose among {', '.join(FORMATS)}")
+        return tuple(dict.fromkeys(str(f).strip().lower() for f in v))
 
     @field_validator("seeds")
     @classmethod

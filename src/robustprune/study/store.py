@@ -187,7 +187,39 @@ FAILURE_COLUMNS: dict[str, str] = {
     "created_at": "REAL",
 }
 
-TABLES = ("meta", "models", "results", "checks", "vulnerability", "failures")
+EXPORT_COLUMNS: dict[str, str] = {
+    "model_id": "TEXT NOT NULL",
+    "format": "TEXT NOT NULL",            # onnx | torchscript | exported-program
+    "status": "TEXT NOT NULL",            # done | failed
+    "file": "TEXT",                       # relative to the study folder
+    "file_sha256": "TEXT",
+    "checkpoint_sha256": "TEXT",          # the checkpoint the file was exported from (a changed one is re-exported)
+    "message": "TEXT",                    # why it failed (one line)
+    "file_bytes": "INTEGER",
+    "params": "INTEGER",
+    "params_nonzero": "INTEGER",
+    "macs_dense": "INTEGER",
+    "macs_effective": "INTEGER",
+    "units_removed": "INTEGER",           # units cut out physically before the export
+    "max_abs_logit_diff": "REAL",
+    "prediction_agreement": "REAL",
+    "robust_acc_model": "REAL",           # on the model's APGD examples, by PyTorch
+    "robust_acc_export": "REAL",          # on the same examples, by the export's runtime
+    "n_verify": "INTEGER",
+    "eps": "REAL",
+    "runtime_b1_ms": "REAL",
+    "runtime_b64_ms": "REAL",
+    "pytorch_b1_ms": "REAL",
+    "pytorch_b64_ms": "REAL",
+    "speedup_b1": "REAL",                 # against the unpruned base in the same runtime (NULL for the base)
+    "speedup_b64": "REAL",
+    "report": "TEXT",                     # JSON: the whole FILE.json
+    "created_at": "REAL",
+}
+"""One row per (model, format) exported from a study (``robustprune report --export`` / the study key ``export``);
+an additive table: databases without it read as having no exports."""
+
+TABLES = ("meta", "models", "results", "checks", "vulnerability", "failures", "exports")
 
 ADDED_IN_3 = {"models": ("status", "train_precision", "eval_precision"),
               "results": ("train_precision", "eval_precision")}
@@ -349,6 +381,8 @@ class ResultsStore:
                 self._db.execute("CREATE INDEX results_model ON results (model_id)")
                 self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?)",
                                  (SCHEMA_KEY, json.dumps(SCHEMA_VERSION)))
+            self._db.execute(f"CREATE TABLE IF NOT EXISTS exports ({_cols(EXPORT_COLUMNS)}, "
+                             "PRIMARY KEY (model_id, format))")
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -585,6 +619,30 @@ class ResultsStore:
         """Forget the failure of a cell that has now succeeded (nothing when there is none)."""
         self._write()
         self._db.execute("DELETE FROM failures WHERE cell_id = ?", (cell_id,))
+
+    # ---- exports --------------------------------------------------------------------------------------------
+    def put_export(self, record: Mapping[str, Any]) -> None:
+        """Insert or replace the export row of one (model, format); ``report`` takes a dict."""
+        unknown = set(record) - set(EXPORT_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown export columns {sorted(unknown)}; known: {list(EXPORT_COLUMNS)}")
+        rec = {k: record.get(k) for k in EXPORT_COLUMNS}
+        rec["created_at"] = rec["created_at"] or time.time()
+        rec["report"] = _dump(rec["report"], {})
+        self._write()
+        self._db.execute(_insert_sql("exports", list(rec)), tuple(rec.values()))
+
+    def exports(self, where: str = "", params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        """The export rows (none in a database written before exports existed)."""
+        if "exports" not in self._tables():
+            return []
+        sql = "SELECT * FROM exports" + (f" WHERE {where}" if where else "") + " ORDER BY created_at, model_id"
+        out = []
+        for r in self._db.execute(sql, tuple(params)):
+            d = dict(r)
+            d["report"] = _load(d["report"], dict)
+            out.append(d)
+        return out
 
     def failures(self, where: str = "", params: Iterable[Any] = ()) -> list[dict[str, Any]]:
         """The failure rows, oldest first (none in a schema-2 file read as it is)."""

@@ -33,6 +33,8 @@ from robustprune.study.report.tables import (
     checks_table,
     checks_text,
     comparison_tables,
+    deployment_table,
+    deployment_text,
     failures_table,
     failures_text,
     headline_tables,
@@ -65,7 +67,7 @@ def load(out_dir: str | Path) -> ReportData:
     with ResultsStore(db, readonly=True) as store:
         meta = {k: store.get_meta(k) for k in ("command", "started_at", "study_wall_time")}
         return build(store.results(), store.models(), store.checks(), store.vulnerabilities(), meta,
-                     store.get_meta("spec", {}) or {}, store.failures())
+                     store.get_meta("spec", {}) or {}, store.failures(), store.exports())
 
 
 def _sections(data: ReportData, marks: Marks) -> list[tuple[str, str, list]]:
@@ -129,6 +131,9 @@ def write_report(out_dir: str | Path) -> list[Path]:
                  "rate." + (f" {precision}" if precision else ""), ""]
     elif precision:
         text += [precision, ""]
+    deploy = deployment_table(data)
+    if deploy is not None:
+        text += ["## Deployment", "", deployment_text(data), "", table_markdown(deploy)]
     deviations = settings_table(data)
     if deviations is not None:
         text += ["## Settings that differ from the methods' defaults", "", table_markdown(deviations)]
@@ -198,6 +203,9 @@ def write_report(out_dir: str | Path) -> list[Path]:
     rt = runtime_chart_png(data)
     if rt:
         blocks.append(img(rt, "run time per model"))
+    if deploy is not None:
+        blocks += ["<h2 id=deployment>Deployment</h2>", f"<p class=note>{e(deployment_text(data))}</p>",
+                   table_html(deploy)]
     if deviations is not None:
         blocks.append("<h2>Settings that differ from the methods' defaults</h2>" + table_html(deviations))
     if models:

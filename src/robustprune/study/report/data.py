@@ -329,6 +329,8 @@ class ReportData:
     entry_of_model: dict[str, list[Entry]]
     failures: list[dict[str, Any]] = field(default_factory=list)
     """Cells that failed or were not run (the database's ``failures`` table), oldest first."""
+    exports: list[dict[str, Any]] = field(default_factory=list)
+    """The deployment exports of the study's models (the database's ``exports`` table)."""
 
     @property
     def n_values(self) -> list[int]:
@@ -365,7 +367,8 @@ def _root_key(model_id: str | None, models: dict[str, dict[str, Any]]) -> str | 
 
 def build(rows: list[dict[str, Any]], models: list[dict[str, Any]], checks: list[dict[str, Any]],
           vulns: list[dict[str, Any]], meta: dict[str, Any] | None = None,
-          spec: dict[str, Any] | None = None, failures: list[dict[str, Any]] | None = None) -> ReportData:
+          spec: dict[str, Any] | None = None, failures: list[dict[str, Any]] | None = None,
+          exports: list[dict[str, Any]] | None = None) -> ReportData:
     """Group rows into entries and columns (see the module docstring)."""
     by_model = {m["model_id"]: m for m in models}
     entries: dict[tuple[str, int], Entry] = {}
@@ -440,7 +443,7 @@ def build(rows: list[dict[str, Any]], models: list[dict[str, Any]], checks: list
         _name_variants(ents)
         groups.append(Group(g[0], g[1], ents, cols))
     return ReportData(groups, rows, models, checks, vulns, meta or {}, spec or {}, entry_of_model,
-                      list(failures or []))
+                      list(failures or []), list(exports or []))
 
 
 def _name_variants(entries: list[Entry]) -> None:

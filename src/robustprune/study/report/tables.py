@@ -475,6 +475,71 @@ def failures_table(data: ReportData) -> Table | None:
                  left_columns=4)
 
 
+def _model_label(m: dict[str, Any] | None, model_id: str) -> str:
+    if m is None:
+        return model_id[:12]
+    method = m.get("method") or "unpruned"
+    rate = m.get("rate")
+    c = "" if method == "unpruned" else (" c=learned" if rate is None else f" c={float(rate):g}")
+    return f"{method}{c} / seed {m.get('seed')}"
+
+
+def deployment_text(data: ReportData) -> str:
+    """What the deployment table shows and how it was measured."""
+    ex = [x for x in data.exports if x.get("status") == "done"]
+    lat = next(((x.get("report") or {}).get("latency") or {} for x in ex if (x.get("report") or {}).get("latency")),
+               {})
+    where = (f"{lat.get('device', 'cpu')}, {lat.get('threads', '?')} threads" if lat else "not measured")
+    n = sorted({int(x["n_verify"]) for x in ex if x.get("n_verify")})
+    return ("Every model exported and loaded back by the format's own runtime. Logits: max |difference| to the "
+            "model on the first " + "/".join(map(str, n or ["?"])) + " test images; APGD: accuracy on the APGD "
+            "examples crafted on the model (PyTorch, strict fp32) given to the export (must be within 0.2 points "
+            "of the model's). Latency: median ms per call in the export's runtime (" + where + "); speed-up: the "
+            "unpruned base's latency in the same runtime over this model's. Dense kernels do not skip zero "
+            "weights: unstructured sparsity saves no time here, only units removed physically do (units cut).")
+
+
+def deployment_table(data: ReportData) -> Table | None:
+    """One row per exported (model, format): size, MACs, latency, speed-up, and the verification."""
+    if not data.exports:
+        return None
+    by_id = {m["model_id"]: m for m in data.models}
+
+    def key(x: dict[str, Any]) -> tuple:
+        m = by_id.get(x["model_id"]) or {}
+        return (m.get("seed") or 0, m.get("kind") != "base", m.get("method") or "", m.get("rate") or 0.0,
+                x["format"])
+
+    rows = []
+    for x in sorted(data.exports, key=key):
+        label = Cell(_model_label(by_id.get(x["model_id"]), x["model_id"]), left=True)
+        if x.get("status") != "done":
+            rows.append([label, Cell(x["format"], left=True), Cell("FAILED", "fail"),
+                         Cell(x.get("message") or "", left=True)] + [Cell("") for _ in range(8)])
+            continue
+
+        def f(v: Any, spec: str) -> str:
+            return "" if v is None else format(v, spec)
+
+        ok = (x.get("robust_acc_model") is not None and x.get("robust_acc_export") is not None
+              and abs(x["robust_acc_model"] - x["robust_acc_export"]) <= 0.002 + 1e-12)
+        rows.append([
+            label, Cell(x["format"], left=True), Cell("verified" if ok else "CHECK", None if ok else "fail"),
+            Cell(f"{x['file_bytes'] / 1e6:.3f}"),
+            Cell(f"{x['params_nonzero']:,} / {x['params']:,}"),
+            Cell(f"{x['macs_dense'] / 1e6:.2f}"), Cell(str(x.get("units_removed") or 0)),
+            Cell(f"{f(x.get('runtime_b1_ms'), '.3f')} / {f(x.get('runtime_b64_ms'), '.2f')}"),
+            Cell("base" if (by_id.get(x["model_id"]) or {}).get("kind") == "base" else
+                 f"{f(x.get('speedup_b1'), '.2f')}x / {f(x.get('speedup_b64'), '.2f')}x"),
+            Cell(f"{x['max_abs_logit_diff']:.1e}"),
+            Cell(f"{100 * x['prediction_agreement']:.1f}"),
+            Cell(f"{100 * x['robust_acc_model']:.1f} / {100 * x['robust_acc_export']:.1f}"),
+        ])
+    return Table("exports", ["model", "format", "check", "file MB", "non-zero / params", "dense MMACs", "units cut",
+                             "latency ms b1 / b64", "speed-up b1 / b64", "max logit diff", "same class %",
+                             "APGD % model / export"], rows, left_columns=2)
+
+
 def _precisions(m: dict[str, Any]) -> tuple[str, str]:
     return (m.get("train_precision") or "not recorded", m.get("eval_precision") or "not recorded")
 
