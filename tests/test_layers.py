@@ -9,14 +9,14 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "robustprune"
 
-#: docs/architecture.md: cli / api -> study -> methods -> train / sparsity / objectives -> attacks / models / data
+#: docs/architecture.md: cli / api -> study -> deploy / methods -> train / sparsity / objectives -> attacks / models / data
 LAYER = {
     "errors": 0, "registry": 0, "utils": 0, "provenance": 0, "_version": 0, "precision": 0,
     "data": 1, "models": 1,
     "attacks": 2,
     "objectives": 3, "sparsity": 3, "metrics": 3, "checkpoint": 3,
     "train": 4, "evaluation": 4,
-    "methods": 5, "analysis": 5,
+    "methods": 5, "analysis": 5, "deploy": 5,
     "study": 6,
     "api": 7, "cli": 7, "__init__": 7, "__main__": 7,
 }
