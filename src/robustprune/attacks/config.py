@@ -16,9 +16,10 @@ direct call and an evaluation run take the same step). APGD keeps its own 100 it
 from __future__ import annotations
 
 import math
+import typing
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from robustprune.attacks.registry import AttackInfo, get_attack_info
 from robustprune.attacks.results import canonical_norm
@@ -30,6 +31,102 @@ DEFAULT_EVAL_STEPS = 20
 
 _FIXED = ("name", "eps", "steps", "restarts", "alpha", "loss", "random_start")
 _NOT_SETTINGS = ("model", "x", "y", "generator")
+
+
+#: Settings whose value must lie in an open / half-open interval (beyond "counts are >= 1", "floats are finite").
+_RANGES: dict[str, tuple[float, float, str]] = {
+    "rho": (0.0, 1.0, "()"), "apgd_rho": (0.0, 1.0, "()"), "square_p_init": (0.0, 1.0, "(]"),
+    "momentum": (0.0, 1.0, "[)"), "lr_decay": (0.0, 1.0, "(]"), "gamma_init": (0.0, 1.0, "(]"),
+    "gamma_final": (0.0, 1.0, "(]"), "lr": (0.0, math.inf, "()"), "alpha_init": (0.0, math.inf, "()"),
+    "alpha_final": (0.0, math.inf, "()"), "overshoot": (1.0, math.inf, "[)"), "initial_const": (0.0, math.inf, "()"),
+    "confidence": (0.0, math.inf, "[)"), "eps_max": (0.0, math.inf, "()"),
+}
+#: Integer settings that may be 0 (everything else typed int counts something and must be >= 1).
+_INT_MAY_BE_ZERO = ("seed",)
+
+
+def _hints(info: AttackInfo) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(info.fn)
+    except Exception:  # noqa: BLE001 - an unresolvable annotation: leave that setting unchecked
+        return {}
+
+
+def _textual(hint: Any) -> bool:
+    """A type a value given as text can be (not a tensor, a callable or an arbitrary object)."""
+    text = str(hint)
+    return hint is not Any and "Tensor" not in text and "Callable" not in text
+
+
+def _check_setting(attack: str, key: str, value: Any, hint: Any) -> Any:
+    """``value`` converted to the attack function's annotated type and range-checked, or ValueError naming the
+    setting, what it takes and an example."""
+    if value is None or not _textual(hint):
+        return value
+    try:
+        out = TypeAdapter(hint).validate_python(value)
+    except ValidationError:
+        kind = ("true or false" if hint is bool or str(hint).startswith("bool") else
+                "a whole number" if hint is int or "int" in str(hint) else
+                "a number" if hint is float or "float" in str(hint) else str(hint))
+        raise ValueError(f"attack {attack!r}: {key}={value!r} is not {kind} (e.g. {key}=" +
+                         ("true" if kind == "true or false" else "3" if kind == "a whole number" else "0.5")
+                         + ")") from None
+    if isinstance(out, bool):
+        return out
+    if isinstance(out, int) and key not in _INT_MAY_BE_ZERO and out < 1:
+        raise ValueError(f"attack {attack!r}: {key}={out} does nothing; it counts something and must be >= 1")
+    if isinstance(out, int) and out < 0:
+        raise ValueError(f"attack {attack!r}: {key}={out} must be >= 0")
+    if isinstance(out, float):
+        if not math.isfinite(out):
+            raise ValueError(f"attack {attack!r}: {key}={out} must be a finite number")
+        if key in _RANGES:
+            lo, hi, kind = _RANGES[key]
+            ok = (out > lo if kind[0] == "(" else out >= lo) and (out < hi if kind[1] == ")" else out <= hi)
+            if not ok:
+                interval = f"{kind[0]}{lo:g}, {hi:g}{kind[1]}".replace("inf", "∞")
+                raise ValueError(f"attack {attack!r}: {key}={out:g} is outside {interval}")
+    return out
+
+
+def check_against_model(spec: Any, num_classes: int, input_shape: typing.Sequence[int]) -> None:
+    """Settings that depend on the model and the data, checked before an attack runs: target classes within
+    1..classes-1, L2 budgets within the largest possible distance sqrt(d) of [0, 1] images, L0 budgets within the
+    number of pixels (or values); a one-line ConfigError that says what to use instead."""
+    if isinstance(spec, dict):
+        settings = {k: v for k, v in spec.items() if k != "eps"}
+        eps_given = spec.get("eps") or ()
+    else:
+        settings = spec.settings() if hasattr(spec, "settings") else {}
+        eps_given = getattr(spec, "eps", None) or ()
+    if isinstance(eps_given, (int, float, str)):
+        eps_given = [eps_given]
+    name = str(settings.get("name") or getattr(spec, "name", "pgd"))
+    info = get_attack_info(name)
+    for key in ("n_target_classes", "apgd_targets", "fab_targets"):
+        t = settings.get(key)
+        if t is not None and num_classes >= 2 and int(t) > num_classes - 1:
+            raise ConfigError(f"attack {name!r}: {key}={t} but the model has {num_classes} classes, so at most "
+                              f"{num_classes - 1} other classes can be targets; use {key}=1..{num_classes - 1}")
+    norm = effective_norm(info, settings)
+    eps = [float(parse_eps(e)) for e in eps_given]
+    d = 1
+    for s in input_shape:
+        d *= int(s)
+    if norm == "L2":
+        top = math.sqrt(d)
+        bad = [e for e in eps if e > top]
+        if bad:
+            raise ConfigError(f"attack {name!r}: L2 budget {bad[0]:g} exceeds the largest distance between two "
+                              f"{'x'.join(map(str, input_shape))} images in [0, 1] ({top:.4g}); an L2 budget of a "
+                              f"few units (e.g. 0.5 or 1.5) is the usual range")
+    elif norm == "L0":
+        unit = settings.get("l0_unit", info.default("l0_unit") or "pixel")
+        top = d // int(input_shape[0]) if unit == "pixel" and len(input_shape) == 3 else d
+        bad = [e for e in eps if e > top]
+        if bad:
+            raise ConfigError(f"attack {name!r}: L0 budget {bad[0]:g} exceeds the {top} {unit}s of an image")
 
 
 def effective_norm(info: AttackInfo, settings: dict[str, Any]) -> str:
@@ -82,6 +179,10 @@ class AttackConfig(BaseModel):
             return data
         data = dict(data)
         info = get_attack_info(str(data.get("name", "pgd")))  # UnknownNameError lists the attacks
+        hints = _hints(info)
+        for key in list(data):
+            if key not in _FIXED and key not in _NOT_SETTINGS and key in hints and info.accepts(key):
+                data[key] = _check_setting(info.name, key, data[key], hints[key])
         if not info.min_norm:
             if info.accepts("steps") and data.get("steps") is None:
                 own = info.default("steps")
@@ -144,4 +245,4 @@ class AttackConfig(BaseModel):
             raise ConfigError(msg) from None
 
 
-__all__ = ["DEFAULT_EVAL_STEPS", "AttackConfig", "effective_norm"]
+__all__ = ["DEFAULT_EVAL_STEPS", "AttackConfig", "check_against_model", "effective_norm"]

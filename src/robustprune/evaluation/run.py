@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from robustprune.attacks.config import check_against_model
 from robustprune.errors import ConfigError
 from robustprune.evaluation.attack_info import (
     EvalAttackInfo,
@@ -166,6 +167,10 @@ def run_attacks(
         raise ConfigError(f"need as many labels as inputs and at least one point (got {len(x)} and {len(y)})")
     t0 = time.perf_counter()
     with eval_mode(model):
+        with torch.no_grad():
+            num_classes = int(model(x[:1]).shape[-1])
+        for spec in attacks:  # settings that depend on the model (targets, L2 / L0 budgets): before any work
+            check_against_model(spec, num_classes, tuple(x.shape[1:]))
         clean_mask = torch.cat([_correct(model, x[i:i + batch_size], y[i:i + batch_size])
                                 for i in range(0, len(x), batch_size)])
         n = len(x)
