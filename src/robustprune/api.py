@@ -15,20 +15,27 @@ from robustprune.objectives import Objective
 
 
 def _as_split(data: Any, what: str) -> Split:
+    """``data`` as a checked :class:`Split`: float NCHW in [0, 1], finite, one integer label >= 0 per image."""
+    from robustprune.data import check_split
+
     if isinstance(data, Split):
-        return data
+        check_split(data.x, data.y, what)
+        return data if data.y.dtype == torch.long else Split(x=data.x, y=data.y.long(), index=data.index)
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
         x, y = data
-        if x.dim() != 4:
-            raise ConfigError(f"{what}: x must be a float NCHW tensor in [0, 1], got shape {tuple(x.shape)}")
-        if y.dim() != 1 or len(y) != len(x):
-            raise ConfigError(f"{what}: y must hold one integer label per image ({len(x)}), got shape "
-                              f"{tuple(y.shape)}")
-        if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
-            raise ConfigError(f"{what}: inputs must lie in [0, 1] (normalise inside the model), got "
-                              f"[{float(x.min()):.3g}, {float(x.max()):.3g}]")
+        check_split(x, y, what)
         return Split(x=x.float(), y=y.long())
     raise ConfigError(f"{what} must be a Split or a tuple (x, y) of tensors")
+
+
+def _num_classes(model: nn.Module, x: Tensor) -> int | None:
+    """The model's number of outputs (one forward pass of one image in eval mode), None when it is not a 2-D
+    logit tensor."""
+    from robustprune.metrics.accuracy import eval_mode
+
+    with eval_mode(model), torch.no_grad():
+        out = model(x[:1])
+    return int(out.shape[-1]) if isinstance(out, Tensor) and out.dim() == 2 else None
 
 
 def carve_validation(train: Split, fraction: float = 0.1, max_size: int = 5000, seed: int = 0) -> tuple[Split, Split]:
@@ -86,6 +93,16 @@ def prune(
         train, val_split = carve_validation(train, seed=seed)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(dev)
+    if dataset is not None:
+        from robustprune.data import get_spec
+
+        get_spec(dataset)  # an unknown name: one line listing the datasets (dataset-dependent defaults use it)
+    classes = _num_classes(model, train.x[:1].to(dev))
+    if classes is not None:
+        for split, what in ((train, "data"), (val_split, "val")):
+            if int(split.y.max()) >= classes:
+                raise ConfigError(f"{what}: labels must lie in 0..{classes - 1} (the model has {classes} outputs), "
+                                  f"got {int(split.y.min())}..{int(split.y.max())}")
     train = Split(x=train.x.to(dev), y=train.y.to(dev))
     val_split = Split(x=val_split.x.to(dev), y=val_split.y.to(dev))
     s = m.settings({**dict(settings or {}), **more_settings})

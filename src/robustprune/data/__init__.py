@@ -35,7 +35,7 @@ from robustprune.data.specs import (
     get_spec,
     register_dataset,
 )
-from robustprune.data.splits import Split, Splits, load_splits
+from robustprune.data.splits import Split, Splits, check_split, load_splits
 
 __all__ = [
     "AUGMENTATIONS",
@@ -55,6 +55,7 @@ __all__ = [
     "get_augment",
     "get_spec",
     "load_raw",
+    "check_split",
     "load_splits",
     "parse_idx",
     "read_cifar_batch",

@@ -50,6 +50,41 @@ class Split:
         return Split(self.x.to(device), self.y.to(device), idx)
 
 
+def check_split(x: Tensor, y: Tensor, what: str = "data", num_classes: int | None = None) -> None:
+    """One-line :class:`ConfigError` unless ``x`` is float NCHW in [0, 1] with finite values and ``y`` holds one
+    integer label per image within ``0 .. num_classes - 1`` (when known): what every method trains on."""
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise ConfigError(f"{what}: x and y must be tensors, got {type(x).__name__} and {type(y).__name__}")
+    if x.dim() != 4:
+        raise ConfigError(f"{what}: x must be a float NCHW tensor in [0, 1] (images x channels x height x width), "
+                          f"got shape {tuple(x.shape)}; add a channel axis with x.unsqueeze(1) for grey images")
+    if not torch.is_floating_point(x):
+        hint = " (divide by 255: x.float() / 255)" if x.dtype == torch.uint8 else ""
+        raise ConfigError(f"{what}: x must be a float tensor in [0, 1], got {x.dtype}{hint}")
+    if y.dim() != 1 or len(y) != len(x):
+        raise ConfigError(f"{what}: y must hold one integer label per image ({len(x)}), got shape {tuple(y.shape)}")
+    if torch.is_floating_point(y) or y.dtype == torch.bool or torch.is_complex(y):
+        if torch.is_floating_point(y) and bool(torch.isfinite(y).all()) and bool((y == y.round()).all()):
+            pass  # whole-number float labels are accepted (converted to int64)
+        else:
+            raise ConfigError(f"{what}: y must hold integer class labels, got {y.dtype}")
+    if len(x) == 0:
+        raise ConfigError(f"{what}: no images")
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
+        raise ConfigError(f"{what}: {bad} image(s) hold NaN or infinite values; clean or drop them")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 1:
+        hint = " (0..255 pixels: divide by 255)" if hi > 1.5 and lo >= 0 else " (normalise inside the model)"
+        raise ConfigError(f"{what}: inputs must lie in [0, 1]{hint}, got [{lo:.3g}, {hi:.3g}]")
+    ymin, ymax = int(y.min()), int(y.max())
+    if ymin < 0 or (num_classes is not None and ymax >= num_classes):
+        top = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
+        raise ConfigError(f"{what}: labels must lie in {top} (the model's {num_classes} outputs), got "
+                          f"{ymin}..{ymax}" if num_classes is not None else
+                          f"{what}: labels must be >= 0, got {ymin}..{ymax}")
+
+
 @dataclass
 class Splits:
     """A dataset ready to use: the spec, train, validation (carved from train) and test splits."""
