@@ -59,6 +59,8 @@ from robustprune.methods.bayesian import (
 from robustprune.methods.vib import VIBGate
 from robustprune.methods.anp import BayesianMethod
 from robustprune.methods.hydra import HydraMethod, HydraResult, hydra
+from robustprune.methods.sparse_training import FlyingBirdMethod, RobustBirdMethod
+from robustprune.methods.twin_rep import TwinRepMethod, twin_rep
 
 __all__ = [
     "ADMMHook", "ADMMResult", "ANPObjective", "AdvPruneMethod", "BayesianMethod", "BayesianResult",

@@ -65,6 +65,10 @@ PAPERS: dict[str, Paper] = {
         Paper("Sehwag2020", "HYDRA: Pruning Adversarially Robust Neural Networks"),
         Paper("Lee2019", "Adaptive Network Sparsification with Dependent Variational Beta-Bernoulli Dropout"),
         Paper("Dai2018", "Compressing Neural Networks using the Variational Information Bottleneck"),
+        Paper("Zhao2023", "Holistic Adversarially Robust Pruning (HARP)"),
+        Paper("Chen2022", "Sparsity Winning Twice: Better Robust Generalization from More Efficient Training "
+                          "(FlyingBird, RobustBird)"),
+        Paper("Li2023", "Learning Adversarially Robust Sparse Networks via Weight Reparameterization (Twin-Rep)"),
     )
 }
 

@@ -34,7 +34,12 @@ from robustprune.utils import make_generator
 
 
 class Hook:
-    """Per-step / per-epoch callbacks. Override what you need; all are optional."""
+    """Per-step / per-epoch callbacks. Override what you need; all are optional.
+
+    A hook that sets ``stop_training = True`` (e.g. in ``on_epoch_end``) ends the phase after that epoch (its
+    selection still counts); the learning-rate schedule stays the one of the full ``epochs`` budget."""
+
+    stop_training: bool = False
 
     def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:  # noqa: D401
         pass
@@ -384,6 +389,8 @@ def _fit(model: nn.Module, objective: Objective, train: Split, val: Split | None
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             elif epoch + 1 < cfg.epochs:  # the last finite epoch is the state to fall back to if a later one diverges
                 last_good = (epoch + 1, {k: v.detach().clone() for k, v in model.state_dict().items()})
+            if any(getattr(h, "stop_training", False) for h in hooks):
+                break
     finally:
         if masks is not None:
             masks.detach()
@@ -391,7 +398,7 @@ def _fit(model: nn.Module, objective: Objective, train: Split, val: Split | None
         model.load_state_dict(best_state)
         result.best_metric = best
     else:
-        result.best_epoch = cfg.epochs
+        result.best_epoch = len(result.history)
         if result.history:
             result.best_metric = result.history[-1].get("val_clean", float("nan"))
     if masks is not None:
