@@ -49,7 +49,7 @@ def fast_settings(name: str) -> dict:
 
 
 @pytest.mark.parametrize("name", ["pwoa-irregular", "admm-irregular", "magnitude-unstructured-global", "hydra",
-                                  "random-unstructured-local"])
+                                  "random-unstructured-local", "harp"])
 def test_prune_any_module_to_exactly_a_quarter(name):
     x, y = blobs(240)
     torch.manual_seed(0)

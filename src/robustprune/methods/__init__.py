@@ -9,6 +9,7 @@ Every method is registered once, by the module of its family:
 * :mod:`.anp`: BP, ANP, ANP-VS, PAT with Beta-Bernoulli gates and BP / ANP with VIB gates (Madaan2020), over the
   gates of :mod:`.bayesian` and :mod:`.vib`;
 * :mod:`.hydra`: HYDRA (Sehwag2020).
+* :mod:`.harp`: HARP (Zhao2023), HYDRA's scores plus learned per-layer keep rates.
 
 Adding a method: subclass :class:`PruningMethod` in a new module, call :func:`register_method`, import the module
 here. The CLI, the study runner and :func:`robustprune.prune` then accept it by name.
@@ -59,6 +60,7 @@ from robustprune.methods.bayesian import (
 from robustprune.methods.vib import VIBGate
 from robustprune.methods.anp import BayesianMethod
 from robustprune.methods.hydra import HydraMethod, HydraResult, hydra
+from robustprune.methods.harp import HarpMethod, HarpResult, harp
 from robustprune.methods.sparse_training import FlyingBirdMethod, RobustBirdMethod
 from robustprune.methods.twin_rep import TwinRepMethod, twin_rep
 
