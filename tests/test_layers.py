@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "robustprune"
 
 #: docs/architecture.md: cli / api -> study -> deploy / methods -> train / sparsity / objectives -> attacks / models / data
 LAYER = {
-    "errors": 0, "registry": 0, "utils": 0, "provenance": 0, "_version": 0, "precision": 0,
+    "errors": 0, "registry": 0, "utils": 0, "provenance": 0, "_version": 0, "precision": 0, "rates": 0,
     "data": 1, "models": 1,
     "attacks": 2,
     "objectives": 3, "sparsity": 3, "metrics": 3, "checkpoint": 3,

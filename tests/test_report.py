@@ -57,9 +57,11 @@ def test_runs_that_differ_in_more_than_the_seed_are_never_averaged(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "66.8" not in md  # the old report's mixed mean
     rows = _md_rows(md, "## Headline")
-    assert rows[0][:5] == ["method", "c", "achieved", "n", "seeds"]
+    assert rows[0][:6] == ["method", "c", "sparsity (%)", "achieved", "n", "seeds"]
     head = rows[0]
-    cell = {(r[0], r[3]): dict(zip(head, r)) for r in rows[1:]}
+    cell = {(r[0], r[4]): dict(zip(head, r)) for r in rows[1:]}
+    assert cell[("magnitude-unstructured-global", "1000")]["sparsity (%)"] == "75"  # c = 4 is sparsity 75 %
+    assert cell[("unpruned", "1000")]["sparsity (%)"] == "0"
     assert cell[("unpruned", "1000")]["pgd[steps=20]@0.1 (%)"] == "66.1"
     assert cell[("unpruned", "200")]["pgd[steps=10]@0.1 (%)"] == "67.5"
     assert cell[("unpruned", "200")]["pgd[steps=20]@0.1 (%)"] == ""
@@ -81,6 +83,7 @@ def test_learned_rates_show_their_achieved_value_and_configurations_stay_apart(t
     rows = _md_rows(md, "## Headline")[1:]
     anp = [r for r in rows if r[0].startswith("anp-bbd")]
     assert sorted(r[1] for r in anp) == ["learned (×1.0)", "learned (×4.7)"]  # never "0", never averaged (×2.85)
+    assert {r[2] for r in anp} == {"learned"}  # no target sparsity for a learned rate
     assert {r[0] for r in anp} == {"anp-bbd [gamma=0.0001]", "anp-bbd [gamma=1e-06] †"}
     assert "† nothing was pruned: anp-bbd [gamma=1e-06] c=learned (×1.0) (seed 0 of 1)." in md
     tables = md.split("## Models")[0]
@@ -96,8 +99,8 @@ def test_apgd_leads_the_headline_table_when_present(tmp_path):
         add_model(store, tmp_path, method="unpruned", seed=0, clean=0.8, accs=accs)
     data = load(tmp_path)
     (t,) = headline_tables(data, Marks(data))
-    assert t.header[5:] == ["clean (%)", "apgd@0.1 (%)", "pgd@0.1 (%)"]  # PGD only at APGD's ε
-    assert [c.text for c in t.rows[0][5:]] == ["80.0", "62.7", "66.1 *"]  # PGD 3.4 points above APGD: marked
+    assert t.header[6:] == ["clean (%)", "apgd@0.1 (%)", "pgd@0.1 (%)"]  # PGD only at APGD's ε
+    assert [c.text for c in t.rows[0][6:]] == ["80.0", "62.7", "66.1 *"]  # PGD 3.4 points above APGD: marked
     assert any(n.startswith("* PGD exceeds APGD") for n in t.notes)
     write_report(tmp_path)
     assert "## Headline: clean / APGD / PGD per model" in (tmp_path / "report.md").read_text()
@@ -108,7 +111,7 @@ def test_apgd_leads_the_headline_table_when_present(tmp_path):
                   accs={k: v for k, v in accs.items() if k[0] == "pgd"})
     data = load(no_apgd)
     (t,) = headline_tables(data, Marks(data))
-    assert t.header[5:] == ["clean (%)", "pgd@0.05 (%)", "pgd@0.1 (%)"]
+    assert t.header[6:] == ["clean (%)", "pgd@0.05 (%)", "pgd@0.1 (%)"]
     assert any("headline attack is PGD (no APGD rows" in n for n in t.notes)
 
 

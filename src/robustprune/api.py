@@ -54,6 +54,7 @@ def prune(
     method: str,
     *,
     rate: float | None = None,
+    sparsity: float | str | None = None,
     data: Split | tuple[Tensor, Tensor],
     val: Split | tuple[Tensor, Tensor] | None = None,
     eps: float | None = None,
@@ -72,7 +73,9 @@ def prune(
 ) -> PruneResult:
     """Prune ``model`` (any ``nn.Module`` taking float NCHW inputs in [0, 1] and returning logits) with ``method``.
 
-    ``rate``: compression c (1/c of the prunable weights remain); None for methods that learn it. ``data``: training
+    ``rate``: compression c (1/c of the prunable weights remain); None for methods that learn it. ``sparsity``: the
+    same in the field's words, s in [0, 1) (the fraction of the prunable weights removed; ``sparsity=0.99`` is
+    ``rate=100``); given both, they must agree. ``data``: training
     images as ``(x, y)`` tensors or a :class:`Split`; a validation split for checkpoint selection is carved from it
     when ``val`` is None. ``eps``: L∞ budget of adversarial training (required by adversarial methods). ``epochs``:
     per training phase unless the method's settings give the phase its own. Other keyword arguments (or
@@ -87,6 +90,13 @@ def prune(
 
     precision = check_precision(precision)
     m = get_method(method)
+    if sparsity is not None:
+        from robustprune.rates import merge_rates
+
+        if isinstance(sparsity, (list, tuple)):
+            raise ConfigError("sparsity= takes one value, e.g. sparsity=0.99 (prune once per sparsity)")
+        rate = merge_rates(None if rate is None else [rate], [sparsity], rate_what="rate=",
+                           sparsity_what="sparsity=", example="sparsity=0.99 (rate=100)")[0]
     train = _as_split(data, "data")
     val_split = _as_split(val, "val") if val is not None else None
     if val_split is None:

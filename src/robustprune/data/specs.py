@@ -33,6 +33,9 @@ class DatasetSpec:
     subdirs: tuple[str, ...] = ()
     hint: str = ""
     description: str = ""
+    sizes: tuple[int, int] | None = None
+    """(training images, test images) of the official release, for planning before any file is read (None:
+    they vary between releases); the loaders count what the files hold."""
 
     @property
     def channels(self) -> int:
@@ -84,6 +87,7 @@ register_dataset(
         augment=None,
         default_dir="/usr/share/datasets/fashion-mnist",
         files=_IDX_FILES,
+        sizes=(60_000, 10_000),
         format="idx",
         subdirs=("fashion-mnist", "FashionMNIST/raw"),
         hint="apt-get install -y dataset-fashion-mnist, or pass --data-dir DIR",
@@ -103,6 +107,7 @@ register_dataset(
         augment=None,
         default_dir=None,
         files=_IDX_FILES,
+        sizes=(60_000, 10_000),
         format="idx",
         subdirs=("mnist", "MNIST/raw"),
         hint="download the MNIST IDX files (http://yann.lecun.com/exdb/mnist/) and pass --data-dir DIR",
@@ -122,6 +127,7 @@ register_dataset(
         augment="crop-flip",
         default_dir=None,
         files=tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",),
+        sizes=(50_000, 10_000),
         format="cifar10",
         subdirs=("cifar-10-batches-py",),
         hint="unpack cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) and pass --data-dir DIR",
@@ -141,6 +147,7 @@ register_dataset(
         augment="crop-flip",
         default_dir=None,
         files=("train", "test"),
+        sizes=(50_000, 10_000),
         format="cifar100",
         subdirs=("cifar-100-python",),
         hint="unpack cifar-100-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) and pass --data-dir DIR",
@@ -160,6 +167,7 @@ register_dataset(
         augment=None,  # horizontal flips change digits
         default_dir=None,
         files=("train_32x32.mat", "test_32x32.mat"),
+        sizes=(73_257, 26_032),
         format="svhn",
         subdirs=("svhn", "SVHN"),
         hint="download train_32x32.mat and test_32x32.mat (http://ufldl.stanford.edu/housenumbers/) "

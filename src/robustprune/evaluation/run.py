@@ -38,12 +38,16 @@ ADV_SEED_OFFSET = 7_777_777
 """Seed offset of the generator that attacks clean-misclassified points when adversarial examples are kept."""
 
 
-def size_metrics(model: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]:
-    """Params, FLOPs and sparsity measured from the zeros actually present in the weights."""
+def size_metrics(model: nn.Module, input_shape: Sequence[int], *, base: nn.Module | None = None,
+                 structure: bool = True) -> dict[str, Any]:
+    """Params, FLOPs and sparsity measured from the zeros actually present in the weights; with ``structure``
+    also the fraction of the unpruned base's conv filters and dense FLOPs the model lost (``filters_removed``,
+    ``flops_removed``: :func:`robustprune.sparsity.structure_metrics`; ``base`` only for a model whose layers were
+    already cut). Every key is a column of a study's ``results`` rows."""
     rep = sparsity_report(model)
     params = count_params(model)
     fl = flops(model, tuple(input_shape))
-    return {
+    out = {
         "achieved_sparsity": float(rep["weight_sparsity"]),
         "achieved_compression": float(rep["compression"]),
         "params_total": int(params["total"]),
@@ -51,6 +55,13 @@ def size_metrics(model: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]
         "flops_dense": int(fl["dense"]),
         "flops_effective": int(fl["effective"]),
     }
+    if structure:
+        from robustprune.sparsity.structure import structure_metrics
+
+        st = structure_metrics(model, input_shape, base=base)
+        out["filters_removed"] = st["filters_removed"]
+        out["flops_removed"] = st["flops_removed"]
+    return out
 
 
 @torch.no_grad()

@@ -66,3 +66,6 @@ from robustprune.sparsity.slim import (  # noqa: E402
 )
 
 __all__ += ["SelectLinear", "SlimResult", "UnitSite", "fold_unit_scales", "slim_model", "supported_sites", "unit_sites"]
+from robustprune.sparsity.structure import conv_filters, structure_metrics  # noqa: E402
+
+__all__ += ["conv_filters", "structure_metrics"]

@@ -18,6 +18,9 @@ from robustprune.study.spec import StudySpec
 from robustprune.study.store import ResultsStore
 from robustprune.utils import config_hash
 
+STRUCTURE_COLUMNS = ("achieved_sparsity", "filters_removed", "flops_removed")
+"""What a model lost, stored on its ``models`` row too (see :func:`robustprune.sparsity.structure_metrics`)."""
+
 
 class ModelEvaluator:
     """Evaluates models of one study (caches the transfer examples crafted on each base model)."""
@@ -109,6 +112,10 @@ class ModelEvaluator:
         test = splits.test
         n = min(spec.eval_n, len(test))
         x, y = test.x[:n], test.y[:n]
+        # What the model lost, counted one way for every method (sparsity over every Conv2d / Linear weight, conv
+        # filters and dense FLOPs gone against the unpruned architecture): on every row, and on the model's row
+        sizes = size_metrics(model, splits.spec.shape)
+        store.update_model(model_id, {k: sizes[k] for k in STRUCTURE_COLUMNS})
         vkey = self._vuln_key(splits) if spec.vulnerability else None
         v_hash, v_es = (vkey[1], eps_to_str(vkey[2])) if vkey else ("", "")
         need_white = vkey is not None and not store.has_vulnerability(model_id, "white", v_hash, v_es)
@@ -136,7 +143,6 @@ class ModelEvaluator:
                 v = latent_vulnerability(model, x, trun.adv[(t_hash, v_es)], batch_size=spec.eval_batch_size)
                 store.put_vulnerability(model_id, "black", t_hash, v_es, network=v.network, layers=v.layers,
                                         features={k: t.tolist() for k, t in v.features.items()}, n_points=v.n)
-        sizes = size_metrics(model, splits.spec.shape)
         full = []
         for r in rows:
             if store.has_result(model_id, r["attack_hash"], r["eps_str"], r.get("n_eval", n)):
@@ -166,5 +172,6 @@ class ModelEvaluator:
         rate = base.get("rate")
         self.log(f"  evaluated {base['method']} c={'learned' if rate is None else f'{rate:g}'}: "
                  f"clean {rows[0]['clean_acc']:.3f}" + (f", {summary}" if summary else " (robust rows already stored)")
-                 + f", sparsity {sizes['achieved_sparsity']:.3f}")
+                 + f", sparsity {sizes['achieved_sparsity']:.3f}, filters removed {sizes['filters_removed']:.3f}"
+                 + ("" if sizes["flops_removed"] is None else f", FLOPs removed {sizes['flops_removed']:.3f}"))
 

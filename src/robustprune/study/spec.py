@@ -12,8 +12,25 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from robustprune.errors import ConfigError
+from robustprune.rates import merge_rates
 from robustprune.train import TrainConfig, validated
 from robustprune.utils import parse_eps
+
+RATE_GROUPS = ("unstructured", "kernel", "filter", "column", "structured")
+"""Keys of ``group_rates`` / ``group_sparsity``: a method's pruning group (``robustprune list methods``), or
+``structured`` for every group but unstructured."""
+
+PUBLISHED_DIR = Path(__file__).resolve().parent / "report"
+
+
+def published_leaderboards() -> list[str]:
+    """Names a study's ``leaderboard`` key takes: one per ``study/report/<name>_published.json`` (published numbers
+    the report sets beside the study's own, e.g. ``apb``)."""
+    return sorted(p.name[: -len("_published.json")] for p in PUBLISHED_DIR.glob("*_published.json"))
+
+
+def _as_list(v: Any) -> list[Any]:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
 def method_of(entry: str) -> str:
@@ -77,6 +94,21 @@ class ObjectiveSpec(BaseModel):
         return d
 
 
+class CostSpec(BaseModel):
+    """Measured throughput a study's ``--plan`` turns into an estimated cost (never used by the run itself)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train_epoch_s: float = Field(gt=0)
+    """Seconds of one training epoch over ``epoch_images`` images (every training phase is counted at this
+    speed: an upper bound for phases lighter than the measured one, e.g. natural training)."""
+    epoch_images: int = Field(50_000, ge=1)
+    eval_model_s: float = Field(0.0, ge=0)
+    """Seconds to evaluate one model under every attack of the study (0: not estimated)."""
+    basis: str = ""
+    """Where the figures come from (device, precision, document), printed with the estimate."""
+
+
 # One description of an attack: the study's attack spec is the attack layer's AttackConfig (same fields
 # name, eps, steps, restarts, alpha, loss, random_start, plus any other setting of the attack's function; L∞
 # budgets in (0, 1]; ``settings()``).
@@ -123,6 +155,15 @@ class StudySpec(BaseModel):
     unpruned base model."""
     method_rates: dict[str, tuple[float, ...]] = Field(default_factory=dict)
     """Per-method rates instead of ``compression`` (e.g. for methods that each prune from the base model)."""
+    group_rates: dict[str, tuple[float, ...]] = Field(default_factory=dict)
+    """Rates per pruning group instead of ``compression``: ``{unstructured: [10, 20, 100], structured: [2, 4,
+    10]}`` (keys: a group, or ``structured`` for every group but unstructured). A method's rates are its
+    ``method_rates``, else its group's, else ``structured``'s (for a structured method), else ``compression``.
+
+    In sparsity words (s = 1 - 1/c, the field's usual unit) the same keys are ``sparsity`` (for
+    ``compression``), ``method_sparsity`` and ``group_sparsity``: ``group_sparsity: {unstructured: [0.9, 0.95,
+    0.99]}`` is ``group_rates: {unstructured: [10, 20, 100]}``. They are turned into rates when the file is read
+    (a key given both ways must name the same rates)."""
     method_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Settings per method name (see `robustprune list methods --settings NAME`); keys a method does not have are
     refused; a method not named here runs with its defaults (the papers' settings, with their sources)."""
@@ -157,6 +198,64 @@ class StudySpec(BaseModel):
     vulnerability: bool = True
     """Latent vulnerability (Madaan2020 Eq. 1-2) of every model on the first L∞ budget attack's examples at the
     dataset's ε (else its middle budget), white-box and (with ``transfer``) black-box."""
+    leaderboard: str | None = None
+    """Published numbers the report sets beside the study's own, in a leaderboard section of their format (e.g.
+    ``apb``: the Adversarial Pruning Benchmark, Piras et al. 2024; see :func:`published_leaderboards`). None: no
+    leaderboard section."""
+    cost: CostSpec | None = None
+    """Measured throughput for ``robustprune study FILE --plan``'s cost estimate (not used by the run)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sparsity_words(cls, data: Any) -> Any:
+        """``sparsity`` / ``method_sparsity`` / ``group_sparsity`` (s in [0, 1), or "99%") -> the rate keys."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "sparsity" in data:
+            given = "compression" in data
+            rates = merge_rates(_as_list(data["compression"]) if given else None, _as_list(data.pop("sparsity")),
+                                rate_what="compression", sparsity_what="sparsity",
+                                example="sparsity: [0.9, 0.95, 0.99] (rates 10, 20, 100)", ignore_unpruned=True)
+            data["compression"] = rates if given else [1.0, *(rates or [])]
+        for words, key in (("method_sparsity", "method_rates"), ("group_sparsity", "group_rates")):
+            if words not in data:
+                continue
+            by_name = data.pop(words)
+            if not isinstance(by_name, dict):
+                raise ValueError(f"{words} is a mapping of name -> list of sparsities, e.g. {words}: "
+                                 "{hydra: [0.9, 0.99]}")
+            out = dict(data.get(key) or {})
+            for name, values in by_name.items():
+                out[name] = merge_rates(_as_list(out[name]) if name in out else None, _as_list(values),
+                                        rate_what=f"{key} of {name}", sparsity_what=f"{words} of {name}",
+                                        example=f"{words}: {{{name}: [0.9, 0.99]}} (rates 10, 100)")
+            data[key] = out
+        return data
+
+    @field_validator("group_rates")
+    @classmethod
+    def _group_rates(cls, v: dict[str, tuple[float, ...]]) -> dict[str, tuple[float, ...]]:
+        out = {}
+        for group, rates in v.items():
+            if group not in RATE_GROUPS:
+                raise ValueError(f"group_rates / group_sparsity key {group!r} is not a pruning group; use "
+                                 f"{', '.join(RATE_GROUPS)}")
+            bad = [r for r in rates if not r >= 1]
+            if bad:
+                raise ValueError(f"group_rates of {group}: rates are >= 1 (1/c of the weights remain); got {bad}")
+            out[group] = tuple(sorted(set(float(r) for r in rates)))
+        return out
+
+    @field_validator("leaderboard")
+    @classmethod
+    def _leaderboard(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        names = published_leaderboards()
+        if v not in names:
+            raise ValueError(f"unknown leaderboard {v!r}; published numbers are available for: {', '.join(names)}")
+        return v
 
     @field_validator("compression")
     @classmethod
@@ -193,13 +292,20 @@ class StudySpec(BaseModel):
         return tuple(a for a in self.attacks if a.name in self.transfer_attacks)
 
     def rates_for(self, method: str) -> list[float | None]:
-        """The rates a method runs to: ``[None]`` for a learned rate, else its ``method_rates`` or ``compression``
-        (above 1)."""
+        """The rates a method runs to: ``[None]`` for a learned rate, else its ``method_rates``, its group's
+        ``group_rates`` (``structured`` for any group but unstructured), or ``compression`` (above 1)."""
         from robustprune.methods import get_method
 
-        if get_method(method_of(method)).rate_kind == "learned":
+        m = get_method(method_of(method))
+        if m.rate_kind == "learned":
             return [None]
-        rates = self.method_rates.get(method, self.compression)
+        rates = self.method_rates.get(method)
+        if rates is None:
+            rates = self.group_rates.get(m.group)
+        if rates is None and m.group != "unstructured":
+            rates = self.group_rates.get("structured")
+        if rates is None:
+            rates = self.compression
         return [r for r in rates if r > 1]
 
     @field_validator("export", mode="before")
@@ -298,6 +404,12 @@ the main job's short-budget settings never leak into it. Magnitude-filter-local,
 4 and 16 only (one near-duplicate magnitude variant less than before: the budget goes to APGD for every model)."""
 
 
+SAME_QUANTITY = {"sparsity": ("compression",), "compression": ("sparsity",),
+                 "method_sparsity": ("method_rates",), "method_rates": ("method_sparsity",),
+                 "group_sparsity": ("group_rates",), "group_rates": ("group_sparsity",)}
+"""Keys that give the same rates in the two words (rate c, sparsity s = 1 - 1/c)."""
+
+
 def load_study_spec(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> StudySpec:
     """Read a YAML/JSON study file (or the main job, :data:`MAIN_JOB`, when ``path`` is None) and apply
     ``overrides``."""
@@ -330,5 +442,11 @@ def load_study_spec(path: str | Path | None = None, overrides: dict[str, Any] | 
         data.update(loaded)
     for k, v in (overrides or {}).items():
         if v is not None:
+            for twin in SAME_QUANTITY.get(k, ()):  # an override of the rates in one word replaces them in the other
+                data.pop(twin, None)
             data[k] = v
+    try:  # the sparsity words first, so that their errors read as one plain line
+        data = StudySpec._sparsity_words(data)
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid study spec: {exc}") from None
     return validated(StudySpec, data, "study spec")

@@ -46,7 +46,9 @@ SCHEMA_KEY = "robustprune_schema"
 SCHEMA_VERSION = 3
 """Version 3: the ``failures`` table, ``models.status``, and ``train_precision`` / ``eval_precision`` on ``models``
 and ``results`` (a version-2 database is migrated in place when a study opens it for writing, and read as it is by
-the read-only commands: the new columns read as None). Version 2: ``group`` / ``rate`` / ``rate_kind`` /
+the read-only commands: the new columns read as None); later within version 3, ``achieved_sparsity`` on ``models``
+and ``filters_removed`` / ``flops_removed`` on both (added wherever missing when a study opens a file for writing;
+see :data:`ADDED_IN_3`). Version 2: ``group`` / ``rate`` / ``rate_kind`` /
 ``settings`` / ``model_key`` / ``converged`` / ``flags`` (version 1, unmarked, had ``scheme`` and
 ``target_compression``, 0 meaning learned)."""
 READABLE_VERSIONS = (2, 3)
@@ -113,6 +115,8 @@ RESULT_COLUMNS: dict[str, str] = {
     "created_at": "REAL",
     "train_precision": "TEXT",            # fp32 | tf32 | bf16: what the model's training computed in (schema 3)
     "eval_precision": "TEXT",             # fp32 | tf32: what this measurement computed in (schema 3)
+    "filters_removed": "REAL",            # fraction of the base's Conv2d filters gone (all-zero or cut by slimming)
+    "flops_removed": "REAL",              # 1 - dense MACs of the slim model / dense MACs of the unpruned base
 }
 
 MODEL_COLUMNS: dict[str, str] = {
@@ -143,6 +147,9 @@ MODEL_COLUMNS: dict[str, str] = {
     "status": "TEXT DEFAULT 'done'",      # done | failed (the model exists, its evaluation failed) (schema 3)
     "train_precision": "TEXT",            # fp32 | tf32 | bf16 (schema 3)
     "eval_precision": "TEXT",             # fp32 | tf32 (schema 3)
+    "achieved_sparsity": "REAL",          # zeros / all Conv2d + Linear weights (= 1 - 1/achieved compression)
+    "filters_removed": "REAL",            # fraction of the base's Conv2d filters gone (all-zero or cut by slimming)
+    "flops_removed": "REAL",              # 1 - dense MACs of the slim model / dense MACs of the unpruned base
 }
 JSON_MODEL_COLUMNS = {"settings": dict, "convergence": dict, "flags": list, "metrics": dict, "config": dict}
 
@@ -221,8 +228,13 @@ an additive table: databases without it read as having no exports."""
 
 TABLES = ("meta", "models", "results", "checks", "vulnerability", "failures", "exports")
 
-ADDED_IN_3 = {"models": ("status", "train_precision", "eval_precision"),
-              "results": ("train_precision", "eval_precision")}
+ADDED_IN_3 = {"models": ("status", "train_precision", "eval_precision", "achieved_sparsity", "filters_removed",
+                         "flops_removed"),
+              "results": ("train_precision", "eval_precision", "filters_removed", "flops_removed")}
+"""Columns schema 3 added to the tables of schema 2. Those after the precision columns (the structure a model
+lost: ``achieved_sparsity`` on models, ``filters_removed`` / ``flops_removed`` on both) came later within schema 3:
+a schema-3 file written before them gets them, empty, the next time a study opens it for writing (every column of
+this list is added wherever it is missing), and reads them as None until then."""
 
 
 def _q(name: str) -> str:
@@ -368,6 +380,8 @@ class ResultsStore:
             if self._tables():
                 if self._check_marker() < SCHEMA_VERSION:
                     self._migrate()
+                else:
+                    self._add_missing_columns()
             else:
                 self._db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
                 self._db.execute(f"CREATE TABLE models ({_cols(MODEL_COLUMNS)})")
@@ -391,15 +405,19 @@ class ResultsStore:
     def _columns(self, table: str) -> set[str]:
         return {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
 
-    def _migrate(self) -> None:
-        """Schema 2 -> 3 in place (inside :meth:`_create`'s transaction): the new columns (NULL on old rows; a
-        model's status 'done'), the failures table, the marker."""
+    def _add_missing_columns(self) -> None:
+        """Every column of :data:`ADDED_IN_3` a table lacks, added in place (NULL on the rows already there)."""
         for table, names in ADDED_IN_3.items():
             have = self._columns(table)
             columns = MODEL_COLUMNS if table == "models" else RESULT_COLUMNS
             for name in names:
                 if name not in have:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {_q(name)} {columns[name]}")
+
+    def _migrate(self) -> None:
+        """Schema 2 -> 3 in place (inside :meth:`_create`'s transaction): the new columns (NULL on old rows; a
+        model's status 'done'), the failures table, the marker."""
+        self._add_missing_columns()
         self._db.execute(f"UPDATE models SET status = '{STATUS_DONE}' WHERE status IS NULL")
         self._db.execute(f"CREATE TABLE IF NOT EXISTS failures ({_cols(FAILURE_COLUMNS)})")
         self._db.execute("UPDATE meta SET value = ? WHERE key = ?", (json.dumps(SCHEMA_VERSION), SCHEMA_KEY))
@@ -476,6 +494,20 @@ class ResultsStore:
 
     def models(self) -> list[dict[str, Any]]:
         return [self._decode_model(r) for r in self._db.execute("SELECT * FROM models ORDER BY created_at")]
+
+    def update_model(self, model_id: str, values: Mapping[str, Any]) -> None:
+        """Set plain (non-JSON) columns of a stored model row, e.g. the structure measured when it is evaluated
+        (``{"achieved_sparsity": ..., "filters_removed": ..., "flops_removed": ...}``); unknown columns are
+        refused."""
+        bad = set(values) - (set(MODEL_COLUMNS) - set(JSON_MODEL_COLUMNS) - {"model_id"})
+        if bad:
+            raise ValueError(f"update_model: unknown or JSON columns {sorted(bad)}")
+        if not values:
+            return
+        self._write()
+        names = list(values)
+        self._db.execute(f"UPDATE models SET {', '.join(f'{_q(n)} = ?' for n in names)} WHERE model_id = ?",
+                         (*(values[n] for n in names), model_id))
 
     def set_model_status(self, model_id: str, status: str) -> None:
         """Mark a stored model 'done' or 'failed' (its evaluation failed; the model itself is kept and reused)."""

@@ -8,6 +8,8 @@ Layout (one job per file, imports go one way: ``__init__`` -> ``page`` / ``markd
                  baselines, comparisons against noise, flags
 ``tables.py``    the tables as data (headline clean / APGD / PGD, Merkle2022 Table 2, Madaan2020 Table 1,
                  Jian2022 Tables VI/VII, sanity checks)
+``leaderboard.py`` the models in a published benchmark's format beside its published numbers
+                 (``<name>_published.json``; only for a study with a ``leaderboard`` key)
 ``figures.py``   the figures as PNG bytes
 ``markdown.py``  / ``page.py``: the two renderings
 """
@@ -25,6 +27,7 @@ from robustprune.study.report.figures import (
     security_curves_png,
     vulnerability_histograms_png,
 )
+from robustprune.study.report.leaderboard import leaderboard_intro, leaderboard_tables, load_published
 from robustprune.study.report.markdown import provenance_markdown, sections_markdown, table_markdown
 from robustprune.study.report.page import e, img, page, provenance_html, table_html
 from robustprune.study.report.tables import (
@@ -50,7 +53,8 @@ from robustprune.study.store import FLAGS, ResultsStore
 
 __all__ = ["ReportData", "load", "robustness_table", "write_report"]
 
-CONVENTIONS = ("`c` is the target compression rate (1/c of the prunable weights remain); *achieved* is the overall "
+CONVENTIONS = ("`c` is the target compression rate (1/c of the prunable weights remain), *sparsity* the same "
+               "target in the field's words (1 - 1/c: c = 100 is sparsity 99 %); *achieved* is the overall "
                "compression actually reached (prunable weights / non-zero prunable weights): structured (kernel, "
                "filter, column) methods prune convolutions only, so their achieved overall compression can be far "
                "below c. A learned rate is shown as learned with its achieved value. Rows are averaged over seeds "
@@ -72,9 +76,12 @@ def load(out_dir: str | Path) -> ReportData:
 
 def _sections(data: ReportData, marks: Marks) -> list[tuple[str, str, list]]:
     lead = "APGD" if data.has_apgd else "PGD"
+    board = leaderboard_tables(data, marks)
     return [
         (f"Headline: clean / {lead}" + (" / PGD" if data.has_apgd else "") + " per model", "",
          headline_tables(data, marks)),
+    ] + ([("Leaderboard: " + load_published(data.spec["leaderboard"]).get("title", data.spec["leaderboard"]),
+           leaderboard_intro(data), board)] if board else []) + [
         ("Sweet spots (Merkle2022 Table 2)", "Absolute accuracy (%) and, in parentheses, the relative margin of the "
          "mean to the unpruned model it was pruned from (same points).", sweet_spot_tables(data, marks)),
         ("Robustness and vulnerability (Madaan2020 Table 1)", "White-box: the attack on the model itself; black-box: "

@@ -189,6 +189,8 @@ class Entry:
     cells: dict[tuple[str, str], Stat] = field(default_factory=dict)
     achieved: Stat = field(default_factory=Stat)       # achieved overall compression (prunable weights)
     sparsity: Stat = field(default_factory=Stat)
+    filters_removed: Stat = field(default_factory=Stat)  # conv filters gone / the base's (all-zero or cut)
+    flops_removed: Stat = field(default_factory=Stat)  # 1 - dense MACs of the slim model / the base's
     flops_ratio: Stat = field(default_factory=Stat)    # effective / dense MACs
     params_ratio: Stat = field(default_factory=Stat)   # non-zero / total parameters
     params_nonzero: Stat = field(default_factory=Stat)
@@ -252,6 +254,14 @@ class Entry:
 
     def achieved_text(self) -> str:
         return f"×{self.achieved.mean:.2f}" if self.achieved else ""
+
+    def sparsity_text(self) -> str:
+        """The target sparsity (%) of the rate, s = 1 - 1/c: '75' for c = 4, '0' unpruned, 'learned'."""
+        from robustprune.rates import sparsity_percent
+
+        if self.learned:
+            return "learned"
+        return sparsity_percent(self.rate if self.rate is not None else 1.0)
 
     def sort_rate(self) -> tuple[int, float]:
         return (1, self.x) if self.learned else (0, self.rate or 1.0)
@@ -405,7 +415,8 @@ def build(rows: list[dict[str, Any]], models: list[dict[str, Any]], checks: list
             ac = _num(r.get("achieved_compression"))
             if ac is not None:
                 e.achieved.values.append(ac)
-            for stat, v in ((e.sparsity, r.get("achieved_sparsity")), (e.params_nonzero, r.get("params_nonzero")),
+            for stat, v in ((e.sparsity, r.get("achieved_sparsity")), (e.filters_removed, r.get("filters_removed")),
+                            (e.flops_removed, r.get("flops_removed")), (e.params_nonzero, r.get("params_nonzero")),
                             (e.flops_effective, r.get("flops_effective")), (e.train_time, r.get("train_wall_time")),
                             (e.train_epochs, r.get("train_epochs")), (e.train_steps, r.get("train_steps"))):
                 if _num(v) is not None:

@@ -28,6 +28,7 @@ from robustprune.study.report.data import (
     line_key,
     summarize_convergence,
 )
+from robustprune.rates import sparsity_percent
 from robustprune.study.store import FLAG_CHANCE, FLAG_NOT_CONVERGED, FLAGS
 
 
@@ -160,7 +161,8 @@ def headline_tables(data: ReportData, marks: Marks) -> list[Table]:
     for g in data.groups:
         cols = headline_columns(g)
         entries = g.sorted_by_method()
-        header = ["method", "c", "achieved", "n", "seeds", "clean (%)"] + [f"{c.label} (%)" for c in cols]
+        header = ["method", "c", "sparsity (%)", "achieved", "n", "seeds", "clean (%)"] + [f"{c.label} (%)"
+                                                                                        for c in cols]
         apgd_at = {c.eps_str: c for c in cols if c.attack == "apgd"}
         rows = []
         overstated = False
@@ -173,12 +175,13 @@ def headline_tables(data: ReportData, marks: Marks) -> list[Table]:
                     cells.append(Cell(st.text() + " *", "flag", "PGD above APGD by more than 3 points"))
                 else:
                     cells.append(Cell(st.text()))
-            rows.append([method_cell(e, marks), Cell(e.rate_text()), Cell(e.achieved_text()), Cell(str(e.n_eval)),
-                         Cell(str(len(e.seeds))), Cell(e.clean.text())] + cells)
+            rows.append([method_cell(e, marks), Cell(e.rate_text()), Cell(e.sparsity_text()), Cell(e.achieved_text()),
+                         Cell(str(e.n_eval)), Cell(str(len(e.seeds))), Cell(e.clean.text())] + cells)
         lead = "APGD-CE + APGD-T" if apgd_at else "PGD"
         notes = [f"White-box accuracy (%) on {n_text(data)}; the headline attack is {lead}"
-                 + ("" if lead != "PGD" else " (no APGD rows in this database)") + ". achieved: the overall "
-                 "compression actually reached (prunable weights / non-zero prunable weights)."]
+                 + ("" if lead != "PGD" else " (no APGD rows in this database)") + ". c: the target compression "
+                 "rate; sparsity: the same target in the field's words, 1 - 1/c; achieved: the overall compression "
+                 "actually reached (prunable weights / non-zero prunable weights)."]
         if overstated:
             notes.append("* PGD exceeds APGD at the same ε by more than 3 points: PGD overstates this model's "
                          "robustness (read the APGD column).")
@@ -569,6 +572,11 @@ def models_table(data: ReportData, marks: Marks) -> Table:
     its precision when the models differ in it."""
     show_status = any(m.get("status") == "failed" for m in data.models)
     show_precision = len({_precisions(m) for m in data.models}) > 1
+    measured: dict[str, dict[str, Any]] = {}
+    for r in data.rows:
+        for k in ("achieved_sparsity", "filters_removed", "flops_removed"):
+            if r.get(k) is not None:
+                measured.setdefault(r["model_id"], {}).setdefault(k, r[k])
     rows = []
     for m in sorted(data.models, key=lambda m: (m.get("kind") != "base", m.get("method") or "", m.get("seed") or 0,
                                                 m.get("rate") or 0)):
@@ -578,9 +586,12 @@ def models_table(data: ReportData, marks: Marks) -> Table:
         conv = {1: "yes", 0: "NO", None: ""}.get(m.get("converged"), str(m.get("converged")))
         rate = m.get("rate")
         c = e.rate_text() if e else ("learned" if rate is None else f"{float(rate):g}")
+        target = e.sparsity_text() if e else ("learned" if rate is None else sparsity_percent(rate))
         row = [Cell(m["model_id"], left=True), Cell(role, left=True),
                method_cell(e, marks) if e else Cell(m.get("method") or "", left=True),
-               Cell(c), Cell(str(m.get("seed"))), Cell(conv)]
+               Cell(c), Cell(target), Cell(str(m.get("seed"))), Cell(conv)]
+        row += [Cell(_percent(_model_value(m, measured, k))) for k in ("achieved_sparsity", "filters_removed",
+                                                                      "flops_removed")]
         if show_status:
             failed = m.get("status") == "failed"
             row.append(Cell("evaluation failed" if failed else "done", "fail" if failed else None))
@@ -588,9 +599,29 @@ def models_table(data: ReportData, marks: Marks) -> Table:
             row.append(Cell(" / ".join(_precisions(m))))
         row += [Cell(m.get("checkpoint") or "", left=True), Cell((m.get("checkpoint_sha256") or "")[:12])]
         rows.append(row)
-    header = ["model id", "role", "method", "c", "seed", "converged"] + (["status"] if show_status else []) \
+    header = ["model id", "role", "method", "c", "sparsity (%)", "seed", "converged", "achieved sparsity (%)",
+              "filters removed (%)", "FLOPs removed (%)"] + (["status"] if show_status else []) \
         + (["precision (train / eval)"] if show_precision else []) + ["checkpoint", "sha256"]
-    return Table("models", header, rows, left_columns=3)
+    notes = ["sparsity: the target, 1 - 1/c. Measured on each model, one way for every method: achieved sparsity = "
+             "zeros among the weights of every Conv2d and Linear layer (first layer, shortcuts and classifier "
+             "included; biases and BatchNorm not); filters removed = conv filters (output channels) of the unpruned "
+             "architecture that are gone, cut out physically or left with all-zero weights; FLOPs removed = 1 - "
+             "dense multiply-accumulates of the slim model (every removable unit cut out) / those of the unpruned "
+             "architecture. Unstructured zeros remove neither filters nor dense FLOPs."]
+    return Table("models", header, rows, notes, left_columns=3)
+
+
+def _model_value(m: dict[str, Any], measured: dict[str, dict[str, Any]], key: str) -> float | None:
+    """A model's measured structure: its ``models`` row, else (a database written before the row had it) the
+    value its result rows carry (``measured``: model id -> {column: first non-empty value})."""
+    v = m.get(key)
+    if v is None:
+        v = measured.get(m["model_id"], {}).get(key)
+    return None if v is None else float(v)
+
+
+def _percent(v: float | None) -> str:
+    return "" if v is None else f"{100.0 * v:.1f}"
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

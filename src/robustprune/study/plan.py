@@ -1,0 +1,194 @@
+"""A study's plan before anything runs (``robustprune study FILE --plan``): the grid cell by cell (methods, their
+groups, sparsities and rates), the attacks, the training budget in epochs, and -- when the study file states a
+measured throughput (its ``cost`` key) -- the estimated time. Reads no data file and trains nothing.
+
+Training budget: the base model's epochs over its training images, plus, per pruned model, the epochs of every
+training phase of its method's settings (a phase without its own ``epochs`` takes the study's ``prune_epochs``);
+an iterative chain (e.g. magnitude pruning that halves the remaining weights per step) costs its phases once per
+step of the chain to the highest rate. That is an upper bound for methods that may stop a phase early (e.g. Robust
+Bird's early-bird search). Every epoch is counted at the measured speed of ``cost.train_epoch_s`` per
+``cost.epoch_images`` images (an upper bound for lighter phases, e.g. natural training or a distillation phase
+without adversarial examples); evaluation at ``cost.eval_model_s`` per model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from robustprune.rates import sparsity_percent
+from robustprune.study.spec import StudySpec, method_of, split_architecture
+
+
+@dataclass
+class MethodPlan:
+    name: str
+    group: str
+    rate_kind: str
+    rates: list[float | None]
+    epochs_per_base: float
+    """Training epochs (over the pruning split) of all of this method's models on one base model."""
+
+
+@dataclass
+class StudyPlan:
+    spec: StudySpec
+    base_models: int
+    pruned_models: int
+    rows: int
+    methods: list[MethodPlan]
+    images: dict[str, dict[str, int | None]] = field(default_factory=dict)
+    """Per dataset: ``train`` (images the base model trains on), ``prune`` (what the pruning phases see), ``test``
+    (points evaluated); None where the dataset's size is unknown before its files are read."""
+    image_epochs: float | None = None
+    """Training images processed in all (base + pruning), None when a dataset's size is unknown."""
+    base_image_epochs: float | None = None
+
+    @property
+    def models(self) -> int:
+        return self.base_models + self.pruned_models
+
+    def cost_seconds(self) -> dict[str, float] | None:
+        """``{"train", "eval", "total"}`` seconds from the study's ``cost`` (None without it, or with a dataset of
+        unknown size)."""
+        cost = self.spec.cost
+        if cost is None or self.image_epochs is None:
+            return None
+        train = self.image_epochs / cost.epoch_images * cost.train_epoch_s
+        ev = self.models * cost.eval_model_s
+        return {"train": train, "eval": ev, "total": train + ev}
+
+
+def _phase_epochs(settings: Any, default: float) -> float:
+    """Sum of the epochs of every training phase (a ``PhaseSettings``) in a method's settings, nested ones too;
+    ``epochs`` None is ``default``."""
+    from robustprune.methods.interface import PhaseSettings
+
+    total = 0.0
+    if isinstance(settings, PhaseSettings):
+        return float(default if settings.epochs is None else settings.epochs)
+    if isinstance(settings, BaseModel):
+        for name in type(settings).model_fields:
+            total += _phase_epochs(getattr(settings, name), default)
+    return total
+
+
+def method_plan(spec: StudySpec, name: str) -> MethodPlan:
+    """The cells of one method of ``spec`` on one base model, and their training epochs."""
+    from robustprune.methods import get_method
+
+    m = get_method(method_of(name))
+    settings = m.settings(spec.method_settings.get(name, {}))
+    rates = spec.rates_for(name)
+    per_step = _phase_epochs(settings, float(spec.prune_epochs))
+    set_rates = [r for r in rates if r is not None]
+    if m.incremental(settings) and set_rates:
+        steps = len(m.rate_path(sorted(set_rates), settings))
+    else:
+        steps = len(rates)
+    return MethodPlan(name=name, group=m.group, rate_kind=m.rate_kind, rates=rates, epochs_per_base=per_step * steps)
+
+
+def study_plan(spec: StudySpec) -> StudyPlan:
+    """The plan of ``spec`` (see the module docstring)."""
+    from robustprune.data import get_spec
+    from robustprune.study.runner import StudyRunner
+
+    counts = StudyRunner(spec, "/nonexistent-plan-only").plan()
+    methods = [method_plan(spec, m) for m in spec.methods]
+    images: dict[str, dict[str, int | None]] = {}
+    image_epochs: float | None = 0.0
+    base_image_epochs: float | None = 0.0
+    per_dataset = len(spec.architectures) * len(spec.seeds)
+    for d in spec.datasets:
+        ds = get_spec(d)
+        if ds.sizes is None:
+            images[d] = {"train": None, "prune": None, "test": None}
+            image_epochs = base_image_epochs = None
+            continue
+        n_train = max(0, ds.sizes[0] - spec.val_size)
+        if spec.train_limit is not None:
+            n_train = min(n_train, spec.train_limit)
+        n_prune = n_train if spec.finetune_limit is None else min(n_train, spec.finetune_limit)
+        images[d] = {"train": n_train, "prune": n_prune, "test": min(spec.eval_n, ds.sizes[1])}
+        if image_epochs is not None and base_image_epochs is not None:
+            base = per_dataset * spec.base_train.epochs * n_train
+            base_image_epochs += base
+            image_epochs += base + per_dataset * sum(mp.epochs_per_base for mp in methods) * n_prune
+    return StudyPlan(spec=spec, base_models=counts["base_models"], pruned_models=counts["pruned_models"],
+                     rows=counts["rows"], methods=methods, images=images, image_epochs=image_epochs,
+                     base_image_epochs=base_image_epochs)
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def _attack_text(a: Any) -> str:
+    from robustprune.evaluation.attack_info import info_for_spec
+    from robustprune.utils import eps_to_str
+
+    info = info_for_spec(a)
+    settings = {k: v for k, v in a.settings().items() if k not in ("name", "eps") and v is not None}
+    extra = ", ".join(f"{k}={v}" for k, v in settings.items())
+    budgets = ", ".join(eps_to_str(e) for e in a.eps) or "the dataset's eps"
+    kind = " (minimal norm: one run, a row at every eps and a security curve)" if info.min_norm else ""
+    return f"{a.name}" + (f" [{extra}]" if extra else "") + f" at eps {budgets}{kind}"
+
+
+def plan_lines(spec: StudySpec) -> list[str]:
+    """The plan as printed by ``robustprune study FILE --plan``."""
+    p = study_plan(spec)
+    archs = ", ".join(f"{n}" + (f" (width {w:g})" if w != 1 else "") for n, w in
+                      (split_architecture(a, spec.width) for a in spec.architectures))
+    lines = [f"plan of study {spec.name!r}: {len(spec.datasets)} dataset(s) x {len(spec.architectures)} "
+             f"architecture(s) x {len(spec.seeds)} seed(s) = {p.base_models} base model(s); {p.pruned_models} "
+             f"pruned model(s); {p.models} models, {p.rows} result rows",
+             f"  datasets: {', '.join(spec.datasets)}; architectures: {archs}; seeds: "
+             f"{', '.join(map(str, spec.seeds))}"]
+    for d, n in p.images.items():
+        if n["train"] is None:
+            lines.append(f"  {d}: size unknown before its files are read (the cost is not estimated)")
+        else:
+            lines.append(f"  {d}: base training on {n['train']:,} images ({spec.val_size:,} carved out for "
+                         f"validation), pruning phases on {n['prune']:,}, evaluation on {n['test']:,} test points")
+    obj = spec.base_objective
+    obj_text = obj.name + "".join(f", {k} {v:g}" if isinstance(v, float) else f", {k} {v}"
+                                  for k, v in obj.record().items() if k != "name" and v is not None)
+    bt = spec.base_train
+    lines.append(f"  base model: {obj_text}; {bt.epochs} epochs, {bt.optimizer} lr {bt.lr:g}, batch "
+                 f"{bt.batch_size}, {bt.schedule}; precision {spec.precision}")
+    table = [("method", "group", "sparsity (%)", "rate c", "epochs per base model")]
+    for mp in p.methods:
+        if mp.rate_kind == "learned":
+            sp, cs = "learned", "learned"
+        else:
+            sp = " ".join(sparsity_percent(r) for r in mp.rates) or "-"
+            cs = " ".join(f"{r:g}" for r in mp.rates if r is not None) or "-"
+        table.append((mp.name, mp.group, sp, cs, f"{mp.epochs_per_base:g}"))
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    for row in table:
+        lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[4])
+    lines.append("  attacks: " + "; ".join(_attack_text(a) for a in spec.attacks)
+                 + (f"; transferred from the base model: {', '.join(a.name for a in spec.transferred_attacks())}"
+                    if spec.transfer and spec.transferred_attacks() else ""))
+    if p.image_epochs is not None:
+        ref = spec.cost.epoch_images if spec.cost is not None else 50_000
+        base = p.base_image_epochs or 0.0
+        lines.append(f"  training: {p.image_epochs / ref:,.0f} epochs of {ref:,} images in all (base "
+                     f"{base / ref:,.0f}, pruning {(p.image_epochs - base) / ref:,.0f}; every phase of every "
+                     "method's settings, an upper bound for phases that stop early)")
+    cost = p.cost_seconds()
+    if cost is not None:
+        c = spec.cost
+        lines.append(f"  estimated cost: training {_hours(cost['train'])} (at {c.train_epoch_s:g} s per "
+                     f"{c.epoch_images:,}-image epoch) + evaluation {_hours(cost['eval'])} ({p.models} models x "
+                     f"{c.eval_model_s:g} s) = {_hours(cost['total'])}" + (f"; basis: {c.basis}" if c.basis else ""))
+    elif spec.cost is None:
+        lines.append("  estimated cost: not stated (give the study a `cost:` key with the measured train_epoch_s "
+                     "and eval_model_s)")
+    if spec.leaderboard:
+        lines.append(f"  leaderboard: {spec.leaderboard} (the report sets the published numbers beside these)")
+    return lines
