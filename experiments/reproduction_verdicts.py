@@ -1,6 +1,6 @@
 """Verdicts of the reproduction suite (studies/reproduce/*.yaml) from its results database.
 
-    python experiments/reproduction_verdicts.py runs/reproduce/results.sqlite
+    python experiments/reproduction_verdicts.py runs/reproduce/results.sqlite [more.sqlite ...]
 
 For each claim: per-seed paired differences (a pruned model against its own seed's base model, or two models of the
 same seed), their mean ± std over seeds, the standard error, and a verdict. An effect counts when |mean| > 2 standard
@@ -52,11 +52,26 @@ def load(db: str) -> dict[Key, dict]:
                                  "wall": models[r["model_id"]]["wall_time"],
                                  "convergence": json.loads(models[r["model_id"]]["convergence"] or "{}")})
         e[r["attack"]] = r["robust_acc"] if r["attack"] != "clean" else r["clean_acc"]
+        if "overfit" not in e:
+            e["overfit"] = robust_overfit(models[r["model_id"]])
     for v in con.execute("SELECT model_id, network FROM vulnerability WHERE threat = 'white' AND eps_str = '0.1'"):
         for e in out.values():
             if e["model_id"] == v["model_id"]:
                 e["vuln"] = v["network"]
     return out
+
+
+def robust_overfit(m: dict) -> float | None:
+    """Best minus last validation robust accuracy over the training epochs (Chen2022's robust overfitting): a pruned
+    model's own record (``convergence.robust_overfit``), or the base model's training history."""
+    conv = json.loads(m.get("convergence") or "{}")
+    if conv.get("robust_overfit") is not None:
+        return float(conv["robust_overfit"])
+    if m.get("kind") != "base":
+        return None
+    hist = [h.get("val_robust") for h in (json.loads(m.get("metrics") or "{}").get("history") or [])]
+    hist = [v for v in hist if v is not None]
+    return max(hist) - hist[-1] if hist else None
 
 
 def stats(values: list[float]) -> tuple[float, float, float]:
@@ -246,8 +261,72 @@ def sehwag2020(t: dict) -> None:
             "")
 
 
-def main(db: str) -> None:
-    t = load(db)
+PGD_AT_LENET = ("lenet5-caffe", 1.0, "pgd-at")
+
+
+def zhao2023(t: dict) -> None:
+    hydra, harp, rates = ((FAST_AT, m, 100.0) for m in ("hydra", "harp", "harp@rates-only"))
+    if paired(t, harp, hydra):
+        dr, dc = paired(t, harp, hydra), paired(t, harp, hydra, "clean")
+        v = ("reproduced" if significant(dr, +1) and significant(dc, +1) else
+             "partly reproduced (more robust, not more accurate)" if significant(dr, +1) else
+             "partly reproduced (more accurate, not more robust)" if significant(dc, +1) else
+             "opposite" if significant(dr, -1) else "not reproduced")
+        v += caveat(t, harp, hydra)
+        row("Zhao2023 Table 2: at 99 % HARP keeps more clean and robust accuracy than HYDRA (same budget)",
+            "HARP vs HYDRA at 100x: APGD", f"{level(t, harp)} vs {level(t, hydra)}", effect(dr), v)
+        row("(same)", "HARP vs HYDRA at 100x: clean", f"{level(t, harp, 'clean')} vs {level(t, hydra, 'clean')}",
+            effect(dc), "")
+        if paired(t, rates, hydra):
+            row("(same, ablation)", "learned per-layer rates alone (magnitude scores, not trained) vs HYDRA: APGD",
+                f"{level(t, rates)} vs {level(t, hydra)}", effect(paired(t, rates, hydra)), "")
+            row("(same, ablation)", "learned rates alone vs HYDRA: clean",
+                f"{level(t, rates, 'clean')} vs {level(t, hydra, 'clean')}",
+                effect(paired(t, rates, hydra, "clean")), "")
+
+
+def chen2022(t: dict) -> None:
+    dense, fb = (PGD_AT_LENET, "unpruned", 1.0), (PGD_AT_LENET, "flyingbird", 10.0)
+    d = paired(t, fb, dense, "overfit")
+    if d:
+        dense_drop = list(values(t, *dense, "overfit").values())
+        overfits = stats([100 * v for v in dense_drop])[0] > 0.5 and significant([100 * v for v in dense_drop], +1)
+        v = ("reproduced" if significant(d, -1) else "opposite" if significant(d, +1) else "not reproduced")
+        if not overfits:
+            v = "not testable at this scale (the dense run does not overfit: its drop is within noise of 0)"
+        v += caveat(t, fb, dense)
+        row("Chen2022 Figs. 1, 4: Flying Bird overfits less than dense AT (best-to-final robust drop, validation)",
+            "Flying Bird 90 % vs dense PGD-AT, 20 epochs from scratch: drop in points",
+            f"{level(t, fb, 'overfit')} vs {level(t, dense, 'overfit')}", effect(d), v)
+        row("(same)", "Flying Bird 90 % vs dense: APGD of the selected models", f"{level(t, fb)} vs {level(t, dense)}",
+            effect(paired(t, fb, dense)), "")
+        row("(same)", "Flying Bird 90 % vs dense: clean", f"{level(t, fb, 'clean')} vs {level(t, dense, 'clean')}",
+            effect(paired(t, fb, dense, "clean")), "")
+
+
+def li2023(t: dict) -> None:
+    found = []
+    for c in (2.0, 10.0):
+        tr, mag = (FAST_AT, "twin-rep-filter", c), (FAST_AT, "magnitude-filter-global@same-schedule", c)
+        if paired(t, tr, mag):
+            found.append((c, tr, mag, paired(t, tr, mag)))
+    if found:
+        wins = [significant(d, +1) for *_x, d in found]
+        v = ("reproduced" if all(wins) else "partly reproduced" if any(wins) else
+             "opposite" if all(significant(d, -1) for *_x, d in found) else "not reproduced")
+        v += caveat(t, *[k for _c, a, b, _d in found for k in (a, b)])
+        for i, (c, tr, mag, d) in enumerate(found):
+            row("Li2023 Tables 2-3: at 50-90 % of filters Twin-Rep beats magnitude filter pruning (same schedule)"
+                if i == 0 else "(same)", f"Twin-Rep vs magnitude filter at c={c:g}: APGD",
+                f"{level(t, tr)} vs {level(t, mag)}", effect(d), v if i == 0 else "")
+            row("(same)", f"Twin-Rep vs magnitude filter at c={c:g}: clean",
+                f"{level(t, tr, 'clean')} vs {level(t, mag, 'clean')}", effect(paired(t, tr, mag, "clean")), "")
+
+
+def main(*dbs: str) -> None:
+    t: dict = {}
+    for db in dbs:
+        t.update(load(db))
     print("| claim | comparison | level (mean ± std over seeds; % unless vulnerability) | paired difference | "
           "verdict |")
     print("|---|---|---|---|---|")
@@ -256,7 +335,10 @@ def main(db: str) -> None:
     merkle2022(t)
     jian2022(t)
     sehwag2020(t)
+    zhao2023(t)
+    chen2022(t)
+    li2023(t)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "runs/reproduce/results.sqlite")
+    main(*(sys.argv[1:] or ["runs/reproduce/results.sqlite"]))

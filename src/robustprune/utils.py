@@ -25,15 +25,31 @@ def seed_everything(seed: int) -> torch.Generator:
     return g
 
 
+def check_device(requested: str | torch.device) -> torch.device:
+    """``requested`` as a torch.device this machine has, or a one-line ConfigError that says what to use."""
+    from robustprune.errors import ConfigError
+
+    try:
+        dev = torch.device(requested)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"unknown device {str(requested)!r}; use cpu, cuda or cuda:N (N a GPU index)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {str(requested)!r} requested but CUDA is not available; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {str(requested)!r}: this machine has {torch.cuda.device_count()} GPU(s) "
+                              f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise ConfigError(f"device {str(requested)!r} is not supported; use cpu, cuda or cuda:N")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"device {str(requested)!r} requested but MPS is not available; use --device cpu")
+    return dev
+
+
 def default_device(requested: str | None = None) -> torch.device:
     """``requested`` if given ("cpu", "cuda", "cuda:1"), else CUDA when present, else CPU."""
     if requested:
-        dev = torch.device(requested)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            from robustprune.errors import ConfigError
-
-            raise ConfigError(f"device {requested!r} requested but CUDA is not available; use --device cpu")
-        return dev
+        return check_device(requested)
     env = os.environ.get("ROBUSTPRUNE_DEVICE")
     if env:
         return default_device(env)

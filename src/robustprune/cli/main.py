@@ -23,7 +23,33 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: CUDA when present)")]
+def _check_device(value: Optional[str]) -> Optional[str]:
+    """--device: a device name torch knows and this machine has, checked before any work."""
+    if value is None:
+        return None
+    from robustprune.utils import check_device
+
+    try:
+        check_device(value)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+def _check_eps(value: Optional[str]) -> Optional[str]:
+    if value is None:
+        return None
+    try:
+        e = float(parse_eps(value))
+    except (TypeError, ValueError, ZeroDivisionError):
+        raise typer.BadParameter(f"{value!r} is not a number such as 0.1 or 8/255") from None
+    if not 0 < e <= 1:
+        raise typer.BadParameter(f"an L-inf budget lies in (0, 1] (pixel units, e.g. 8/255), got {value}")
+    return value
+
+
+DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: CUDA when present)",
+                                                  callback=_check_device)]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder with the dataset's files.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 PrecisionOpt = Annotated[str, typer.Option(
@@ -186,8 +212,9 @@ def train(
     weight_decay: Annotated[float, typer.Option(help="L2 weight decay of the optimiser.")] = 0.0,
     schedule: Annotated[str, typer.Option(
         help="Learning-rate schedule: constant, step or cosine.")] = "cosine",
-    seed: Annotated[int, typer.Option(help="Seed of the initialisation, data order and validation split.")] = 0,
-    train_limit: Annotated[Optional[int], typer.Option(help="Use only this many training images.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the initialisation, data order and validation split.",
+                                      min=0)] = 0,
+    train_limit: Annotated[Optional[int], typer.Option(help="Use only this many training images.", min=1)] = None,
     val_size: Annotated[int, typer.Option(help="Validation images carved from the training set.")] = 5000,
     out: Annotated[Path, typer.Option(help="Checkpoint to write (.safetensors, with a .json beside it).")] = Path(
         "runs/model.safetensors"),
@@ -269,9 +296,13 @@ def prune(
     rate: Annotated[Optional[list[float]], typer.Option(
         help="Compression rate(s) c (1/c of the prunable weights remain); repeat for several. Not for methods that "
              "learn their rate.")] = None,
+    sparsity: Annotated[Optional[list[str]], typer.Option(
+        help="The same in the field's words: sparsity s in [0, 1) (or 99%), the fraction of the prunable weights "
+             "removed; s is rate 1/(1-s) (--sparsity 0.99 = --rate 100). Repeat for several; with --rate both must "
+             "agree.")] = None,
     epochs: Annotated[float, typer.Option(help="Epochs of every training phase unless the method's settings give "
                                                "a phase its own (e.g. --set admm.epochs=3).")] = 1,
-    train_limit: Annotated[Optional[int], typer.Option(help="Use only this many training images.")] = None,
+    train_limit: Annotated[Optional[int], typer.Option(help="Use only this many training images.", min=1)] = None,
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", help="A method setting key=value (dotted for a phase, e.g. admm.lr=1e-3); repeat.")] = None,
     objective: Annotated[Optional[str], typer.Option(
@@ -282,7 +313,7 @@ def prune(
     model_factory: Annotated[Optional[str], typer.Option(
         "--model", help="package.module:factory building your own model (for a checkpoint of a custom model).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of data order, validation split and the method.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of data order, validation split and the method.", min=0)] = 0,
     out: Annotated[Path, typer.Option(help="Folder for the pruned checkpoints.")] = Path("runs/pruned"),
     precision: PrecisionOpt = "auto",
     compile_: CompileOpt = False,
@@ -300,6 +331,7 @@ def prune(
     from robustprune.provenance import code_version, file_sha256
     from robustprune.train import evaluate_split
     from robustprune.precision import check_precision, effective_precision
+    from robustprune.rates import merge_rates, sparsity_percent
     from robustprune.utils import default_device
 
     precision = check_precision(precision, what="--precision")
@@ -312,9 +344,11 @@ def prune(
         k, v = (t.strip() for t in item.split("=", 1))
         overrides[k] = _parse_value(v)
     settings = m.settings(overrides)
-    rates: list[float | None] = [None] if m.rate_kind == "learned" else sorted({float(r) for r in (rate or [4.0])})
-    if m.rate_kind == "learned" and rate:
-        raise ConfigError(f"{m.name} learns its compression rate; drop --rate (the achieved rate is reported)")
+    given = merge_rates(rate, sparsity)  # --sparsity s is --rate 1/(1-s); both given: they must agree
+    if m.rate_kind == "learned" and given:
+        raise ConfigError(f"{m.name} learns its compression rate; drop --{'rate' if rate else 'sparsity'} (the "
+                          "achieved rate is reported)")
+    rates: list[float | None] = [None] if m.rate_kind == "learned" else sorted({float(r) for r in (given or [4.0])})
     check_writable_dir(out, "--out folder")
     net, meta, masks = load_checkpoint(checkpoint, dev, model=_user_model(model_factory) if model_factory else None)
     achieved = achieved_compression(net)
@@ -339,7 +373,8 @@ def prune(
     parent_hash = file_sha256(checkpoint)
     if not quiet:
         _echo(f"pruning {checkpoint} (compression {start:.3g}) with {m.name} [{m.paper.key}] to "
-              + ", ".join("learned rate" if r is None else f"c={r:g}" for r in rates)
+              + ", ".join("learned rate" if r is None else f"c={r:g} (sparsity {sparsity_percent(r)} %)"
+                          for r in rates)
               + f"; {len(splits.train)} training images, {epochs:g} epoch(s) per phase, "
               f"{effective_precision(precision, dev)} on {dev}")
     for res in m.prune_many(net, task, rates, settings):
@@ -356,10 +391,13 @@ def prune(
                                    str(data_dir) if data_dir else None,
                                "train_precision": effective_precision(precision, dev), "eval_precision": "fp32",
                                "command": ["robustprune", *sys.argv[1:]]},
-                    "achieved_compression": res.achieved_compression, "prune_result": res.summary(),
+                    "achieved_compression": res.achieved_compression,
+                    "achieved_sparsity": 1.0 - 1.0 / res.achieved_compression, "prune_result": res.summary(),
                     "validation": ev, "flags": flags}
         save_checkpoint(path, res.model, meta=new_meta, masks=res.masks)
-        _echo(f"saved {path}: c={label}, achieved compression {res.achieved_compression:.3g}; validation: "
+        _echo(f"saved {path}: c={label}" + ("" if res.rate is None else f" (sparsity {sparsity_percent(res.rate)} %)")
+              + f", achieved compression {res.achieved_compression:.3g} (sparsity "
+              f"{100 * (1 - 1 / res.achieved_compression):.2f} %); validation: "
               + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()))
         for f in flags:
             _echo(f"warning: {path.name}: {FLAG_TEXT.get(f, f)}")
@@ -390,7 +428,7 @@ def evaluate(
              "dataset's eps.")] = None,
     n: Annotated[int, typer.Option(help="Test points (the first n of the test split).")] = 1000,
     batch_size: Annotated[int, typer.Option(help="Points attacked at once (lower it if memory runs out).")] = 500,
-    seed: Annotated[int, typer.Option(help="Seed of the attacks' random starts.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the attacks' random starts.", min=0)] = 0,
     db: Annotated[Optional[Path], typer.Option(help="Also append the rows (and checks) to this results database.")
                   ] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write a RobustBench-style JSON here.")] = None,
@@ -448,6 +486,10 @@ def evaluate(
     plan = _plan_lines(specs, n=n, dataset=spec.name, default_eps={"Linf": spec.eps_linf, "L2": spec.eps_l2},
                        transfer_from=transfer_from, checks=not no_checks, check_n=min(check_n, n),
                        vulnerability=vulnerability)  # also refuses an attack without budgets, before any work
+    from robustprune.attacks.config import check_against_model
+
+    for s_ in specs:  # targets within the classes, L2 / L0 budgets within the image: before any work
+        check_against_model(s_, int(meta.get("num_classes") or spec.num_classes), tuple(spec.shape))
     if not quiet:
         for line in plan:
             _echo(line)
@@ -458,7 +500,12 @@ def evaluate(
                             eps_by_norm={"Linf": spec.eps_linf, "L2": spec.eps_l2}, batch_size=batch_size, seed=seed,
                             transfer_from=source, transfer_source=source_id, checks=not no_checks,
                             check_subset=check_n, vulnerability=vulnerability, warn=False)
-    sizes = size_metrics(model, spec.shape)
+    base_model = None
+    if meta.get("slim") and not model_factory:  # its layers were cut: count what it lost against the architecture
+        from robustprune.models import model_for_dataset
+
+        base_model = model_for_dataset(meta["architecture"], spec, width=float(meta.get("width") or 1.0))
+    sizes = size_metrics(model, spec.shape, base=base_model)
     _print_evaluation(report, sizes)
     if json_out is not None:
         doc = report.to_json(model=str(checkpoint), dataset=meta["dataset"], architecture=meta["architecture"],
@@ -546,7 +593,9 @@ def _print_evaluation(report: Any, sizes: dict[str, Any]) -> None:
         _echo(f"vulnerability {v['threat']} {v['attack']} eps={v['eps_str']}: network {v['network']:.4f} ("
               + ", ".join(f"{k} {x:.4f}" for k, x in v["layers"].items()) + ")")
     _echo(f"sparsity {sizes['achieved_sparsity']:.4f}, params {sizes['params_nonzero']}/{sizes['params_total']} "
-          f"non-zero, FLOPs {sizes['flops_effective']}/{sizes['flops_dense']} effective/dense")
+          f"non-zero, FLOPs {sizes['flops_effective']}/{sizes['flops_dense']} effective/dense; filters removed "
+          f"{sizes['filters_removed']:.4f}, dense FLOPs removed "
+          + ("n/a (not slimmable)" if sizes.get("flops_removed") is None else f"{sizes['flops_removed']:.4f}"))
     if not report.checks:
         _echo("sanity checks: not run")
     else:
@@ -574,6 +623,9 @@ def study(
     ray_address: Annotated[Optional[str], typer.Option(
         "--ray-address", help="Run the cells as Ray tasks on this existing Ray cluster (e.g. auto, ray://host:10001)."
     )] = None,
+    plan: Annotated[bool, typer.Option(
+        "--plan", help="Print the grid (methods, sparsities and rates, attacks), the training budget and the "
+                       "estimated cost (from the study's `cost` key), and exit without running anything.")] = False,
 ) -> None:
     """Run a study grid (the main job with no arguments); a second run reuses finished work.
 
@@ -588,6 +640,18 @@ def study(
     if precision is not None:
         overrides["precision"] = check_precision(precision, what="--precision")
     spec = load_study_spec(spec_file, overrides)
+    if plan:
+        from robustprune.study.plan import plan_lines
+
+        for line in plan_lines(spec):
+            _echo(line)
+        return
+    check_writable_dir(out, "--out folder")
+    from robustprune.data import get_spec
+    from robustprune.data.formats import resolve_folder
+
+    for ds in spec.datasets:  # the data is where the study says, before any work (the message says what is missing)
+        resolve_folder(get_spec(ds), spec.data_dir)
     _echo(f"study {spec.name!r} -> {out}")
     command = ["robustprune", *sys.argv[1:]]
     if ray or ray_address:
@@ -621,8 +685,8 @@ def export_cmd(
                          "file; ONNX Runtime densifies them when it loads).")] = False,
     n: Annotated[int, typer.Option(help="Test images the export is verified on (the first n of the test split).")
                  ] = 1000,
-    eps: Annotated[Optional[str], typer.Option(help="L-inf budget of the APGD examples (default: the dataset's).")
-                   ] = None,
+    eps: Annotated[Optional[str], typer.Option(help="L-inf budget of the APGD examples (default: the dataset's).",
+                                               callback=_check_eps)] = None,
     attack_steps: Annotated[int, typer.Option(help="APGD iterations (APGD-CE, then APGD-T per target).")] = 50,
     base: Annotated[Optional[Path], typer.Option(
         help="The unpruned model's checkpoint, for the side-by-side sizes and latencies (default: the base its "
@@ -632,7 +696,7 @@ def export_cmd(
     model_factory: Annotated[Optional[str], typer.Option(
         "--model", help="package.module:factory building your own model (for a checkpoint of a custom model).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the attack's random starts.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the attack's random starts.", min=0)] = 0,
     data_dir: DataDirOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -709,6 +773,11 @@ def report(
     from robustprune.study import write_report
 
     summary = None
+    if data_dir is not None and not export:
+        raise ConfigError("--data-dir is used only with --export (the report itself reads only the database); "
+                          "drop it, or add --export onnx")
+    if data_dir is not None and not data_dir.is_dir():
+        raise ConfigError(f"--data-dir {data_dir} does not exist; give the folder with the study's dataset files")
     if export:
         from robustprune.deploy.formats import check_format_available
         from robustprune.study.exports import export_study, export_summary
@@ -744,16 +813,37 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):  #
 _default_showwarning = warnings.showwarning
 
 
+def _usage_error_types() -> tuple[type[BaseException], ...]:
+    """The parser's usage-error classes (typer vendors click; a plain click may be installed too)."""
+    types = [c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError"]
+    try:
+        import click
+
+        types.append(click.exceptions.UsageError)
+    except ImportError:  # pragma: no cover - typer without click
+        pass
+    return tuple(dict.fromkeys(types))
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit status 2; Ctrl-C exits 130 with one line."""
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
+    usage_errors = _usage_error_types()
     try:
-        app()
+        rc = app(standalone_mode=False)
     except RobustPruneError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:  # raised outside a command (typer turns one inside a command into exit 130)
+    except usage_errors as exc:  # a value the parser could not take (e.g. --epochs abc): one line, exit 2
+        if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:
+            typer.echo(exc.ctx.get_help())
+            sys.exit(2)
+        cmd = exc.ctx.command_path if exc.ctx is not None else "robustprune"
+        msg = " ".join(exc.format_message().split())
+        typer.echo(f"error: {msg} (see `{cmd} --help`)", err=True)
+        sys.exit(2)
+    except (KeyboardInterrupt, typer.Abort):
         typer.echo(INTERRUPTED, err=True)
         sys.exit(130)
     except SystemExit as exc:
@@ -762,6 +852,9 @@ def main() -> None:
         raise
     finally:
         warnings.showwarning = previous
+    if rc == 130:  # typer's conversion of a KeyboardInterrupt inside a command, returned in non-standalone mode
+        typer.echo(INTERRUPTED, err=True)
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":
