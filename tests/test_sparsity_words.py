@@ -374,3 +374,27 @@ def test_plan_counts_an_iterative_chain_once_per_step():
     assert by["admm-irregular"].epochs_per_base == 12 and by["anp-bbd"].rates == [None]
     assert plan.images["fashion-mnist"] == {"train": 55_000, "prune": 20_000, "test": 1_000}
     assert plan.cost_seconds() is None  # the main job states no throughput
+
+
+def test_harp_at_sparsity_099_keeps_exactly_one_percent_with_learned_layer_rates(monkeypatch, capsys, checkpoint,
+                                                                                    tmp_path):
+    """``robustprune prune BASE --method harp --sparsity 0.99``: exactly round(N / 100) of the counted weights (every
+    Conv2d and Linear weight) stay non-zero, and the per-layer keep fractions HARP learned differ between layers."""
+    from robustprune.checkpoint import load_checkpoint
+    from robustprune.sparsity import prunable_layers
+
+    ckpt, data = checkpoint
+    code, out, err = cli(monkeypatch, capsys, "prune", str(ckpt), "--data-dir", str(data), "--method", "harp",
+                         "--sparsity", "0.99", "--epochs", "1", "--train-limit", "200", "--set", "pgd_steps=1",
+                         "--set", "gamma0=1.0", "--set", "rate_lr_factor=10", "--set", "finetune.epochs=0",
+                         "--eps", "0.1", "--out", str(tmp_path), "-q")
+    assert code == 0, err
+    (path,) = tmp_path.glob("*.safetensors")
+    model, meta, _ = load_checkpoint(path, "cpu")
+    layers = prunable_layers(model, "unstructured")
+    total = sum(m.weight.numel() for m in layers.values())
+    nonzero = sum(int(torch.count_nonzero(m.weight)) for m in layers.values())
+    assert nonzero == round(total / 100)
+    keep = [int(torch.count_nonzero(m.weight)) / m.weight.numel() for m in layers.values()]
+    assert max(keep) > 1.5 * min(keep)  # not one global k in every layer
+    assert meta["achieved_sparsity"] == pytest.approx(0.99, abs=1e-4)
