@@ -9,7 +9,9 @@ Every method is registered once, by the module of its family:
 * :mod:`.anp`: BP, ANP, ANP-VS, PAT with Beta-Bernoulli gates and BP / ANP with VIB gates (Madaan2020), over the
   gates of :mod:`.bayesian` and :mod:`.vib`;
 * :mod:`.hydra`: HYDRA (Sehwag2020).
-* :mod:`.harp`: HARP (Zhao2023), HYDRA's scores plus learned per-layer keep rates.
+* :mod:`.harp`: HARP (Zhao2023), HYDRA's scores plus learned per-layer keep rates;
+* :mod:`.sparse_training`: Flying Bird, Flying Bird+ and Robust Bird (Chen2022);
+* :mod:`.twin_rep`: Twin-Rep, unstructured and filter (Li2023).
 
 Adding a method: subclass :class:`PruningMethod` in a new module, call :func:`register_method`, import the module
 here. The CLI, the study runner and :func:`robustprune.prune` then accept it by name.
