@@ -95,3 +95,19 @@ def test_check_split_accepts_what_every_method_trains_on():
     check_split(torch.ones(2, 3, 4, 4), torch.ones(2, dtype=torch.long), num_classes=2)
     with pytest.raises(ConfigError, match="labels must lie in 0..0"):
         check_split(torch.ones(2, 3, 4, 4), torch.ones(2, dtype=torch.long), num_classes=1)
+
+
+def test_an_objective_a_method_would_ignore_is_refused(monkeypatch):
+    """AdvPrune trains with its own objective (its ``pgd_steps`` / ``loss`` settings): an objective given to it used
+    to be silently ignored; now it is one line naming what the method uses instead. Magnitude pruning fine-tunes with
+    any objective and takes it."""
+    from robustprune.objectives import PGDAT
+
+    _no_training(monkeypatch)
+    x, y = _data()
+    with pytest.raises(ConfigError, match=r"admm-irregular trains with its own objective.*pgd_steps"):
+        robustprune.prune(Tiny(), "admm-irregular", rate=2, data=(x, y), eps=0.1, objective=PGDAT(eps=0.1))
+    monkeypatch.undo()
+    res = robustprune.prune(Tiny(), "magnitude-unstructured-global", rate=2, data=(x, y), eps=0.1, epochs=1,
+                            objective=PGDAT(eps=0.1, steps=1), schedule="one-shot")
+    assert res.achieved_compression == pytest.approx(2, rel=0.01)

@@ -411,6 +411,7 @@ class PruningMethod:
               settings: Mapping[str, Any] | MethodSettings | None = None) -> PruneResult:
         """Prune ``model`` in place under ``task`` to compression ``rate`` (None for a learned rate)."""
         s = self.settings(settings)
+        self.check_task(task)
         r = self.check_rate(rate, task.start_rate)
         self.check_max_rate(model, r)
         if self.needs_eps:
@@ -425,8 +426,19 @@ class PruningMethod:
                    settings: Mapping[str, Any] | MethodSettings | None = None) -> Iterator[PruneResult]:
         """One result per rate. Default: each rate pruned from a copy of ``model`` as given."""
         s = self.settings(settings)
+        self.check_task(task)
         for rate in rates:
             yield self.prune(copy.deepcopy(model), task, rate, s)
+
+    def check_task(self, task: PruneTask) -> None:
+        """Nothing given is silently ignored: an objective for a method that trains with its own is an error that
+        says what the method uses instead."""
+        if task.objective is not None and not self.uses_objective:
+            own = [k for k in ("loss", "pgd_steps", "beta", "alpha", "tau") if k in self.Settings.model_fields]
+            raise ConfigError(
+                f"{self.name} trains with its own objective, so an objective given to it would be ignored; drop "
+                f"--objective / objective= and set the method's own settings instead"
+                + (f" ({', '.join(own)}; see `robustprune list methods --settings {self.name}`)" if own else ""))
 
     def run(self, model: nn.Module, task: PruneTask, rate: float | None, settings: Any) -> PruneResult:
         raise NotImplementedError
