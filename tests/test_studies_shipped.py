@@ -202,3 +202,33 @@ def test_default_yaml_gives_the_main_jobs_model_ids(tmp_path):
         base = config_hash(r._base_cfg(ds.name, "lenet5-caffe", 0))
         ids.append([base] + [r._method_cells(ds, "lenet5-caffe", 0, m, base).keys(4.0)[0] for m in spec.methods])
     assert ids[0] == ids[1] == ids[2]
+
+
+@pytest.mark.parametrize("text,words", [
+    ("methods: [magnitude-unstructured-global@fast]\nmethod_settings:\n  magnitude-unstructured-global@fsat: "
+     "{schedule: one-shot}\n", ["'magnitude-unstructured-global@fsat'", "it lists magnitude-unstructured-global@fast"]),
+    ("methods: [hydra, hydra]\n", ["hydra more than once"]),
+    ("methods: [hydra@]\n", ["empty label"]),
+    ("methods: [hydra]\nmethod_rates:\n  hydra@x: [4]\n", ["method_rates names 'hydra@x'"]),
+])
+def test_a_variant_label_that_matches_no_listed_method_is_an_error(tmp_path, text, words):
+    from robustprune.errors import ConfigError
+
+    f = tmp_path / "s.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_study_spec(f)
+    assert all(w in str(exc.value) for w in words) and "\n" not in str(exc.value)
+
+
+def test_a_partial_base_train_keeps_the_study_defaults(tmp_path):
+    """``base_train: {epochs: 1}`` changes the epochs only: the optimiser stays the study's (= the train command's)
+    Adam lr 1e-3 without weight decay, cosine, batch 128; it used to switch to SGD lr 0.01 with weight decay 5e-4."""
+    f = tmp_path / "s.yaml"
+    f.write_text("base_train: {epochs: 1}\n")
+    spec = load_study_spec(f)
+    default = load_study_spec(None).base_train
+    assert spec.base_train.epochs == 1
+    assert spec.base_train.model_copy(update={"epochs": default.epochs}) == default
+    assert (default.optimizer, default.lr, default.weight_decay, default.schedule, default.batch_size) == (
+        "adam", 1e-3, 0.0, "cosine", 128)

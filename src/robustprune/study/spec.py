@@ -326,6 +326,17 @@ class StudySpec(BaseModel):
             raise ValueError(f"seeds are integers >= 0 (at least one); got {list(v)}")
         return v
 
+    @field_validator("base_train", mode="before")
+    @classmethod
+    def _base_train_partial(cls, v: Any) -> Any:
+        """A partial ``base_train`` block changes only what it names; the rest keeps the study's defaults (the same
+        as the ``train`` command's: Adam lr 1e-3, no weight decay, cosine, batch 128, 6 epochs), not TrainConfig's
+        generic SGD ones."""
+        if isinstance(v, dict):
+            default = cls.model_fields["base_train"].default.model_dump()
+            return {**default, **v}
+        return v
+
     @field_validator("base_train")
     @classmethod
     def _base_epochs(cls, v: TrainConfig) -> TrainConfig:
@@ -352,10 +363,29 @@ class StudySpec(BaseModel):
             MODELS.get(split_architecture(a, self.width)[0])
         for m in self.methods:
             METHODS.get(method_of(m))
-        # Settings / rates of a registered method the study does not run are kept (and checked), so one file can
-        # serve several method lists; an unknown name is an error.
+            if "@" in m and not m.split("@", 1)[1].strip():
+                raise ConfigError(f"method {m!r} has an empty label; write NAME@label (e.g. {method_of(m)}@fast) "
+                                  f"or drop the @")
+        dup = sorted({m for m in self.methods if self.methods.count(m) > 1})
+        if dup:
+            raise ConfigError(f"methods lists {', '.join(dup)} more than once; give each variant its own label "
+                              f"(NAME@label) or drop the repeat")
+        # Settings / rates of a plain registered method the study does not run are kept (and checked), so one file
+        # can serve several method lists (e.g. `methods` overridden on the command line); a variant label must name a
+        # listed variant (a misspelled label would otherwise run the variant on its defaults without a word), and an
+        # unknown name is an error.
+        listed = set(self.methods)
         for name, values in self.method_settings.items():
             METHODS.get(method_of(name)).settings(values)
+            if "@" in name and name not in listed:
+                near = [m for m in self.methods if method_of(m) == method_of(name)]
+                raise ConfigError(f"method_settings names {name!r}, which methods does not list"
+                                  + (f" (it lists {', '.join(near)})" if near else "")
+                                  + "; settings of a method the study does not run would be ignored")
+        for name in self.method_rates:
+            if "@" in name and name not in listed:
+                raise ConfigError(f"method_rates names {name!r}, which methods does not list; rates of a method the "
+                                  "study does not run would be ignored")
         for name in self.method_rates:
             if METHODS.get(method_of(name)).rate_kind == "learned":
                 raise ConfigError(f"{name} learns its compression rate; drop its method_rates entry")
