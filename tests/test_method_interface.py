@@ -312,3 +312,20 @@ def test_every_method_trains_one_epoch_in_bf16(name):
             assert torch.isfinite(res.model.eval()(x[:16])).all()
     with pytest.raises(ConfigError, match="precision must be one of"):
         robustprune.prune(MyNet(), name, rate=rate, data=(x, y), eps=0.1, precision="fp16")
+
+
+def test_a_model_that_lost_most_of_its_accuracy_is_flagged():
+    """The README's anp-vs-bbd example once went from 0.713 to 0.295 validation accuracy with only "nothing was
+    pruned": a model that keeps less than half of the base's accuracy above chance is flagged ``accuracy-lost``."""
+    from robustprune.methods import PruneResult
+    from robustprune.methods.interface import FLAG_TEXT, result_flags
+    from robustprune.sparsity import MaskSet
+
+    res = PruneResult(model=MyNet(), masks=MaskSet({}), method="m", rate=4.0, rate_kind="set", group="filter",
+                      achieved_compression=4.0, settings={})
+    assert result_flags(res, val_clean=0.295, num_classes=10, base_val_clean=0.713) == ["accuracy-lost"]
+    # (0.41 - 0.1) = 0.31 > 0.5 * (0.713 - 0.1) = 0.3065: kept more than half, no flag
+    assert result_flags(res, val_clean=0.41, num_classes=10, base_val_clean=0.713) == []
+    assert result_flags(res, val_clean=0.12, num_classes=10, base_val_clean=0.713) == ["chance-accuracy"]
+    assert result_flags(res, val_clean=0.295, num_classes=10) == []  # no base known: no comparison
+    assert "half of the base model's" in FLAG_TEXT["accuracy-lost"]

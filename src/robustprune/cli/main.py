@@ -377,10 +377,12 @@ def prune(
                           for r in rates)
               + f"; {len(splits.train)} training images, {epochs:g} epoch(s) per phase, "
               f"{effective_precision(precision, dev)} on {dev}")
+    base_clean = evaluate_split(net, splits.val, n=min(1000, len(splits.val)), eps=None, steps=1, seed=seed).get(
+        "clean")  # for the accuracy-lost flag: what the pruned model is compared with
     for res in m.prune_many(net, task, rates, settings):
         ev = evaluate_split(res.model, splits.val, n=min(1000, len(splits.val)), eps=budget, steps=20, seed=seed)
         flags = result_flags(res, val_clean=ev.get("clean"), num_classes=splits.spec.num_classes,
-                             start_compression=achieved)
+                             start_compression=achieved, base_val_clean=base_clean)
         label = "learned" if res.rate is None else f"{res.rate:g}"
         path = out / f"{checkpoint.stem}-{m.name}-c{label}.safetensors"
         new_meta = {**meta, "code_version": code_version(),

@@ -240,13 +240,18 @@ class PruneResult:
 
 
 def result_flags(result: PruneResult, *, val_clean: float | None = None, num_classes: int | None = None,
-                 start_compression: float = 1.0) -> list[str]:
+                 start_compression: float = 1.0, base_val_clean: float | None = None) -> list[str]:
     """What makes a pruned model suspect, as stored flags: ``chance-accuracy`` (validation clean accuracy within
-    5 points of 1 / classes), ``nothing-pruned`` (achieved compression not above the starting one),
-    ``not-converged`` (the method's own convergence signal says so)."""
+    5 points of 1 / classes), ``accuracy-lost`` (it kept less than half of the base model's validation accuracy above
+    chance), ``nothing-pruned`` (achieved compression not above the starting one), ``not-converged`` (the method's
+    own convergence signal says so)."""
     flags = []
-    if val_clean is not None and num_classes and val_clean <= 1.0 / num_classes + 0.05:
+    chance = 1.0 / num_classes if num_classes else 0.0
+    if val_clean is not None and num_classes and val_clean <= chance + 0.05:
         flags.append("chance-accuracy")
+    elif (val_clean is not None and base_val_clean is not None and base_val_clean > chance
+          and val_clean - chance < 0.5 * (base_val_clean - chance)):
+        flags.append("accuracy-lost")
     if not result.achieved_compression > start_compression * (1 + 1e-6):
         flags.append("nothing-pruned")
     if result.converged is False:
@@ -256,6 +261,8 @@ def result_flags(result: PruneResult, *, val_clean: float | None = None, num_cla
 
 FLAG_TEXT = {
     "chance-accuracy": "validation accuracy at chance level: the model collapsed",
+    "accuracy-lost": "it kept less than half of the base model's validation accuracy above chance: check the "
+                     "settings and the budget before reading this as the method's behaviour",
     "nothing-pruned": "nothing was pruned (achieved compression not above the starting one)",
     "not-converged": "the method's convergence signal says it did not finish its job at this budget",
 }

@@ -13,6 +13,7 @@ Layout of the output folder::
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import json
 import os
@@ -718,6 +719,22 @@ class StudyRunner:
                 "flags": rec.get("flags") or [], "train_epochs": metrics.get("epochs"),
                 "train_steps": metrics.get("steps"), "train_precision": rec.get("train_precision")}
 
+    def _base_val_clean(self, base_id: str, base_state: dict[str, torch.Tensor], like: nn.Module, splits: Splits,
+                        seed: int) -> float | None:
+        """The unpruned base model's validation clean accuracy (once per base), for the ``accuracy-lost`` flag."""
+        cache = self.__dict__.setdefault("_base_val_cache", {})
+        if base_id not in cache:
+            from robustprune.train import evaluate_split
+
+            try:
+                m = copy.deepcopy(like)
+                m.load_state_dict(base_state)
+                cache[base_id] = evaluate_split(m, splits.val, n=min(1000, len(splits.val)), eps=None, steps=1,
+                                                seed=seed).get("clean")
+            except Exception:  # noqa: BLE001 - a folded or slimmed model of another shape: no flag, no failure
+                cache[base_id] = None
+        return cache[base_id]
+
     def _store_result(self, store: ResultsStore, splits: Splits, arch: str, seed: int, name: str, base_id: str,
                       base_state: dict[str, torch.Tensor], res: PruneResult, ids: tuple[str, str],
                       row: dict[str, Any], cumulative: float, start_achieved: float) -> None:
@@ -726,7 +743,8 @@ class StudyRunner:
         cid, mkey = ids
         val = evaluate_split(res.model, splits.val, n=min(1000, len(splits.val)), eps=None, steps=1, seed=seed)
         flags = result_flags(res, val_clean=val.get("clean"), num_classes=splits.spec.num_classes,
-                             start_compression=start_achieved)
+                             start_compression=start_achieved,
+                             base_val_clean=self._base_val_clean(base_id, base_state, res.model, splits, seed))
         for f in flags:
             self.log(f"  warning: {name} c={res.rate_label}: {FLAG_TEXT.get(f, f)}")
         summary = res.summary()
