@@ -138,3 +138,14 @@ def test_evaluate_stores_the_converted_settings(monkeypatch, capsys, checkpoint,
     text = js.read_text()
     assert '"n_target_classes": 2' in text and '"early_exit": false' in text
     json.loads(text)
+
+
+def test_evaluate_plan_states_steps_restarts_targets_and_the_checks_cost(monkeypatch, capsys, checkpoint):
+    ckpt, data = checkpoint
+    code, out, err = cli(monkeypatch, capsys, "evaluate", str(ckpt), "--data-dir", str(data), "--n", "20",
+                         "--attack", "apgd:eps=0.1,steps=2,n_target_classes=3", "--attack", "pgd:eps=0.05;0.1,steps=3",
+                         "--check-n", "10")
+    assert code == 0, err
+    assert "2 steps x 1 restart(s) x 4 run(s) (APGD-CE + 3 targets) = 8 gradient steps per point (160 in all)" in out
+    assert "3 steps x 1 restart(s) x 1 run(s) = 3 gradient steps per point and budget, x 2 budgets (120 in all)" in out
+    assert "about 5x each attack's cost on those points" in out

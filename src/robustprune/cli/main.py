@@ -498,10 +498,15 @@ def evaluate(
     model_id = config_hash({"checkpoint": str(checkpoint.resolve()), "meta": meta.get("config")})
     source_id = str(transfer_from) if transfer_from is not None else "source"
     progress = {"progress": not quiet} if "progress" in inspect.signature(evaluate_model).parameters else {}
-    report = evaluate_model(model, test.x[:n], test.y[:n], specs, **progress, default_eps=spec.eps_linf,
-                            eps_by_norm={"Linf": spec.eps_linf, "L2": spec.eps_l2}, batch_size=batch_size, seed=seed,
-                            transfer_from=source, transfer_source=source_id, checks=not no_checks,
-                            check_subset=check_n, vulnerability=vulnerability, warn=False)
+    try:
+        report = evaluate_model(model, test.x[:n], test.y[:n], specs, **progress, default_eps=spec.eps_linf,
+                                eps_by_norm={"Linf": spec.eps_linf, "L2": spec.eps_l2}, batch_size=batch_size,
+                                seed=seed, transfer_from=source, transfer_source=source_id, checks=not no_checks,
+                                check_subset=check_n, vulnerability=vulnerability, warn=False)
+    except KeyboardInterrupt:  # say what is true: evaluate writes its JSON / database rows when it has them all
+        typer.echo("interrupted; evaluate writes its results when every attack has run, so nothing was written",
+                   err=True)
+        sys.exit(130)
     base_model = None
     if meta.get("slim") and not model_factory:  # its layers were cut: count what it lost against the architecture
         from robustprune.models import model_for_dataset
@@ -558,6 +563,26 @@ def _refuse_nonfinite(model: Any, path: Path) -> None:
                               "nothing was evaluated or stored; retrain it, e.g. with a lower learning rate")
 
 
+def _attack_cost(spec: Any, n: int) -> str:
+    """``; 100 steps x 1 restart x 4 runs (APGD-CE + 3 targets) = 400 gradient steps per point and budget`` for the
+    plan line (AutoAttack: its own schedule)."""
+    info, opts = spec.info, spec.options
+    if info.name == "autoattack":
+        return "; AutoAttack's own schedule (standard: APGD-CE, APGD-T x 9, FAB-T x 9, Square 5,000 queries)"
+    steps = opts.get("steps") or info.default("steps") or 1
+    restarts = opts.get("restarts") or info.default("restarts") or 1
+    runs, what = 1, ""
+    if info.accepts("n_target_classes"):
+        t = opts.get("n_target_classes") or info.default("n_target_classes") or 0
+        ce = info.name not in ("apgd-t",)
+        runs = t + (1 if ce else 0)
+        what = f" ({'APGD-CE + ' if ce else ''}{t} target{'s' if t != 1 else ''})"
+    per = int(steps) * int(restarts) * runs
+    budgets = 1 if info.min_norm else max(1, len(spec.eps) or 1)
+    return (f"; {steps} steps x {restarts} restart(s) x {runs} run(s){what} = {per:,} gradient steps per point"
+            + (f" and budget, x {budgets} budgets" if budgets > 1 else "") + f" ({per * budgets * n:,} in all)")
+
+
 def _plan_lines(specs: list[Any], *, n: int, dataset: str, default_eps: dict[str, float], transfer_from: Path | None,
                 checks: bool, check_n: int, vulnerability: bool) -> list[str]:
     """What ``evaluate`` is about to run, printed before the work starts (the work itself shows no progress)."""
@@ -569,14 +594,15 @@ def _plan_lines(specs: list[Any], *, n: int, dataset: str, default_eps: dict[str
             raise ConfigError(f"attack {s.name!r} ({norm}) needs budgets: give eps=..., e.g. {s.name}:eps=0.5;1.0")
         eps = ", ".join(f"{e:g}" for e in s.eps) if s.eps else f"{default:g} (the dataset's default {norm} budget)"
         opts = ", ".join(f"{k}={v}" for k, v in sorted(s.options.items()))
-        lines.append(f"  {s.name}: eps {eps}" + (f"; {opts}" if opts else ""))
+        lines.append(f"  {s.name}: eps {eps}" + (f"; {opts}" if opts else "") + _attack_cost(s, n))
     if transfer_from is not None:
         lines.append(f"  the same attacks crafted on {transfer_from} and transferred (black-box)")
     if vulnerability:
         lines.append("  latent vulnerability of every layer under each budget attack")
     if checks:
-        lines.append(f"  sanity checks on the first {check_n} point(s): rerun at a very large eps, rerun with more "
-                     "steps/restarts, input gradients (skip them with --no-checks)")
+        lines.append(f"  sanity checks on the first {check_n} point(s): rerun at a very large eps, rerun with twice "
+                     "the steps and restarts, input gradients: about 5x each attack's cost on those points (skip "
+                     "them with --no-checks)")
     else:
         lines.append("  no sanity checks (--no-checks)")
     return lines
