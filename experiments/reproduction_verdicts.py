@@ -54,6 +54,10 @@ def load(db: str) -> dict[Key, dict]:
         e[r["attack"]] = r["robust_acc"] if r["attack"] != "clean" else r["clean_acc"]
         if "overfit" not in e:
             e["overfit"] = robust_overfit(models[r["model_id"]])
+        keys = r.keys()
+        for col, field in (("filters_removed", "filters"), ("flops_removed", "flops")):
+            if col in keys and r[col] is not None:
+                e[field] = r[col]
     for v in con.execute("SELECT model_id, network FROM vulnerability WHERE threat = 'white' AND eps_str = '0.1'"):
         for e in out.values():
             if e["model_id"] == v["model_id"]:
@@ -315,12 +319,21 @@ def li2023(t: dict) -> None:
         v = ("reproduced" if all(wins) else "partly reproduced" if any(wins) else
              "opposite" if all(significant(d, -1) for *_x, d in found) else "not reproduced")
         v += caveat(t, *[k for _c, a, b, _d in found for k in (a, b)])
+        gaps = [stats(paired(t, a, b, "filters"))[0] for _c, a, b, _d in found if paired(t, a, b, "filters")]
+        if gaps and max(abs(g) for g in gaps) > 5:
+            v += (f" (caveat: at the same number of convolution weights Twin-Rep removed {max(gaps):+.0f} points more "
+                  "of the filters: not the paper's comparison at equal filter fractions)")
         for i, (c, tr, mag, d) in enumerate(found):
             row("Li2023 Tables 2-3: at 50-90 % of filters Twin-Rep beats magnitude filter pruning (same schedule)"
                 if i == 0 else "(same)", f"Twin-Rep vs magnitude filter at c={c:g}: APGD",
                 f"{level(t, tr)} vs {level(t, mag)}", effect(d), v if i == 0 else "")
             row("(same)", f"Twin-Rep vs magnitude filter at c={c:g}: clean",
                 f"{level(t, tr, 'clean')} vs {level(t, mag, 'clean')}", effect(paired(t, tr, mag, "clean")), "")
+            if values(t, *tr, "filters") and values(t, *mag, "filters"):
+                row("(same)", f"at c={c:g} (the same number of convolution weights): filters removed; FLOPs removed "
+                    f"{level(t, tr, 'flops')} vs {level(t, mag, 'flops')}",
+                    f"{level(t, tr, 'filters')} vs {level(t, mag, 'filters')}",
+                    effect(paired(t, tr, mag, "filters")), "")
 
 
 def main(*dbs: str) -> None:
