@@ -251,9 +251,8 @@ def _toy_phases(settings: Any, epochs: float, lr: float) -> Any:
 
 @needs_leaders
 @pytest.mark.slow
-@pytest.mark.usefixtures("one_thread")
 def test_toy_run_of_the_cifar10_resnet18_preset_goes_through_every_cell(tmp_path):
-    """apb-cifar10-resnet18.yaml as it is, shrunk: a width-1/16 ResNet-18, 60 synthetic CIFAR-shaped training
+    """apb-cifar10-resnet18.yaml as it is, shrunk: a width-1/16 ResNet-18, 40 synthetic CIFAR-shaped training
     images, 8 test points, one epoch per phase, attacks cut to a few iterations. Every cell (1 base + 12 methods x 3
     sparsities) runs, stores its structure, and the report has the APB leaderboard."""
     import importlib.util
@@ -263,7 +262,7 @@ def test_toy_run_of_the_cifar10_resnet18_preset_goes_through_every_cell(tmp_path
     from robustprune.methods import get_method
     from robustprune.study import run_study
 
-    data = _fake_cifar10(tmp_path / "data", n_train=60, n_test=8)
+    data = _fake_cifar10(tmp_path / "data", n_train=40, n_test=8)
     raw = yaml.safe_load((STUDIES / "apb-cifar10-resnet18.yaml").read_text())
     aa = ({"name": "autoattack", "eps": [0.031], "version": "custom", "attacks_to_run": ["apgd-ce"],
            "apgd_n_iter": 2, "batch_size": 8} if importlib.util.find_spec("pyautoattack") is not None
