@@ -86,9 +86,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from robustprune.data import Split
 from robustprune.errors import ConfigError
 from robustprune.methods.hydra import ScoredConv2d, ScoredLinear, _Scored, attach_scores, current_masks, topk_mask
+from robustprune.methods.hydra import _objective, resolve_keep
 from robustprune.methods.interface import PAPERS, MethodSettings, PhaseSettings, PruneResult, PruneTask
 from robustprune.methods.interface import PruningMethod, history_of, phase, register_method, setting, steps_of
-from robustprune.objectives import PGDAT, TRADES
 from robustprune.sparsity import MaskSet, check_keep, sparsity_report
 from robustprune.train import Hook, TrainConfig, TrainResult, fit
 from robustprune.train.loop import evaluate_split
@@ -396,15 +396,6 @@ class HarpResult:
     times: dict[str, float] = field(default_factory=dict)
 
 
-def _objective(loss: str, eps: float, steps: int, alpha: float | None, beta: float):
-    key = str(loss).lower()
-    if key in ("pgd-at", "pgd", "at"):
-        return PGDAT(eps=eps, alpha=alpha, steps=steps)
-    if key == "trades":
-        return TRADES(eps=eps, beta=beta, alpha=alpha, steps=steps)
-    raise ConfigError(f"HARP trains with loss 'pgd-at' or 'trades', got {loss!r}")
-
-
 def harp(
     model: nn.Module,
     *,
@@ -439,13 +430,7 @@ def harp(
     ``keep`` (target fraction of the weights kept) or ``rate`` (compression, ``keep = 1 / rate``). ``loss``: "pgd-at"
     or "trades" (``beta``), with L-inf ``eps`` and ``steps``; or pass ``objective``.
     """
-    if (keep is None) == (rate is None):
-        raise ConfigError("give exactly one of keep (fraction of weights kept) or rate (compression, keep = 1/rate)")
-    if rate is not None:
-        if not float(rate) >= 1:
-            raise ConfigError(f"rate must be >= 1, got {rate!r}")
-        keep = 1.0 / float(rate)
-    keep = check_keep(keep)
+    keep = resolve_keep(keep, rate)
     for name, v in (("gamma0", gamma0), ("rate_lr_factor", rate_lr_factor), ("reach_tol", reach_tol)):
         if not (math.isfinite(float(v)) and float(v) >= 0):
             raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -454,7 +439,7 @@ def harp(
     if objective is None:
         if eps is None:
             raise ConfigError("HARP needs eps (the L-inf radius of its adversarial training), or an objective")
-        objective = _objective(loss, eps, steps, alpha, beta)
+        objective = _objective(loss, eps, steps, alpha, beta, method="HARP")
     v_eps = val_eps if val_eps is not None else (eps if eps is not None else getattr(objective, "eps", None))
     model.to(train.x.device)
     times: dict[str, float] = {}

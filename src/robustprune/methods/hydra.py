@@ -178,13 +178,25 @@ class HydraResult:
     times: dict[str, float] = field(default_factory=dict)
 
 
-def _objective(loss: str, eps: float, steps: int, alpha: float | None, beta: float):
+def _objective(loss: str, eps: float, steps: int, alpha: float | None, beta: float, method: str = "HYDRA"):
+    """The adversarial objective of HYDRA-style score training (HYDRA, HARP): PGD-AT or TRADES."""
     key = str(loss).lower()
     if key in ("pgd-at", "pgd", "at"):
         return PGDAT(eps=eps, alpha=alpha, steps=steps)
     if key == "trades":
         return TRADES(eps=eps, beta=beta, alpha=alpha, steps=steps)
-    raise ConfigError(f"HYDRA trains with loss 'pgd-at' or 'trades', got {loss!r}")
+    raise ConfigError(f"{method} trains with loss 'pgd-at' or 'trades', got {loss!r}")
+
+
+def resolve_keep(keep: float | None, rate: float | None) -> float:
+    """The kept fraction from exactly one of ``keep`` or ``rate`` (compression, keep = 1/rate)."""
+    if (keep is None) == (rate is None):
+        raise ConfigError("give exactly one of keep (fraction of weights kept) or rate (compression, keep = 1/rate)")
+    if rate is not None:
+        if not float(rate) >= 1:
+            raise ConfigError(f"rate must be >= 1, got {rate!r}")
+        keep = 1.0 / float(rate)
+    return check_keep(keep)
 
 
 def hydra(
@@ -218,13 +230,7 @@ def hydra(
     """
     if scheme is not None and str(scheme).lower() not in ("irregular", "unstructured"):
         raise ConfigError(f"HYDRA prunes single weights (scheme 'irregular'), got scheme={scheme!r}")
-    if (keep is None) == (rate is None):
-        raise ConfigError("give exactly one of keep (fraction of weights kept) or rate (compression, keep = 1/rate)")
-    if rate is not None:
-        if not float(rate) >= 1:
-            raise ConfigError(f"rate must be >= 1, got {rate!r}")
-        keep = 1.0 / float(rate)
-    keep = check_keep(keep)
+    keep = resolve_keep(keep, rate)
     if objective is None:
         if eps is None:
             raise ConfigError("HYDRA needs eps (the L-inf radius of its adversarial training), or an objective")
