@@ -106,6 +106,22 @@ class LinearModel(nn.Module):
         return x.flatten(1) @ self.w.t() + self.b
 
 
+def run_main(*args: str) -> int:
+    """Run ``robustprune ARGS`` in-process without fixtures (for module-scoped set-up); its exit status."""
+    import sys
+
+    from robustprune.cli.main import main
+
+    argv = sys.argv
+    sys.argv = ["robustprune", *args]
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main()
+    finally:
+        sys.argv = argv
+    return 0 if exc.value.code is None else exc.value.code
+
+
 def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     """Run ``robustprune ARGS`` in-process through the real entry point; (exit status, stdout, stderr)."""
     import sys

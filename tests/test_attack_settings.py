@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import cli, write_learnable_mnist
+from conftest import cli, run_main, write_learnable_mnist
 from robustprune.attacks.config import AttackConfig, check_against_model
 from robustprune.errors import ConfigError
 from robustprune.evaluation.run import run_attacks
@@ -94,19 +94,10 @@ def test_run_attacks_checks_the_model_before_any_work(monkeypatch):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> tuple[Path, Path]:
-    from robustprune.cli.main import main
-    import sys
-
     data = write_learnable_mnist(tmp_path_factory.mktemp("mnist"), n_test=40)
     out = tmp_path_factory.mktemp("ckpt") / "base.safetensors"
-    argv = sys.argv
-    sys.argv = ["robustprune", "train", "--dataset", "mnist", "--data-dir", str(data), "--val-size", "100",
-                "--objective", "natural", "--epochs", "1", "--out", str(out), "-q"]
-    try:
-        with pytest.raises(SystemExit):
-            main()
-    finally:
-        sys.argv = argv
+    run_main("train", "--dataset", "mnist", "--data-dir", str(data), "--val-size", "100", "--objective", "natural",
+             "--epochs", "1", "--out", str(out), "-q")
     return out, data
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from conftest import cli, write_learnable_mnist
+from conftest import cli, run_main, write_learnable_mnist
 
 #: (command, option name) -> bad values. A value is given as the option's text, exactly as a user would type it.
 BAD: dict[tuple[str, str], list[str]] = {
@@ -121,22 +121,12 @@ def test_every_option_has_bad_value_cases():
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, Path]:
     """Synthetic MNIST, a trained checkpoint, a corrupt file, a tiny study file and its finished output."""
-    import sys
-
-    from robustprune.cli.main import main
-
     root = tmp_path_factory.mktemp("surface")
     (root / "mnist").mkdir()
     data = write_learnable_mnist(root / "mnist", n_test=40)
     ckpt = root / "base.safetensors"
-    argv = sys.argv
-    sys.argv = ["robustprune", "train", "--dataset", "mnist", "--data-dir", str(data), "--val-size", "100",
-                "--objective", "natural", "--epochs", "1", "--out", str(ckpt), "-q"]
-    try:
-        with pytest.raises(SystemExit):
-            main()
-    finally:
-        sys.argv = argv
+    run_main("train", "--dataset", "mnist", "--data-dir", str(data), "--val-size", "100", "--objective", "natural",
+             "--epochs", "1", "--out", str(ckpt), "-q")
     corrupt = root / "corrupt.safetensors"
     corrupt.write_bytes(b"\x00not a checkpoint" * 10)
     corrupt_yaml = root / "corrupt.yaml"
@@ -148,12 +138,7 @@ def env(tmp_path_factory) -> dict[str, Path]:
                     "finetune_objective: {name: natural}\nfinetune_limit: 100\n"
                     "attacks: [{name: pgd, eps: [0.1], steps: 2}]\ntransfer: false\nvulnerability: false\n")
     study_out = root / "study-out"
-    sys.argv = ["robustprune", "study", str(spec), "--out", str(study_out), "-q"]
-    try:
-        with pytest.raises(SystemExit):
-            main()
-    finally:
-        sys.argv = argv
+    run_main("study", str(spec), "--out", str(study_out), "-q")
     return {"data": data, "ckpt": ckpt, "corrupt": corrupt, "corrupt_yaml": corrupt_yaml, "spec": spec,
             "study_out": study_out, "root": root}
 
