@@ -103,7 +103,7 @@ def test_one_sgd_step_decays_both_factors_with_their_own_weight_decay():
     loss = nn.functional.cross_entropy(nn.functional.linear(x.flatten(1), w_eff, b), y)
     gw, gb = torch.autograd.grad(loss, [w_eff, b])
     lr, wd_w, wd_u = 0.1, 0.01, 0.05
-    cfg = TrainConfig(epochs=1, batch_size=32, lr=lr, momentum=0.9, weight_decay=wd_w, schedule="constant",
+    cfg = TrainConfig(epochs=1, batch_size=32, optimizer="sgd", lr=lr, momentum=0.9, weight_decay=wd_w, schedule="constant",
                       select="last", val_size=0, progress=False)
     res = fit(model, build_objective("natural"), Split(x, y), None, cfg,
               param_groups=twin_param_groups(model, wd_w, wd_u))

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from robustprune.errors import ConfigError
+from robustprune.train.defaults import BASE_TRAIN
 
 
 class TrainConfig(BaseModel):
@@ -15,13 +16,14 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    epochs: int = Field(10, ge=0, le=10_000)
-    batch_size: int = Field(128, ge=1, le=65_536)
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.01, gt=0, le=10)
+    # The defaults are the one set of base-training defaults (robustprune.train.defaults, with their sources)
+    epochs: int = Field(BASE_TRAIN["epochs"], ge=0, le=10_000)
+    batch_size: int = Field(BASE_TRAIN["batch_size"], ge=1, le=65_536)
+    optimizer: Literal["sgd", "adam"] = BASE_TRAIN["optimizer"]  # type: ignore[assignment]
+    lr: float = Field(BASE_TRAIN["lr"], gt=0, le=10)
     momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0, le=1)
-    schedule: Literal["constant", "step", "cosine"] = "cosine"
+    weight_decay: float = Field(BASE_TRAIN["weight_decay"], ge=0, le=1)
+    schedule: Literal["constant", "step", "cosine"] = BASE_TRAIN["schedule"]  # type: ignore[assignment]
     milestones: tuple[float, ...] = (0.5, 0.75)
     """For the step schedule: fractions of the total epochs (0.5 = halfway) where lr *= gamma."""
     gamma: float = Field(0.1, gt=0, le=1)
