@@ -150,6 +150,49 @@ def use_channels_last(model: nn.Module, precision: str, device: torch.device | s
     return check_precision(precision) == "bf16" and _device_type(device) == "cuda" and is_convolutional(model)
 
 
+def faster_layout(model: nn.Module, x: torch.Tensor, *, reps: int = 5, margin: float = 1.1) -> tuple[bool, float]:
+    """(use channels_last, its speed-up) for ``model`` on a batch ``x`` on this device, measured: the best of
+    ``reps`` forward + input-gradient backward passes in each layout (after a warm-up), channels_last only when
+    it is at least ``margin`` times faster. A non-convolutional model, a non-image batch or a model that fails in
+    channels_last keeps NCHW. The model is returned in the default layout, its weights untouched.
+
+    Why measured: on a CPU the answer depends on the model (2 cores here: LeNet-5-Caffe 1.7x faster attack steps
+    and 1.35x faster training steps in channels_last, ResNet-18 1.2x, VGG-16 0.9x)."""
+    import time
+
+    if x.dim() != 4 or not is_convolutional(model):
+        return False, 1.0
+    was_training = model.training
+    model.eval()
+
+    def once(cl: bool) -> float:
+        m = model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        xr = (x.contiguous(memory_format=torch.channels_last) if cl else x.contiguous()).detach().requires_grad_(True)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        t0 = time.perf_counter()
+        with torch.enable_grad():
+            torch.autograd.grad(m(xr).float().logsumexp(-1).sum(), xr)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        return time.perf_counter() - t0
+
+    try:
+        for cl_ in (False, True, False, True):  # warm-up: the first passes of a process pay for kernel selection
+            once(cl_)
+        nchw, cl = float("inf"), float("inf")
+        for _ in range(reps):  # alternating, so that a slow moment of the machine costs both layouts
+            nchw = min(nchw, once(False))
+            cl = min(cl, once(True))
+    except RuntimeError:  # e.g. a .view() of a channels_last activation in a custom forward
+        return False, 1.0
+    finally:
+        to_contiguous(model)
+        model.train(was_training)
+    speedup = nchw / cl if cl > 0 else 1.0
+    return speedup >= margin, speedup
+
+
 def to_contiguous(model: nn.Module) -> nn.Module:
     """Back to the default (NCHW-contiguous) layout: what checkpoints (safetensors) and exports expect."""
     return model.to(memory_format=torch.contiguous_format)

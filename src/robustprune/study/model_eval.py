@@ -30,6 +30,7 @@ class ModelEvaluator:
         self.device = device
         self.log = log
         self.outcome = outcome
+        self.channels_last = False  # the layout of the model being evaluated (set by evaluate)
 
     def _vuln_key(self, splits: Splits) -> tuple[Any, str, float] | None:
         """(attack spec, attack hash, ε) whose examples the vulnerability is measured on: the first L∞ budget
@@ -61,11 +62,15 @@ class ModelEvaluator:
             source.load_state_dict(base_state)
             test = splits.test
             n = min(self.spec.eval_n, len(test))
+            xs = test.x[:n]
+            if self.channels_last and xs.dim() == 4:
+                source.to(memory_format=torch.channels_last)
+                xs = xs.contiguous(memory_format=torch.channels_last)
             vkey = self._vuln_key(splits) if self.spec.vulnerability else None
             v_es = eps_to_str(vkey[2]) if vkey else None
             keep = (lambda ah, es: es == v_es) if vkey else False  # x_keep only where vulnerability is measured
             t0 = time.perf_counter()
-            cache[base_id] = craft_transfer(source, test.x[:n], test.y[:n], self.spec.transferred_attacks(),
+            cache[base_id] = craft_transfer(source, xs, test.y[:n], self.spec.transferred_attacks(),
                                             default_eps=splits.spec.eps_linf, batch_size=self.spec.eval_batch_size,
                                             seed=seed, source_id=base_id, keep_adv=keep)
             self.log(f"  transfer examples crafted on the base model {base_id} in {time.perf_counter() - t0:.0f}s")
@@ -85,15 +90,25 @@ class ModelEvaluator:
         return not want_black or store.has_vulnerability(model_id, "black")
 
     def evaluate(self, store: ResultsStore, model_id: str, model: nn.Module, splits: Splits, base: dict[str, Any],
-                 train_wall: float, source: tuple[str, dict[str, torch.Tensor]] | None = None) -> None:
+                 train_wall: float, source: tuple[str, dict[str, torch.Tensor]] | None = None,
+                 channels_last: bool = False) -> None:
         """Clean and white-box rows of every attack; with ``source`` = (base id, base state) and ``transfer``,
         black-box rows from the base model; vulnerability (white / black); the row-based sanity checks. All of it
-        in the study's ``eval_precision`` (strict fp32, TF32 off, by default), whatever the model trained in."""
-        from robustprune.precision import evaluation_precision
+        in the study's ``eval_precision`` (strict fp32, TF32 off, by default), whatever the model trained in.
+        ``channels_last``: the memory layout the attacks run in (speed only; the model is handed back in the
+        default layout)."""
+        from robustprune.precision import evaluation_precision, to_contiguous
 
-        with evaluation_precision(self.spec.eval_precision), torch.autocast(splits.test.x.device.type,
-                                                                            enabled=False):
-            self._evaluate(store, model_id, model, splits, base, train_wall, source)
+        self.channels_last = channels_last
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        try:
+            with evaluation_precision(self.spec.eval_precision), torch.autocast(splits.test.x.device.type,
+                                                                                enabled=False):
+                self._evaluate(store, model_id, model, splits, base, train_wall, source)
+        finally:
+            if channels_last:
+                to_contiguous(model)
 
     def _evaluate(self, store: ResultsStore, model_id: str, model: nn.Module, splits: Splits, base: dict[str, Any],
                   train_wall: float, source: tuple[str, dict[str, torch.Tensor]] | None) -> None:
@@ -112,6 +127,8 @@ class ModelEvaluator:
         test = splits.test
         n = min(spec.eval_n, len(test))
         x, y = test.x[:n], test.y[:n]
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         # What the model lost, counted one way for every method (sparsity over every Conv2d / Linear weight, conv
         # filters and dense FLOPs gone against the unpruned architecture): on every row, and on the model's row
         sizes = size_metrics(model, splits.spec.shape)
