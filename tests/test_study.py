@@ -24,8 +24,16 @@ TINY = {
 def test_tiny_study_rows_resume_and_report(tmp_path):
     spec = load_study_spec(None, TINY)
     out = tmp_path / "study"
-    first = run_study(spec, out, log=lambda m: None)
+    first_logs: list[str] = []
+    first = run_study(spec, out, log=first_logs.append)
     models = 1 + 2 * 2
+    # the remaining-time estimate: once before any work, then after every evaluated model; stored with the wall time
+    estimate = [i for i, line in enumerate(first_logs) if line.startswith("time estimate: ")]
+    training = next(i for i, line in enumerate(first_logs) if "training base model" in line)
+    assert len(estimate) == 1 and estimate[0] < training
+    assert "about" in first_logs[estimate[0]] and "min left on this machine" in first_logs[estimate[0]]
+    assert sum(line.startswith("time: ") for line in first_logs) == models
+    assert any(line.startswith("study work took ") for line in first_logs)
     # every model: clean + 2 white-box budgets; every pruned model also 2 transfer rows (from the base model)
     n_rows = models * 3 + (models - 1) * 2
     from robustprune.study.runner import StudyRunner
@@ -72,9 +80,12 @@ def test_tiny_study_rows_resume_and_report(tmp_path):
     assert "finetune.batch_size = 100 (default 128)" in row and "finetune.lr = 0.001 (default 0.0005)" in row
     assert "optimizer" not in row  # adam is the default: not a deviation
 
+    with ResultsStore(out / "results.sqlite") as store:
+        assert store.get_meta("study_time_estimate") > 0
     logs: list[str] = []
     second = run_study(spec, out, log=logs.append)
     assert second.models_trained == 0 and second.rows_written == 0 and second.models_reused == models
+    assert not any(line.startswith("time") for line in logs)  # nothing left to do: nothing to estimate
     assert not any("transfer examples crafted" in line for line in logs)  # nothing missing: no source attack
 
     # A study that adds a budget reuses every model and evaluates only the new budget.

@@ -61,6 +61,11 @@ class AdvPruneMethod(ADMMMethod):
     prefix = "admm"
     summary = "AdvPrune: ADMM {scheme} pruning concurrent with PGD adversarial training, then masked retraining"
 
+    def passes_per_image(self, settings: AdvPruneSettings, phase: str, *, objective_passes: float | None,
+                         dataset: str | None) -> float:
+        steps = settings.pgd_steps or YE2019_PGD_STEPS["mnist" if _is_mnist_like(dataset) else "cifar"]
+        return 1.0 + steps
+
     def run(self, model: nn.Module, task: PruneTask, rate: float | None, settings: AdvPruneSettings) -> PruneResult:
         assert rate is not None
         eps = task.need_eps(self.name)

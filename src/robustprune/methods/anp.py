@@ -64,6 +64,16 @@ class BayesianMethod(PruningMethod):
         self.Settings = {"anp-vs": ANPVSSettings, "pat": PATSettings}.get(kind, BayesianSettings)
         self.needs_eps = kind in ("anp", "anp-vs", "pat")
 
+    def passes_per_image(self, settings: BayesianSettings, phase: str, *, objective_passes: float | None,
+                         dataset: str | None) -> float:
+        """BP (and PAT's first phase) trains on clean data; ANP adds k PGD passes and the clean / adversarial pair
+        (Eq. 6); PAT's adversarial phase is PGD-AT."""
+        if phase == "at":
+            return 1.0 + settings.pgd_steps
+        if self.kind in ("bp", "pat"):
+            return 1.0
+        return 2.0 + settings.pgd_steps
+
     def run(self, model: nn.Module, task: PruneTask, rate: float | None, settings: BayesianSettings) -> PruneResult:
         cfg = settings.train.train_config(task)
         dataset = str(task.dataset or "").lower()

@@ -38,6 +38,7 @@ from robustprune.registry import Registry
 from robustprune.sparsity import MaskSet, prunable_layers
 from robustprune.train import TrainConfig, TrainResult
 from robustprune.train.config import format_validation_error
+from robustprune.train.cost import training_passes
 
 RateKind = Literal["set", "learned"]
 GROUPS = ("unstructured", "kernel", "filter", "column")
@@ -113,7 +114,7 @@ def _epochs_and_steps(epochs: float, n: int, batch_size: int) -> tuple[int, int 
     if float(epochs).is_integer():
         return int(epochs), None
     per_epoch = max(1, -(-n // batch_size))
-    total = max(1, int(round(epochs * per_epoch)))
+    total = max(1, int(round(epochs * per_epoch)))  # a positive budget below one step still takes one step
     whole = max(1, math.ceil(epochs))
     return whole, max(1, -(-total // whole))
 
@@ -187,6 +188,12 @@ class PruneTask:
     """``torch.compile`` the forward passes of every training phase."""
     log: Callable[[str], None] = field(default=lambda msg: None, repr=False)
 
+    def __post_init__(self) -> None:
+        e = self.epochs
+        if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e) or not 0 <= e <= 10_000:
+            raise ConfigError(f"epochs={e!r} is out of range: give a number of epochs in [0, 10000] (0: the phases "
+                              "without their own epochs do not train)")
+
     def fine_tune_objective(self) -> Objective:
         from robustprune.objectives import build_objective
 
@@ -200,6 +207,16 @@ class PruneTask:
         if self.eps is None:
             raise ConfigError(f"{method} trains on adversarial examples; give eps (e.g. --eps 0.1 or eps=0.1)")
         return float(self.eps)
+
+
+@dataclass(frozen=True)
+class PhaseWork:
+    """What one training phase of a method will cost, counted before it runs (the study's remaining-time estimate):
+    ``passes`` forward + backward passes over one image in all (training steps x batch x passes per image, plus
+    the per-epoch validation attack), over every run of the phase the rates need."""
+
+    phase: str
+    passes: float
 
 
 @dataclass
@@ -412,6 +429,61 @@ class PruningMethod:
     def rate_path(self, rates: Sequence[float], settings: MethodSettings) -> list[float]:
         """The rates visited to reach ``rates[-1]`` (what a cell's model depends on); default: the target only."""
         return [rates[-1]]
+
+    # ---- what the generic options mean to it ------------------------------------------------------------------
+    def trains_on_eps(self, settings: MethodSettings) -> bool:
+        """True when the L∞ budget of the task shapes the training itself (adversarial examples), not only the
+        validation attack that selects checkpoints."""
+        return self.needs_eps or self.uses_objective
+
+    def unused_options(self, settings: MethodSettings, *, epochs: float | None = None,
+                       eps: float | None = None) -> list[str]:
+        """Why a generic option given (``epochs``: the task's epochs; ``eps``: a budget) changes nothing or less
+        than it says for this method with ``settings``: one sentence each, naming what the method uses instead."""
+        out = []
+        phases = self.phases(settings)
+        if epochs is not None and phases and all(ph.epochs is not None for _, ph in phases):
+            own = ", ".join(f"{name}.epochs={ph.epochs:g}" for name, ph in phases)
+            out.append(f"epochs {epochs:g} is not used by {self.name}: every phase has its own ({own}); set those "
+                       f"instead (--set {phases[0][0]}.epochs=N)")
+        if eps is not None and not self.trains_on_eps(settings):
+            out.append(f"eps {eps:g} does not change how {self.name} trains (no adversarial examples with these "
+                       "settings); it only sets the validation attack that selects checkpoints")
+        return out
+
+    # ---- what it will cost ------------------------------------------------------------------------------------
+    def passes_per_image(self, settings: MethodSettings, phase: str, *, objective_passes: float | None,
+                         dataset: str | None) -> float:
+        """Forward + backward passes per training image and step of ``phase``: the task's objective's for a method
+        that trains with it, 1 + its PGD steps for a method with ``pgd_steps``, else 1 (natural training).
+        Methods whose phases differ override this."""
+        if self.uses_objective:
+            return float(objective_passes or 1.0)
+        steps = getattr(settings, "pgd_steps", None)
+        return 1.0 + float(steps) if isinstance(steps, int) else 1.0
+
+    def phases(self, settings: MethodSettings) -> list[tuple[str, PhaseSettings]]:
+        """The training phases a run goes through, in order: every :class:`PhaseSettings` of the settings."""
+        return [(k, v) for k, v in settings if isinstance(v, PhaseSettings)]
+
+    def work(self, settings: MethodSettings, rates: Sequence[float | None], *, epochs: float, n_train: int,
+             objective_passes: float | None = None, dataset: str | None = None, val_size: int = 1000,
+             val_steps: int = 10) -> list[PhaseWork]:
+        """What pruning to every rate of ``rates`` costs, phase by phase, before it runs (see :class:`PhaseWork`):
+        an incremental method runs its phases once per step of its rate path, any other once per rate. ``epochs``
+        is the task's epochs (a phase without its own), ``n_train`` the training images it sees."""
+        set_rates = sorted(float(r) for r in rates if r is not None)
+        runs = len(self.rate_path(set_rates, settings)) if self.incremental(settings) and set_rates else len(rates)
+        out = []
+        for name, ph in self.phases(settings):
+            e = float(epochs if ph.epochs is None else ph.epochs)
+            if e <= 0 or runs == 0:
+                continue
+            per_image = self.passes_per_image(settings, name, objective_passes=objective_passes, dataset=dataset)
+            passes = training_passes(epochs=e, n_train=n_train, batch_size=ph.batch_size, per_image=per_image,
+                                     val_size=val_size, val_steps=val_steps, val_robust=ph.select == "val_robust")
+            out.append(PhaseWork(name, runs * passes))
+        return out
 
     # ---- the entry ----------------------------------------------------------------------------------------
     def prune(self, model: nn.Module, task: PruneTask, rate: float | None = None,

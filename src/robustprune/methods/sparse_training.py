@@ -719,6 +719,10 @@ class RobustBirdMethod(PruningMethod):
     description = ("Robust Bird: natural training until the global magnitude mask settles (early bird), one global "
                    "magnitude prune, then adversarial training with the mask fixed")
 
+    def passes_per_image(self, settings: RobustBirdSettings, phase: str, *, objective_passes: float | None,
+                         dataset: str | None) -> float:
+        return 1.0 if phase == "natural" else 1.0 + settings.pgd_steps
+
     def run(self, model: nn.Module, task: PruneTask, rate: float | None, settings: RobustBirdSettings) -> PruneResult:
         assert rate is not None
         eps = task.need_eps(self.name)

@@ -73,6 +73,9 @@ def _beta(value: Any, lo: float, hi: float, who: str) -> float:
 class Natural:
     """Cross-entropy on clean inputs."""
 
+    passes = 1.0
+    """Forward + backward passes per training image and step (for the study's time estimate)."""
+
     def __call__(
         self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None
     ) -> ObjectiveOutput:
@@ -105,6 +108,11 @@ class PGDAT:
                 model, x, y, eps=self.eps, alpha=self.alpha, steps=self.steps,
                 random_start=self.random_start, loss="ce", generator=generator,
             )
+
+    @property
+    def passes(self) -> float:
+        """k attack passes + the training pass, per training image and step."""
+        return float(self.steps) + 1.0
 
     def __call__(
         self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None
@@ -153,6 +161,11 @@ class TRADES:
                 loss=_kl_to_clean, x_init=x_init,
             )
 
+    @property
+    def passes(self) -> float:
+        """k attack passes + the clean / adversarial training pair, per training image and step."""
+        return float(self.steps) + 2.0
+
     def __call__(
         self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None
     ) -> ObjectiveOutput:
@@ -185,6 +198,9 @@ class FastAT:
         with eval_mode(model):
             return fgsm(model, x, y, eps=self.eps, random_start=True, alpha=self.alpha, generator=generator)
 
+    passes = 2.0
+    """One FGSM pass + the training pass, per training image and step."""
+
     def __call__(
         self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None
     ) -> ObjectiveOutput:
@@ -213,6 +229,12 @@ class Mix:
         self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None
     ) -> Tensor:
         return self.inner.craft(model, x, y, generator=generator)
+
+    @property
+    def passes(self) -> float:
+        """The inner objective's attack passes + one or two training passes."""
+        inner = float(getattr(self.inner, "passes", 2.0)) - 1.0
+        return 1.0 if self.beta == 1 else inner + (1.0 if self.beta == 0 else 2.0)
 
     def __call__(
         self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None

@@ -38,6 +38,7 @@ from robustprune.models import model_for_dataset
 from robustprune.objectives import build_objective
 from robustprune.precision import effective_precision
 from robustprune.provenance import code_version, file_sha256
+from robustprune.study.eta import StudyClock, evaluation_passes, objective_passes, training_passes
 from robustprune.study.model_eval import ModelEvaluator
 from robustprune.study.spec import ObjectiveSpec, StudySpec, method_of, split_architecture
 from robustprune.study.store import STATUS_DONE, STATUS_FAILED, ResultsStore
@@ -53,9 +54,10 @@ def _train_cfg_dict(cfg: TrainConfig) -> dict[str, Any]:
     ids and are reused."""
     d = cfg.model_dump()
     d.pop("progress", None)
-    for key, default in (("precision", "fp32"), ("compile", False), ("channels_last", None)):
+    for key, default in (("precision", "fp32"), ("compile", False)):
         if key in d and d[key] == default:
             d.pop(key)
+    d.pop("channels_last", None)  # a memory layout: only the speed depends on it
     return d
 
 
@@ -123,6 +125,13 @@ def _without_seed(cfg: dict[str, Any]) -> dict[str, Any]:
     if isinstance(out.get("train"), dict):
         out["train"] = {k: v for k, v in out["train"].items() if k != "seed"}
     return out
+
+
+@dataclass
+class _DatasetOnly:
+    """What :meth:`StudyRunner._objective` reads of a ``Splits`` (its dataset spec), before the data is loaded."""
+
+    spec: DatasetSpec
 
 
 @dataclass
@@ -216,6 +225,10 @@ class StudyRunner:
         self.evaluator = ModelEvaluator(spec, self.device, log, self.outcome)
         self.train_precision = effective_precision(spec.precision, self.device)
         """What training computes in on this device (tf32 is fp32 on a CPU): recorded on every model and row."""
+        self.clock: StudyClock | None = None
+        """The remaining-time estimate (``robustprune.study.eta``) of an in-process run; None in Ray tasks."""
+        self._sizes: dict[str, tuple[int, int, int]] = {}
+        self._layouts: dict[tuple[str, str], bool] = {}
 
     # ---- helpers ------------------------------------------------------------------------------------------
     def _cfg(self, cfg: TrainConfig) -> TrainConfig:
@@ -290,6 +303,7 @@ class StudyRunner:
 
     def _failed(self, store: ResultsStore, cell: dict[str, Any], step: str, exc: BaseException) -> dict[str, Any]:
         """Store the failure of one cell, say it in one line, free what it held; the study goes on."""
+        self._clock_drop(cell.get("cell_id"))
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         rec = store.put_failure({**cell, "step": step, "error": type(exc).__name__, "message": one_line(exc),
                                  "traceback": tb})
@@ -303,6 +317,7 @@ class StudyRunner:
 
     def _not_run(self, store: ResultsStore, cell: dict[str, Any], why: str, message: str) -> None:
         """Store a cell that was not run because a cell it depends on failed."""
+        self._clock_drop(cell.get("cell_id"))
         if store.get_model(cell["cell_id"]) is not None:
             return  # made by an earlier run: it stays (and is reused once what it depends on is back)
         rec = store.put_failure({**cell, "step": f"not run: {why}", "error": None, "message": message,
@@ -317,8 +332,11 @@ class StudyRunner:
     def _evaluate(self, store: ResultsStore, model_id: str, model: nn.Module, splits: Splits, base: dict[str, Any],
                   train_wall: float, source: tuple[str, dict[str, torch.Tensor]] | None = None) -> bool:
         """Evaluate a stored model; a failure marks it 'failed' (kept, reused and re-evaluated by a rerun)."""
+        self._clock_start(f"eval|{model_id}")
         try:
-            self.evaluator.evaluate(store, model_id, model, splits, base, train_wall, source=source)
+            self.evaluator.evaluate(store, model_id, model, splits, base, train_wall, source=source,
+                                    channels_last=self._channels_last(base["architecture"], splits))
+            self._clock_done(f"eval|{model_id}", say=True)
         except Exception as exc:  # noqa: BLE001  (any failure of one cell is stored; the study goes on)
             store.set_model_status(model_id, STATUS_FAILED)
             self._failed(store, self._failure_cell(splits.spec.name, base["architecture"], base["seed"],
@@ -326,6 +344,116 @@ class StudyRunner:
             return False
         self._succeeded(store, model_id)
         return True
+
+    # ---- the remaining-time estimate (robustprune.study.eta) -------------------------------------------------
+    def _clock_start(self, key: str) -> None:
+        if self.clock is not None:
+            self.clock.start(key)
+
+    def _clock_done(self, key: str, seconds: float | None = None, *, say: bool = False) -> None:
+        if self.clock is not None:
+            if self.clock.done(key, seconds) and say:
+                self.clock.say()
+
+    def _clock_drop(self, cell_id: str | None) -> None:
+        if self.clock is not None and cell_id:
+            self.clock.drop(f"train|{cell_id}")
+            self.clock.drop(f"eval|{cell_id}")
+
+    def _channels_last(self, arch: str, splits: Splits) -> bool:
+        """The memory layout of ``arch`` on this device (the study key ``channels_last``; measured once per
+        architecture and dataset when it is None, and said in one line)."""
+        if self.spec.channels_last is not None:
+            return bool(self.spec.channels_last)
+        key = (splits.spec.name, arch)
+        if key not in self._layouts:
+            from robustprune.precision import faster_layout, is_convolutional, use_channels_last
+
+            model = self._build(arch, splits)
+            if use_channels_last(model, self.train_precision, self.device):  # bf16 on CUDA: always
+                self._layouts[key] = True
+            elif not is_convolutional(model):
+                self._layouts[key] = False
+            else:
+                x = splits.train.x[: self.spec.base_train.batch_size]
+                cl, speedup = faster_layout(model, x)
+                self._layouts[key] = cl
+                self.log(f"[{splits.spec.name}/{arch}] memory layout: {'channels_last' if cl else 'NCHW'} (a forward "
+                         f"+ backward pass is {speedup:.2f}x as fast in channels_last on this {self.device.type}; "
+                         "set channels_last: true/false in the study file to force one)")
+        return self._layouts[key]
+
+    def _plan_time(self, store: ResultsStore) -> None:
+        """Every phase still to run, counted in passes (see ``robustprune.study.eta``): training and evaluation of
+        each base model and each method's cells; what the database holds as done is left out."""
+        assert self.clock is not None
+        spec = self.spec
+        for d in spec.datasets:
+            ds = get_spec(d)
+            n_train, _n_val, n_test = self._sizes.get(ds.name, (0, 0, 0))
+            n_eval = min(spec.eval_n, n_test) if spec.eval_n else n_test
+            eps = ds.eps_linf
+            base_obj = self._objective(spec.base_objective, _DatasetOnly(ds))
+            ft = self._objective(spec.finetune_objective, _DatasetOnly(ds))
+            cfg = self._base_train()
+            base_train = training_passes(epochs=cfg.epochs, n_train=n_train, batch_size=cfg.batch_size,
+                                         per_image=objective_passes(base_obj), val_size=cfg.val_size,
+                                         val_steps=cfg.val_attack_steps,
+                                         val_robust=spec.base_objective.name != "natural")
+            ft_n = n_train if spec.finetune_limit is None else min(spec.finetune_limit, n_train)
+            for seed in spec.seeds:
+                for arch in spec.architectures:
+                    base_id = config_hash(self._base_cfg(ds.name, arch, seed))
+                    rec = store.get_model(base_id)
+                    if rec is None:
+                        self.clock.add(f"train|{base_id}", "base training", "train", base_train)
+                    if rec is None or rec.get("status") != STATUS_DONE:
+                        self.clock.add(f"eval|{base_id}", "evaluation", "eval",
+                                       evaluation_passes(spec.attacks, [], n=n_eval, eps=eps, transfer=False,
+                                                         vulnerability=spec.vulnerability, craft_transfer=False))
+                    first = True
+                    for name in spec.methods:
+                        cells = self._method_cells(ds, arch, seed, name, base_id)
+                        if not cells.rates:
+                            continue
+                        work = sum(w.passes for w in cells.method.work(
+                            cells.settings, cells.rates, epochs=spec.prune_epochs, n_train=ft_n,
+                            objective_passes=objective_passes(ft) if cells.method.uses_objective else None,
+                            dataset=ds.name))
+                        for rate in cells.rates:
+                            cid = cells.keys(rate)[0]
+                            crec = store.get_model(cid)
+                            if crec is None:
+                                self.clock.add(f"train|{cid}", "pruning", "train", work / len(cells.rates))
+                            if crec is None or crec.get("status") != STATUS_DONE:
+                                self.clock.add(f"eval|{cid}", "evaluation", "eval", evaluation_passes(
+                                    spec.attacks, list(spec.transferred_attacks()), n=n_eval, eps=eps,
+                                    transfer=spec.transfer, vulnerability=spec.vulnerability,
+                                    craft_transfer=first and spec.transfer))
+                                first = False
+
+    def _probe(self, splits: Splits, arch: str) -> None:
+        """Before the first work: a few training steps of the base objective and a few PGD steps on an evaluation
+        batch, timed on this machine, then the first estimate. Once per study."""
+        from robustprune.study.eta import probe_attack, probe_training
+
+        clock = self.clock
+        if clock is None or clock.probe_rate or not clock.phases:
+            return
+        try:
+            model = self._build(arch, splits)
+            obj = self._objective(self.spec.base_objective, splits)
+            n = min(len(splits.train), 4 * self.spec.base_train.batch_size)
+            cl = self._channels_last(arch, splits)
+            clock.probe("train", *probe_training(model, obj, splits.train.x[:n], splits.train.y[:n],
+                                                 batch_size=self.spec.base_train.batch_size, channels_last=cl))
+            clock.probe("eval", *probe_attack(model, splits.test.x, splits.test.y, eps=splits.spec.eps_linf,
+                                              batch_size=self.spec.eval_batch_size, channels_last=cl))
+        except Exception as exc:  # noqa: BLE001 - the estimate is a courtesy: it never costs the study
+            self.log(f"  (no time estimate: the timing probe failed: {type(exc).__name__}: {one_line(exc, 120)})")
+            self.clock = None
+            return
+        clock.say(first=True)
 
     # ---- before any work ------------------------------------------------------------------------------------
     def _check_out(self) -> None:
@@ -360,8 +488,9 @@ class StudyRunner:
             ds = get_spec(d)
             for o in (spec.base_objective, spec.finetune_objective):
                 build_objective(o.name, **o.kwargs(ds.eps_linf))
-            load_splits(d, data_dir=spec.data_dir, val_size=spec.val_size, seed=spec.seeds[0], device="cpu",
-                        train_limit=spec.train_limit, test_limit=spec.eval_n)
+            sp = load_splits(d, data_dir=spec.data_dir, val_size=spec.val_size, seed=spec.seeds[0], device="cpu",
+                             train_limit=spec.train_limit, test_limit=spec.eval_n)
+            self._sizes[ds.name] = (len(sp.train), len(sp.val), len(sp.test))
 
     def _start(self) -> None:
         self._check_out()
@@ -373,6 +502,11 @@ class StudyRunner:
             store.set_meta("started_at", time.time())
             done = len(store.results())
             failed = len(store.failures())
+        for name in self.spec.methods:  # a generic option a method does not use is said, never silently dropped
+            m = get_method(method_of(name))
+            for why in m.unused_options(m.settings(self.spec.method_settings.get(name, {})),
+                                        epochs=self.spec.prune_epochs):
+                self.log(f"  warning: prune_epochs: {why.replace('(--set ', '(method_settings: ')}")
         plan = self.plan()
         self.outcome.models_planned = plan["models"]
         self.log(f"study {self.spec.name}: {plan['models']} models ({plan['base_models']} base), {plan['rows']} result "
@@ -384,6 +518,10 @@ class StudyRunner:
         self.outcome.wall_time = time.perf_counter() - t_start
         with ResultsStore(self.outcome.db_path) as store:
             store.set_meta("study_wall_time", self.outcome.wall_time)
+            if self.clock is not None and self.clock.first_total is not None:
+                store.set_meta("study_time_estimate", self.clock.first_total)
+                self.log(f"study work took {self.outcome.wall_time / 60:.1f} min; first estimate "
+                         f"{self.clock.first_total / 60:.1f} min")
         if self.spec.export:
             self._export()
         self._write_report()
@@ -445,12 +583,15 @@ class StudyRunner:
     def run(self) -> StudyOutcome:
         t_start = time.perf_counter()
         self._start()
+        self.clock = StudyClock(log=self.log)
         try:
             with ResultsStore(self.outcome.db_path) as store:
+                self._plan_time(store)
                 for dataset in self.spec.datasets:
                     for seed in self.spec.seeds:
                         splits = self._splits(dataset, seed)
                         for arch in self.spec.architectures:
+                            self._probe(splits, arch)
                             base = self._run_base(store, splits, arch, seed)
                             if base is None:
                                 for method in self.spec.methods:
@@ -565,14 +706,17 @@ class StudyRunner:
                      f"({spec.base_objective.name}, {spec.base_train.epochs} epochs, {len(splits.train)} images"
                      + (f", {self.train_precision}" if self.train_precision != "fp32" else "") + ")")
             step = "base training"
+            self._clock_start(f"train|{base_id}")
             try:
                 seed_everything(seed)
                 model = self._build(arch, splits)
-                cfg = self._cfg(self._base_train().model_copy(update={"seed": seed}))
+                cfg = self._cfg(self._base_train().model_copy(
+                    update={"seed": seed, "channels_last": self._channels_last(arch, splits)}))
                 res = fit(model, self._objective(spec.base_objective, splits), splits.train, splits.val, cfg,
                           val_eps=self._val_eps(spec.base_objective, splits), augment=splits.spec.augment,
                           desc="base")
                 train_wall = res.wall_time
+                self._clock_done(f"train|{base_id}", train_wall)
                 train_epochs, train_steps = float(cfg.epochs), int(res.steps)
                 metrics = {**res.to_dict(), "epochs": train_epochs}
                 step = "saving the base model"
@@ -671,7 +815,8 @@ class StudyRunner:
                          dataset=splits.spec.name, augment=splits.spec.augment, seed=seed,
                          progress=bool(self.progress) if self.progress is not None else False,
                          masks=start_masks, start_rate=start_rate, teacher=teacher, log=self.log,
-                         precision=self.train_precision, compile=spec.compile)
+                         precision=self.train_precision, compile=spec.compile,
+                         channels_last=self._channels_last(arch, splits))
         pending = list(todo)
         model = start_model
         wall = done_wall
@@ -683,6 +828,7 @@ class StudyRunner:
                      + ("learning its rate" if pending == [None] else
                         f"pruning to c={', '.join(f'{r:g}' for r in pending if r is not None)} from c={start_rate:g}"))
             current, step = pending[0], "pruning"
+            self._clock_start(f"train|{keys(current)[0]}")
             try:
                 # Non-incremental methods get every pending rate at once (a method may share work between them);
                 # after a failure the remaining rates are asked for again, so one rate's failure costs no other.
@@ -700,6 +846,7 @@ class StudyRunner:
                     step = "pruning"
                     if pending:
                         current = pending[0]
+                        self._clock_start(f"train|{keys(current)[0]}")
                 pending = []  # rates a method does not return are not retried in a loop
             except Exception as exc:  # noqa: BLE001  (stored; the other cells go on)
                 self._failed(store, cells.failure_cell(current), step, exc)
@@ -741,6 +888,7 @@ class StudyRunner:
         from robustprune.train import evaluate_split
 
         cid, mkey = ids
+        self._clock_done(f"train|{cid}", res.wall_time)
         val = evaluate_split(res.model, splits.val, n=min(1000, len(splits.val)), eps=None, steps=1, seed=seed)
         flags = result_flags(res, val_clean=val.get("clean"), num_classes=splits.spec.num_classes,
                              start_compression=start_achieved,

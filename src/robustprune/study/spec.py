@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from robustprune.errors import ConfigError
 from robustprune.rates import merge_rates
 from robustprune.train import TrainConfig, validated
+from robustprune.train.defaults import BASE_OBJECTIVE, BASE_TRAIN
 from robustprune.utils import parse_eps
 
 RATE_GROUPS = ("unstructured", "kernel", "filter", "column", "structured")
@@ -136,9 +137,9 @@ class StudySpec(BaseModel):
     eval_n: int = Field(1000, ge=1)
     """Test points for clean and robust accuracy (the first n of the test split)."""
     eval_batch_size: int = Field(500, ge=1)
-    base_objective: ObjectiveSpec = ObjectiveSpec(name="fast-at")
-    base_train: TrainConfig = TrainConfig(epochs=6, batch_size=128, optimizer="adam", lr=1e-3, weight_decay=0.0,
-                                          schedule="cosine", progress=True)
+    base_objective: ObjectiveSpec = ObjectiveSpec(name=BASE_OBJECTIVE)
+    base_train: TrainConfig = TrainConfig(**BASE_TRAIN, progress=True)
+    """The one set of base-training defaults (``robustprune.train.defaults``: the `train` command's too)."""
     methods: tuple[str, ...] = (
         "magnitude-unstructured-global",   # Merkle2022 (pruning in the face of adversaries)
         "magnitude-unstructured-local",    # Merkle2022
@@ -188,6 +189,11 @@ class StudySpec(BaseModel):
     identity when it is not fp32 (a bf16 model is another model)."""
     compile: bool = False
     """``torch.compile`` the forward passes of every training phase."""
+    channels_last: bool | None = None
+    """Memory layout of convolutional models in training and evaluation: None measures it once per architecture
+    on the device (``robustprune.precision.faster_layout``: channels_last when a forward + backward pass is at
+    least 1.1x faster; bf16 on CUDA always uses it); true / false force it. Only the speed depends on it: the
+    results differ by float rounding at most, and it is not part of a model's identity."""
     eval_precision: Literal["fp32", "tf32"] = "fp32"
     """Precision of every measurement (attacks, checks): strict fp32 with TF32 off by default, so a robust accuracy
     does not depend on the chip."""
