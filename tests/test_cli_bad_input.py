@@ -8,6 +8,7 @@ Data: a tiny synthetic MNIST (IDX files written into a temporary folder).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -219,6 +220,49 @@ def test_evaluate_prints_its_plan_first(monkeypatch, capsys, mnist_dir, checkpoi
     assert code == 0 and "plan:" not in out
 
 
+def test_evaluate_interrupted_keeps_every_finished_attack_budget(monkeypatch, capsys, mnist_dir, checkpoint,
+                                                                   tmp_path):
+    """Ctrl-C during the third (attack, eps) run: the clean row and the two finished budgets are in the JSON
+    (marked incomplete) and the database, exactly as a full run stores them; the message says so."""
+    import robustprune.evaluation.run as run_mod
+    from robustprune.study import ResultsStore
+
+    args = ["evaluate", str(checkpoint), "--data-dir", str(mnist_dir), "--n", "20", "--no-checks", "-q",
+            "--attack", "pgd:eps=0.05;0.1;0.2,steps=2"]
+    full_json, full_db = tmp_path / "full.json", tmp_path / "full.sqlite"
+    code, _, err = cli(monkeypatch, capsys, *args, "--json", str(full_json), "--db", str(full_db))
+    assert code == 0, err
+    real, calls = run_mod._attack_subset, []
+
+    def interrupt_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(run_mod, "_attack_subset", interrupt_third)
+    part_json, part_db = tmp_path / "part.json", tmp_path / "part.sqlite"
+    code, out, err = cli(monkeypatch, capsys, *args, "--json", str(part_json), "--db", str(part_db))
+    assert code == 130
+    assert err.strip() == (f"interrupted; the clean accuracy and 2 finished (attack, eps) result(s) are in "
+                           f"{part_json} and {part_db} (the JSON says \"complete\": false); rerun the same command "
+                           "for all of them")
+    part, full = json.loads(part_json.read_text()), json.loads(full_json.read_text())
+    assert part["complete"] is False and full["complete"] is True
+    assert part["clean_acc"] == full["clean_acc"]
+    assert [(r["eps_str"], r["robust_acc"]) for r in part["robust"]] == \
+        [(r["eps_str"], r["robust_acc"]) for r in full["robust"][:2]]
+    with ResultsStore(part_db) as a, ResultsStore(full_db) as b:
+        got = {(r["attack"], r["eps_str"]): r["robust_acc"] for r in a.results()}
+        want = {(r["attack"], r["eps_str"]): r["robust_acc"] for r in b.results()}
+    assert len(got) == 3 and got == {k: v for k, v in want.items() if k[1] != "0.2"}
+    monkeypatch.setattr(run_mod, "_attack_subset", real)  # no output asked for: the message says nothing is kept
+    calls.clear()
+    monkeypatch.setattr(run_mod, "_attack_subset", interrupt_third)
+    code, _, err = cli(monkeypatch, capsys, *args)
+    assert code == 130 and "nothing was written (no --json or --db given)" in err
+
+
 def test_version(monkeypatch, capsys):
     import robustprune
 
@@ -275,3 +319,46 @@ def test_evaluate_refuses_a_checkpoint_with_nan_weights(monkeypatch, capsys, mni
     code, out, err = cli(monkeypatch, capsys, "evaluate", str(checkpoint), "--data-dir", str(mnist_dir), "--n", "10",
                          "--no-checks", "--transfer-from", str(bad))
     assert str(bad) in one_error(code, err)
+
+
+# ------------------------------------------------------------------- options a method does not use are said
+
+def test_prune_says_which_generic_options_the_method_does_not_use(monkeypatch, capsys, mnist_dir, checkpoint,
+                                                                  tmp_path):
+    """--epochs when every phase of the method has its own epochs, --eps for a method that trains on clean data:
+    a named warning each (the run goes on with what the method uses)."""
+    ran = []
+
+    def no_prune(self, model, task, rates, settings=None):  # the warnings come before any work
+        ran.append(task.epochs)
+        return iter(())
+
+    from robustprune.methods import get_method
+
+    for name in ("admm-irregular", "pwoa-irregular", "magnitude-unstructured-global"):
+        monkeypatch.setattr(type(get_method(name)), "prune_many", no_prune)
+    base = ["prune", str(checkpoint), "--data-dir", str(mnist_dir), "--out", str(tmp_path), "-q"]
+    code, _, err = cli(monkeypatch, capsys, *base, "--method", "admm-irregular", "--epochs", "3",
+                       "--set", "admm.epochs=2", "--set", "retrain.epochs=1")
+    assert code == 0, err
+    assert ("warning: --epochs 3 is not used by admm-irregular: every phase has its own (admm.epochs=2, "
+            "retrain.epochs=1); set those instead (--set admm.epochs=N)") in err
+    code, _, err = cli(monkeypatch, capsys, *base, "--method", "admm-irregular", "--set", "admm.epochs=2")
+    assert code == 0 and "not used" not in err  # retrain takes --epochs: nothing to say
+    code, _, err = cli(monkeypatch, capsys, *base, "--method", "pwoa-irregular", "--eps", "0.2")
+    assert code == 0 and "warning: --eps 0.2 does not change how pwoa-irregular trains" in err
+    code, _, err = cli(monkeypatch, capsys, *base, "--method", "pwoa-irregular", "--eps", "0.2",
+                       "--set", "mix_ratio=0.5")
+    assert code == 0 and "--eps" not in err  # mixed-in PGD examples at that budget: used
+    code, _, err = cli(monkeypatch, capsys, *base, "--method", "magnitude-unstructured-global", "--eps", "0.2")
+    assert code == 0 and "warning" not in err
+
+
+def test_a_fractional_phase_budget_becomes_whole_epochs_of_capped_steps():
+    from robustprune.methods.interface import _epochs_and_steps
+
+    assert _epochs_and_steps(0.5, 1000, 100) == (1, 5)  # 10 steps an epoch: half of them
+    assert _epochs_and_steps(2.5, 1000, 100) == (3, 9)  # 25 steps over 3 epochs: ceil(25/3) each
+    assert _epochs_and_steps(3, 1000, 100) == (3, None)  # whole epochs: no cap
+    assert _epochs_and_steps(0, 1000, 100) == (0, None)  # 0: the phase is skipped on purpose
+    assert _epochs_and_steps(0.01, 1000, 100) == (1, 1)  # below one step: one step, never none

@@ -214,3 +214,12 @@ def test_a_bad_value_is_one_line_and_exit_2(command, option, bad, env, tmp_path,
     assert "Traceback" not in err, f"{' '.join(argv)}: traceback\n{err}"
     errors = [ln for ln in err.strip().splitlines() if ln.startswith("error: ")]
     assert code == 2 and len(errors) == 1, f"{' '.join(argv)}: exit {code}\n{err}"
+    # The line is about this value, not an error met on the way (a refused default elsewhere would pass unseen).
+    flag = params[option].opts[0] if params[option].opts else option
+    if params[option].param_type_name == "argument":  # a file symbol becomes its path
+        given = argv[1]
+    else:
+        given = argv[argv.index(flag) + 1] if flag in argv else bad
+    keys = {kv.split("=")[0] for kv in bad.split(":", 1)[-1].split(",")}  # NAME:key=value,... names the key
+    named = {bad, given, *keys, flag, flag.lstrip("-"), flag.lstrip("-").split("-")[0], option}
+    assert any(t and t in errors[0] for t in named), f"{' '.join(argv)}: the error does not name it: {errors[0]}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import sys
 import warnings
 from enum import Enum
@@ -13,6 +14,9 @@ from typing import Annotated, Any, Optional
 import typer
 
 from robustprune.errors import ConfigError, RobustPruneError, RobustPruneWarning
+from robustprune.train.defaults import BASE_OBJECTIVE as _BASE_OBJECTIVE
+from robustprune.train.defaults import BASE_TRAIN as _BASE_TRAIN
+from robustprune.train.defaults import SOURCES as _SRC
 from robustprune.utils import check_writable_dir, check_writable_file, parse_eps
 
 app = typer.Typer(
@@ -65,6 +69,12 @@ def _echo(msg: str) -> None:
 def _warn(msg: str) -> None:
     """One ``warning: ...`` line on stderr."""
     typer.echo(f"warning: {msg}", err=True)
+
+
+def _given(ctx: typer.Context, param: str) -> bool:
+    """Whether the user gave option ``param`` on the command line (not its default)."""
+    source = ctx.get_parameter_source(param)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def _version_callback(value: bool) -> None:
@@ -204,14 +214,22 @@ def train(
     dataset: Annotated[str, typer.Option(help="Dataset name (see `robustprune list datasets`).")] = "fashion-mnist",
     arch: Annotated[str, typer.Option(help="Architecture (see `robustprune list models`).")] = "lenet5-caffe",
     width: Annotated[float, typer.Option(help="Width factor of the architecture.")] = 1.0,
-    objective: Annotated[str, typer.Option(help="NAME[:key=value,...], e.g. pgd-at:eps=0.1,steps=10")] = "pgd-at",
-    epochs: Annotated[int, typer.Option(help="Training epochs (at least 1).")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 128,
-    optimizer: Annotated[str, typer.Option(help="sgd or adam")] = "adam",
-    lr: Annotated[float, typer.Option(help="Base learning rate (scaled over training by --schedule).")] = 1e-3,
-    weight_decay: Annotated[float, typer.Option(help="L2 weight decay of the optimiser.")] = 0.0,
+    objective: Annotated[str, typer.Option(help="NAME[:key=value,...], e.g. pgd-at:eps=0.1,steps=10; default: "
+                                                "fast-at at the dataset's eps (" + _SRC["objective"] + ")")
+                         ] = _BASE_OBJECTIVE,
+    epochs: Annotated[int, typer.Option(help="Training epochs (at least 1); default: " + _SRC["epochs"])
+                      ] = _BASE_TRAIN["epochs"],
+    batch_size: Annotated[int, typer.Option(help="Training batch size; default: " + _SRC["batch_size"])
+                          ] = _BASE_TRAIN["batch_size"],
+    optimizer: Annotated[str, typer.Option(help="sgd or adam; default: " + _SRC["optimizer"])
+                         ] = _BASE_TRAIN["optimizer"],
+    lr: Annotated[float, typer.Option(help="Base learning rate (scaled over training by --schedule); default: "
+                                           + _SRC["lr"])] = _BASE_TRAIN["lr"],
+    weight_decay: Annotated[float, typer.Option(help="L2 weight decay of the optimiser; default: "
+                                                     + _SRC["weight_decay"])] = _BASE_TRAIN["weight_decay"],
     schedule: Annotated[str, typer.Option(
-        help="Learning-rate schedule: constant, step or cosine.")] = "cosine",
+        help="Learning-rate schedule: constant, step or cosine; default: " + _SRC["schedule"])
+    ] = _BASE_TRAIN["schedule"],
     seed: Annotated[int, typer.Option(help="Seed of the initialisation, data order and validation split.",
                                       min=0)] = 0,
     train_limit: Annotated[Optional[int], typer.Option(help="Use only this many training images.", min=1)] = None,
@@ -290,6 +308,7 @@ def _sidecar(path: Path) -> Path:
 
 @app.command()
 def prune(
+    ctx: typer.Context,
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to prune (.safetensors).")],
     method: Annotated[str, typer.Option(help="Pruning method (see `robustprune list methods`).")] = (
         "magnitude-unstructured-global"),
@@ -308,12 +327,12 @@ def prune(
     objective: Annotated[Optional[str], typer.Option(
         help="Fine-tuning objective NAME[:key=value,...] for methods that take any (magnitude, random); default "
              "pgd-at at --eps.")] = None,
-    eps: Annotated[Optional[str], typer.Option(help="L-inf budget of adversarial training (default: the dataset's)."
-                                               )] = None,
+    eps: Annotated[Optional[str], typer.Option(help="L-inf budget of adversarial training (default: the dataset's).",
+                                               callback=_check_eps)] = None,
     model_factory: Annotated[Optional[str], typer.Option(
         "--model", help="package.module:factory building your own model (for a checkpoint of a custom model).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of data order, validation split and the method.", min=0)] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the data order and the method (the validation split is the parent checkpoint's).", min=0)] = 0,
     out: Annotated[Path, typer.Option(help="Folder for the pruned checkpoints.")] = Path("runs/pruned"),
     precision: PrecisionOpt = "auto",
     compile_: CompileOpt = False,
@@ -359,7 +378,9 @@ def prune(
     for r in rates:
         m.check_rate(r, start)
         m.check_max_rate(net, r)
-    splits = load_splits(meta["dataset"], data_dir=data_dir, seed=seed, device=dev, train_limit=train_limit)
+    val_size, split_seed = _parent_split(meta)  # the parent's validation images stay out of pruning's training
+    splits = load_splits(meta["dataset"], data_dir=data_dir, val_size=val_size, seed=split_seed, device=dev,
+                         train_limit=train_limit)
     budget = parse_eps(eps) if eps is not None else splits.spec.eps_linf
     obj = None
     if objective is not None:
@@ -370,6 +391,9 @@ def prune(
     task = PruneTask(train=splits.train, val=splits.val, eps=budget, epochs=epochs, objective=obj,
                      dataset=splits.spec.name, augment=splits.spec.augment, seed=seed, progress=not quiet,
                      masks=masks, start_rate=start, precision=precision, compile=compile_)
+    for why in m.unused_options(settings, epochs=epochs if _given(ctx, "epochs") else None,
+                                eps=budget if eps is not None else None):
+        _warn(f"--{why}")  # an option the method does not use is said, never silently dropped
     parent_hash = file_sha256(checkpoint)
     if not quiet:
         _echo(f"pruning {checkpoint} (compression {start:.3g}) with {m.name} [{m.paper.key}] to "
@@ -389,7 +413,8 @@ def prune(
                     "config": {"parent": str(checkpoint), "parent_sha256": parent_hash, "method": m.name,
                                "paper": m.paper.key, "rate": res.rate, "rate_kind": res.rate_kind, "group": res.group,
                                "settings": res.settings, "epochs": epochs, "train_limit": train_limit,
-                               "eps": budget, "objective": objective, "seed": seed, "data_dir":
+                               "eps": budget, "objective": objective, "seed": seed, "val_size": val_size,
+                               "split_seed": split_seed, "data_dir":
                                    str(data_dir) if data_dir else None,
                                "train_precision": effective_precision(precision, dev), "eval_precision": "fp32",
                                "command": ["robustprune", *sys.argv[1:]]},
@@ -403,6 +428,20 @@ def prune(
               + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()))
         for f in flags:
             _echo(f"warning: {path.name}: {FLAG_TEXT.get(f, f)}")
+
+
+def _parent_split(meta: dict[str, Any]) -> tuple[int | float, int]:
+    """The validation split a checkpoint was selected on: (val_size, seed of the carving permutation).
+
+    A checkpoint from `train` stores ``val_size`` and its ``train.seed``; one from `prune` stores both as it used them.
+    Pruning on the same split keeps the parent's validation images out of the pruned model's training, so its
+    validation numbers stay honest. Older checkpoints without them get the defaults (5000, seed 0).
+    """
+    cfg = meta.get("config") or {}
+    val_size = cfg.get("val_size", 5000)
+    seed = cfg.get("split_seed", (cfg.get("train") or {}).get("seed", 0))
+    return (val_size if isinstance(val_size, (int, float)) and not isinstance(val_size, bool) else 5000,
+            seed if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else 0)
 
 
 def _parse_value(text: str) -> Any:
@@ -492,52 +531,104 @@ def evaluate(
 
     for s_ in specs:  # targets within the classes, L2 / L0 budgets within the image: before any work
         check_against_model(s_, int(meta.get("num_classes") or spec.num_classes), tuple(spec.shape))
+    kept_in = [f"{p}" for p in (json_out, db) if p is not None]
+    if kept_in:
+        plan.append(f"  each finished (attack, eps) result is written to {' and '.join(kept_in)} as it comes")
     if not quiet:
         for line in plan:
             _echo(line)
     model_id = config_hash({"checkpoint": str(checkpoint.resolve()), "meta": meta.get("config")})
     source_id = str(transfer_from) if transfer_from is not None else "source"
-    progress = {"progress": not quiet} if "progress" in inspect.signature(evaluate_model).parameters else {}
-    try:
-        report = evaluate_model(model, test.x[:n], test.y[:n], specs, **progress, default_eps=spec.eps_linf,
-                                eps_by_norm={"Linf": spec.eps_linf, "L2": spec.eps_l2}, batch_size=batch_size,
-                                seed=seed, transfer_from=source, transfer_source=source_id, checks=not no_checks,
-                                check_subset=check_n, vulnerability=vulnerability, warn=False)
-    except KeyboardInterrupt:  # say what is true: evaluate writes its JSON / database rows when it has them all
-        typer.echo("interrupted; evaluate writes its results when every attack has run, so nothing was written",
-                   err=True)
-        sys.exit(130)
     base_model = None
     if meta.get("slim") and not model_factory:  # its layers were cut: count what it lost against the architecture
         from robustprune.models import model_for_dataset
 
         base_model = model_for_dataset(meta["architecture"], spec, width=float(meta.get("width") or 1.0))
     sizes = size_metrics(model, spec.shape, base=base_model)
+    cfg = meta.get("config", {})
+    writer = _EvaluationWriter(
+        json_out=json_out, db=db,
+        json_meta={"model": str(checkpoint), "dataset": meta["dataset"], "architecture": meta["architecture"],
+                   "width": meta.get("width"), "transfer_from": str(transfer_from) if transfer_from else None,
+                   "code_version": code_version(), **sizes},
+        db_fields={"dataset": meta["dataset"], "architecture": meta["architecture"], "width": meta.get("width"),
+                   "method": cfg.get("method", "unpruned"),
+                   "rate": cfg.get("rate", 1.0) if cfg.get("method") else 1.0,
+                   "rate_kind": cfg.get("rate_kind", "set") if cfg.get("method") else "none",
+                   "group": cfg.get("group", "none"), "settings": cfg.get("settings", {}),
+                   "flags": meta.get("flags", []), "seed": seed, "model_id": model_id,
+                   "code_version": code_version(), "study": "evaluate", **sizes})
+    progress = {"progress": not quiet} if "progress" in inspect.signature(evaluate_model).parameters else {}
+    try:
+        report = evaluate_model(model, test.x[:n], test.y[:n], specs, **progress, default_eps=spec.eps_linf,
+                                eps_by_norm={"Linf": spec.eps_linf, "L2": spec.eps_l2}, batch_size=batch_size,
+                                seed=seed, transfer_from=source, transfer_source=source_id, checks=not no_checks,
+                                check_subset=check_n, vulnerability=vulnerability, warn=False,
+                                on_row=writer.add)
+    except KeyboardInterrupt:  # say what is true: the finished (attack, eps) results were written as they came
+        raise _Interrupted(f"interrupted; {writer.kept()}") from None
     _print_evaluation(report, sizes)
     if json_out is not None:
-        doc = report.to_json(model=str(checkpoint), dataset=meta["dataset"], architecture=meta["architecture"],
-                             width=meta.get("width"), transfer_from=str(transfer_from) if transfer_from else None,
-                             code_version=code_version(), **sizes)
-        json_out.write_text(json.dumps(doc, indent=2))
+        writer.write_json(report, complete=True)
         _echo(f"wrote {json_out}")
     if db is not None:
-        cfg = meta.get("config", {})
-        base = {"dataset": meta["dataset"], "architecture": meta["architecture"], "width": meta.get("width"),
-                "method": cfg.get("method", "unpruned"), "rate": cfg.get("rate", 1.0) if cfg.get("method") else 1.0,
-                "rate_kind": cfg.get("rate_kind", "set") if cfg.get("method") else "none",
-                "group": cfg.get("group", "none"), "settings": cfg.get("settings", {}),
-                "flags": meta.get("flags", []),
-                "seed": seed, "model_id": model_id, "code_version": code_version(), "study": "evaluate"}
         evaluation_id = config_hash({"attacks": [s.settings() | {"eps": list(s.eps)} for s in specs], "n": n,
                                      "seed": seed, "transfer_from": source_id if source is not None else None})
-        with ResultsStore(db) as store:
-            store.put_results([{**base, **sizes, **r, "config_hash": config_hash([model_id, r["attack_hash"],
-                                                                                 r["eps_str"]])}
-                               for r in report.rows])
-            if report.checks:
+        if report.checks:
+            with ResultsStore(db) as store:
                 store.put_checks(model_id, report.checks, evaluation_id=evaluation_id, code_version=code_version())
         _echo(f"appended {len(report.rows)} rows" + (f" and {len(report.checks)} checks" if report.checks else "")
               + f" to {db}")
+
+
+class _Interrupted(Exception):
+    """Ctrl-C in a command that says what it kept (its message); exit status 130."""
+
+
+class _EvaluationWriter:
+    """``evaluate``'s outputs written as the results come: every finished (attack, ε) row goes to the database
+    at once and the JSON is rewritten (atomically, marked ``"complete": false``) after each, so an interrupt or a
+    crash keeps what was finished; the last write adds the curves and checks and marks the JSON complete."""
+
+    def __init__(self, *, json_out: Path | None, db: Path | None, json_meta: dict[str, Any],
+                 db_fields: dict[str, Any]) -> None:
+        self.json_out, self.db = json_out, db
+        self.json_meta, self.db_fields = json_meta, db_fields
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, row: dict[str, Any]) -> None:
+        from robustprune.evaluation import EvaluationReport
+        from robustprune.study import ResultsStore
+        from robustprune.utils import config_hash
+
+        self.rows.append(row)
+        if self.db is not None:
+            full = {**self.db_fields, **row,
+                    "config_hash": config_hash([self.db_fields["model_id"], row["attack_hash"], row["eps_str"]])}
+            with ResultsStore(self.db) as store:
+                store.put_results([full])
+        if self.json_out is not None:
+            self.write_json(EvaluationReport(rows=list(self.rows)), complete=False)
+
+    def write_json(self, report: Any, *, complete: bool) -> None:
+        assert self.json_out is not None
+        doc = report.to_json(**self.json_meta, complete=complete)
+        tmp = self.json_out.with_name(f".{self.json_out.name}.partial")
+        tmp.write_text(json.dumps(doc, indent=2))
+        os.replace(tmp, self.json_out)
+
+    def kept(self) -> str:
+        """What an interrupt leaves behind, in words."""
+        done = [r for r in self.rows if r["attack"] != "clean"]
+        where = [str(p) for p in (self.json_out, self.db) if p is not None]
+        if not where:
+            return ("nothing was written (no --json or --db given); give one of them to keep each finished "
+                    "(attack, eps) result as it comes")
+        if not self.rows:
+            return "no result had finished, so nothing was written"
+        return (f"the clean accuracy and {len(done)} finished (attack, eps) result(s) are in {' and '.join(where)}"
+                + (" (the JSON says \"complete\": false)" if self.json_out is not None else "")
+                + "; rerun the same command for all of them")
 
 
 def _eval_attack_configs(texts: list[str]) -> list[Any]:
@@ -566,21 +657,17 @@ def _refuse_nonfinite(model: Any, path: Path) -> None:
 def _attack_cost(spec: Any, n: int) -> str:
     """``; 100 steps x 1 restart x 4 runs (APGD-CE + 3 targets) = 400 gradient steps per point and budget`` for the
     plan line (AutoAttack: its own schedule)."""
+    from robustprune.evaluation.attack_info import attack_runs
+
     info, opts = spec.info, spec.options
     if info.name == "autoattack":
         return "; AutoAttack's own schedule (standard: APGD-CE, APGD-T x 9, FAB-T x 9, Square 5,000 queries)"
-    steps = opts.get("steps") or info.default("steps") or 1
-    restarts = opts.get("restarts") or info.default("restarts") or 1
-    runs, what = 1, ""
-    if info.accepts("n_target_classes"):
-        t = opts.get("n_target_classes") or info.default("n_target_classes") or 0
-        ce = info.name not in ("apgd-t",)
-        runs = t + (1 if ce else 0)
-        what = f" ({'APGD-CE + ' if ce else ''}{t} target{'s' if t != 1 else ''})"
-    per = int(steps) * int(restarts) * runs
+    steps, restarts, runs, what = attack_runs(info, opts)
+    per = steps * restarts * runs
     budgets = 1 if info.min_norm else max(1, len(spec.eps) or 1)
-    return (f"; {steps} steps x {restarts} restart(s) x {runs} run(s){what} = {per:,} gradient steps per point"
-            + (f" and budget, x {budgets} budgets" if budgets > 1 else "") + f" ({per * budgets * n:,} in all)")
+    return (f"; {steps} steps x {restarts} restart(s) x {runs} run(s){f' ({what})' if what else ''} = {per:,} "
+            "gradient steps per point" + (f" and budget, x {budgets} budgets" if budgets > 1 else "")
+            + f" ({per * budgets * n:,} in all)")
 
 
 def _plan_lines(specs: list[Any], *, n: int, dataset: str, default_eps: dict[str, float], transfer_from: Path | None,
@@ -871,6 +958,9 @@ def main() -> None:
         msg = " ".join(exc.format_message().split())
         typer.echo(f"error: {msg} (see `{cmd} --help`)", err=True)
         sys.exit(2)
+    except _Interrupted as exc:  # a command that says itself what an interrupt kept
+        typer.echo(str(exc), err=True)
+        sys.exit(130)
     except (KeyboardInterrupt, typer.Abort):
         typer.echo(INTERRUPTED, err=True)
         sys.exit(130)

@@ -83,6 +83,23 @@ def info_for_spec(spec: Any) -> EvalAttackInfo:
 
 
 # ------------------------------------------------------------------------------------------------ norms
+def attack_runs(info: AttackInfo, settings: Mapping[str, Any]) -> tuple[int, int, int, str]:
+    """(steps, restarts, runs, what the runs are) of one attack at one budget: the gradient steps it spends per
+    point are ``steps x restarts x runs`` (APGD: APGD-CE + one run per target class; AutoAttack is described by
+    its own schedule and counted as APGD's standard 100 steps x 1 + 9 targets x 2 for FAB-T and Square)."""
+    if info.name == "autoattack":
+        return 100, 1, 1 + 9 + 9 + 9, "APGD-CE, APGD-T x 9, FAB-T x 9, Square"
+    steps = int(settings.get("steps") or info.default("steps") or 1)
+    restarts = int(settings.get("restarts") or info.default("restarts") or 1)
+    runs, what = 1, ""
+    if info.accepts("n_target_classes"):
+        t = int(settings.get("n_target_classes") or info.default("n_target_classes") or 0)
+        ce = info.name not in ("apgd-t",)
+        runs = t + (1 if ce else 0)
+        what = f"{'APGD-CE + ' if ce else ''}{t} target{'s' if t != 1 else ''}"
+    return steps, restarts, runs, what
+
+
 def robust_mask_from_norms(norms: Tensor, eps: float) -> Tensor:
     """Per sample: robust at budget ε iff its minimal adversarial norm exceeds ε (an adversarial example at
     exactly ε lies inside the closed ε-ball), the per-sample form of

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +122,7 @@ def evaluate_model(
     warn: bool = True,
     progress: bool = False,
     precision: str = "fp32",
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> EvaluationReport:
     """Evaluate ``model`` on (x, y) under ``attacks`` (see :func:`run_attacks`), and
 
@@ -134,6 +135,8 @@ def evaluate_model(
     ``progress``: progress bars for the white-box attacks, the transfer attacks and the sanity checks.
     ``precision``: the math of every attack and check, strict IEEE ``fp32`` (TF32 off, no autocast) by default so
     that a robust accuracy does not depend on the chip; ``tf32`` allows TF32 on CUDA.
+    ``on_row(row)``: called with every row as soon as it is measured (white-box rows one (attack, ε) at a time,
+    transfer rows once the source's examples are crafted), before the checks run.
     """
     import torch
 
@@ -144,24 +147,28 @@ def evaluate_model(
                                batch_size=batch_size, seed=seed, transfer_from=transfer_from,
                                transfer_source=transfer_source, checks=checks, check_subset=check_subset,
                                thresholds=thresholds, vulnerability=vulnerability, per_feature=per_feature,
-                               warn=warn, progress=progress)
+                               warn=warn, progress=progress, on_row=on_row)
 
 
 def _evaluate_model(model: nn.Module, x: Tensor, y: Tensor, attacks: Sequence[Any], *, default_eps: float,
                     eps_by_norm: Mapping[str, float] | None, batch_size: int, seed: int,
                     transfer_from: nn.Module | None, transfer_source: str, checks: bool, check_subset: int,
                     thresholds: CheckThresholds, vulnerability: bool, per_feature: bool, warn: bool,
-                    progress: bool) -> EvaluationReport:
+                    progress: bool, on_row: Callable[[dict[str, Any]], None] | None = None) -> EvaluationReport:
     run = run_attacks(model, x, y, attacks, default_eps=default_eps, eps_by_norm=eps_by_norm,
                       batch_size=batch_size, seed=seed, keep_adv=vulnerability, progress=progress,
-                      desc="white-box attacks")
+                      desc="white-box attacks", on_row=on_row)
     rows = [dict(r) for r in run.rows]
     trun = None
     if transfer_from is not None:
         trun = run_transfer(transfer_from, model, x, y, attacks, default_eps=default_eps, eps_by_norm=eps_by_norm,
                             batch_size=batch_size, seed=seed, source_id=transfer_source, keep_adv=vulnerability,
                             progress=progress)
-        rows += [dict(r) for r in trun.rows if r["attack"] != "clean"]
+        moved = [dict(r) for r in trun.rows if r["attack"] != "clean"]
+        rows += moved
+        if on_row is not None:
+            for r in moved:
+                on_row(dict(r))
     report = EvaluationReport(rows=rows, curves=list(run.curves), run=run, transfer=trun,
                               transfer_source=transfer_source if transfer_from is not None else None, seed=seed)
     if vulnerability:

@@ -162,6 +162,7 @@ def run_attacks(
     curve_points: int = 51,
     progress: bool = False,
     desc: str = "attacks",
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> AttackRun:
     """Clean accuracy and every (attack, ε) robust accuracy of ``model`` on (x, y); see :class:`AttackRun`.
 
@@ -173,6 +174,8 @@ def run_attacks(
     predicate ``keep_adv(attack_hash, eps_str)`` does so only for the budgets it names (the extra attack costs).
     ``progress``: a progress bar with one step per (attack, ε) run (a minimal-norm attack is one run), showing the
     attack running and the last robust accuracy.
+    ``on_row(row)``: called with a copy of every row (the clean row first) as soon as it is measured, so a caller
+    can store finished (attack, ε) results before the rest have run (``robustprune evaluate`` does).
     """
     if len(x) != len(y) or len(x) == 0:
         raise ConfigError(f"need as many labels as inputs and at least one point (got {len(x)} and {len(y)})")
@@ -190,6 +193,17 @@ def run_attacks(
             "attack": "clean", "norm": None, "eps": 0.0, "eps_str": "0", "robust_acc": clean_acc, "n_eval": n,
             "attack_config": {}, "attack_hash": "clean", "eval_wall_time": time.perf_counter() - t0,
         }], clean_mask=clean_mask)
+        emitted = 0
+
+        def flush() -> None:
+            nonlocal emitted
+            for r in run.rows[emitted:]:
+                r["clean_acc"] = clean_acc
+                if on_row is not None:
+                    on_row(dict(r))
+            emitted = len(run.rows)
+
+        flush()
         plan = [(spec, info_for_spec(spec)) for spec in attacks]
         plan = [(spec, info, budgets_for(spec, info, default_eps, eps_by_norm)) for spec, info in plan]
         bar = _progress_bar(sum(1 if info.min_norm else len(b) for _s, info, b in plan), desc, progress, n)
@@ -199,9 +213,10 @@ def run_attacks(
                 _run_min_norm(run, model, x, y, spec, info, budgets, batch_size=batch_size, seed=seed, skip=skip,
                               curve_points=curve_points)
                 bar.update(1)
+                flush()
             else:
                 _run_budget(run, model, x, y, spec, info, budgets, batch_size=batch_size, seed=seed, skip=skip,
-                            keep_adv=keep_adv, bar=bar)
+                            keep_adv=keep_adv, bar=bar, after_row=flush)
             if len(run.rows) > 1:
                 bar.set_postfix_str(f"{run.rows[-1]['attack']}@{run.rows[-1]['eps_str']} "
                                     f"{100 * run.rows[-1]['robust_acc']:.1f}%")
@@ -225,7 +240,8 @@ def _settings(kw: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 def _run_budget(run: AttackRun, model: nn.Module, x: Tensor, y: Tensor, spec: Any, info: EvalAttackInfo,
                 budgets: Sequence[float], *, batch_size: int, seed: int, skip: Callable[[str, str], bool] | None,
-                keep_adv: bool | Callable[[str, str], bool], bar: Any = None) -> None:
+                keep_adv: bool | Callable[[str, str], bool], bar: Any = None,
+                after_row: Callable[[], None] | None = None) -> None:
     n = len(x)
     for eps in budgets:
         if bar is not None:
@@ -259,6 +275,8 @@ def _run_budget(run: AttackRun, model: nn.Module, x: Tensor, y: Tensor, spec: An
             "robust_acc": int(robust.sum()) / n, "n_eval": n, "attack_config": settings, "attack_hash": ahash,
             "eval_wall_time": time.perf_counter() - t0,
         })
+        if after_row is not None:
+            after_row()
 
 
 def _run_min_norm(run: AttackRun, model: nn.Module, x: Tensor, y: Tensor, spec: Any, info: EvalAttackInfo,
