@@ -144,7 +144,9 @@ def is_convolutional(model: nn.Module) -> bool:
 def use_channels_last(model: nn.Module, precision: str, device: torch.device | str | None,
                       channels_last: bool | None = None) -> bool:
     """Whether a training phase keeps ``model`` in ``channels_last``: as asked, or by default for ``bf16`` on
-    CUDA for convolutional models (tensor-core convolutions want NHWC; on the CPU it rarely helps)."""
+    CUDA for convolutional models (tensor-core convolutions want NHWC). Elsewhere the study measures it per
+    architecture (:func:`faster_layout`); on this project's 2-core CPU it helps LeNet-5-Caffe and ResNet-18, not
+    VGG-16."""
     if channels_last is not None:
         return bool(channels_last) and is_convolutional(model)
     return check_precision(precision) == "bf16" and _device_type(device) == "cuda" and is_convolutional(model)

@@ -117,7 +117,7 @@ from robustprune.attacks.config import AttackConfig as AttackSpec  # noqa: E402
 
 
 class StudySpec(BaseModel):
-    """The whole grid. Defaults are the quick main job on Fashion-MNIST (about 10 minutes on 2 CPU cores)."""
+    """The whole grid. Defaults are the quick main job on Fashion-MNIST (about 13 minutes on 2 CPU cores)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
