@@ -355,10 +355,21 @@ def test_prune_says_which_generic_options_the_method_does_not_use(monkeypatch, c
 
 
 def test_a_fractional_phase_budget_becomes_whole_epochs_of_capped_steps():
+    from robustprune.errors import ConfigError
+    from robustprune.methods import get_method
     from robustprune.methods.interface import _epochs_and_steps
 
     assert _epochs_and_steps(0.5, 1000, 100) == (1, 5)  # 10 steps an epoch: half of them
     assert _epochs_and_steps(2.5, 1000, 100) == (3, 9)  # 25 steps over 3 epochs: ceil(25/3) each
     assert _epochs_and_steps(3, 1000, 100) == (3, None)  # whole epochs: no cap
     assert _epochs_and_steps(0, 1000, 100) == (0, None)  # 0: the phase is skipped on purpose
-    assert _epochs_and_steps(0.01, 1000, 100) == (1, 1)  # below one step: one step, never none
+    with pytest.raises(ConfigError, match=r"0.01 epoch\(s\) of 1000 images in batches of 100 is 0.1 gradient steps, "
+                                          r"which rounds to 0: the phase would not train; give at least 0.1 epochs"):
+        _epochs_and_steps(0.01, 1000, 100)
+    assert _epochs_and_steps(0.01, 1000, 100, at_least_one_step=True) == (1, 1)  # a derived part: one step
+    m = get_method("admm-irregular")
+    with pytest.raises(ConfigError, match=r"admm-irregular, phase 'admm' \(--set admm.epochs=N"):
+        m.check_budget(m.settings({"admm.epochs": 0.001}), epochs=1, n_train=1000)
+    with pytest.raises(ConfigError, match=r"admm-irregular, phase 'admm' \(--epochs / prune_epochs\)"):
+        m.check_budget(m.settings({}), epochs=0.05, n_train=1000)  # admm takes the task's epochs: 0.4 steps
+    m.check_budget(m.settings({}), epochs=0.5, n_train=1000)  # 4 steps: fine

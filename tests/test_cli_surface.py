@@ -42,7 +42,7 @@ BAD: dict[tuple[str, str], list[str]] = {
     ("prune", "method"): ["no-such-method"],
     ("prune", "rate"): ["0", "0.5", "-2", "abc", "nan", "inf"],
     ("prune", "sparsity"): ["1", "1.5", "-0.1", "abc", "nan"],
-    ("prune", "epochs"): ["-1", "abc", "nan", "inf"],
+    ("prune", "epochs"): ["-1", "abc", "nan", "inf", "0.001"],
     ("prune", "train_limit"): ["0", "-5", "abc"],
     ("prune", "set_"): ["no_such_setting=1", "finetune.lr=-1", "schedule", "finetune.epochs=abc"],
     ("prune", "objective"): ["no-such-objective", "pgd-at:eps=abc"],

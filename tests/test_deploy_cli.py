@@ -85,7 +85,7 @@ def test_a_pruned_checkpoint_is_exported_beside_its_base_with_its_provenance(tmp
     base = _save(tmp_path / "base.safetensors", create_model("lenet5-caffe", num_classes=10, in_channels=1,
                                                               input_size=28), "lenet5-caffe")
     code, _out, err = cli(monkeypatch, capsys, "prune", str(base), "--method", "magnitude-filter-local", "--rate",
-                          "4", "--train-limit", "100", "--epochs", "0.2", "--data-dir", str(mnist_dir), "--out",
+                          "4", "--train-limit", "100", "--epochs", "1", "--data-dir", str(mnist_dir), "--out",
                           str(tmp_path / "pruned"), "-q")
     assert code == 0, err
     pruned = tmp_path / "pruned" / "base-magnitude-filter-local-c4.safetensors"

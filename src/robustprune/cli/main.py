@@ -391,6 +391,7 @@ def prune(
     task = PruneTask(train=splits.train, val=splits.val, eps=budget, epochs=epochs, objective=obj,
                      dataset=splits.spec.name, augment=splits.spec.augment, seed=seed, progress=not quiet,
                      masks=masks, start_rate=start, precision=precision, compile=compile_)
+    m.check_budget(settings, epochs=epochs, n_train=len(splits.train))  # no phase of 0 gradient steps
     for why in m.unused_options(settings, epochs=epochs if _given(ctx, "epochs") else None,
                                 eps=budget if eps is not None else None):
         _warn(f"--{why}")  # an option the method does not use is said, never silently dropped

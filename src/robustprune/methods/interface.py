@@ -95,11 +95,14 @@ class PhaseSettings(BaseModel):
     schedule: Literal["constant", "step", "cosine"] = "cosine"
     select: Literal["val_robust", "val_clean", "last"] = "val_robust"
 
-    def train_config(self, task: "PruneTask", *, default_lr: float = 1e-3, seed_offset: int = 0) -> TrainConfig:
+    def train_config(self, task: "PruneTask", *, default_lr: float = 1e-3, seed_offset: int = 0,
+                     at_least_one_step: bool = False) -> TrainConfig:
         """The :class:`TrainConfig` of this phase under ``task``. Fractional epochs become whole epochs of
-        ``max_steps_per_epoch`` steps (e.g. 0.5 epoch = one pass over half the batches)."""
+        ``max_steps_per_epoch`` steps (e.g. 0.5 epoch = one pass over half the batches). A budget that rounds to
+        0 gradient steps is an error (the phase would not train), unless ``at_least_one_step`` (a part of a phase
+        the method derives, e.g. a warm-up fraction, which then takes one step)."""
         epochs = task.epochs if self.epochs is None else self.epochs
-        whole, steps = _epochs_and_steps(epochs, len(task.train), self.batch_size)
+        whole, steps = _epochs_and_steps(epochs, len(task.train), self.batch_size, at_least_one_step=at_least_one_step)
         return TrainConfig(epochs=whole, batch_size=self.batch_size, optimizer=self.optimizer,
                            lr=self.lr if self.lr is not None else default_lr, momentum=self.momentum,
                            weight_decay=self.weight_decay, schedule=self.schedule, select=self.select,
@@ -108,13 +111,21 @@ class PhaseSettings(BaseModel):
                            compile=task.compile)
 
 
-def _epochs_and_steps(epochs: float, n: int, batch_size: int) -> tuple[int, int | None]:
+def _epochs_and_steps(epochs: float, n: int, batch_size: int, *,
+                      at_least_one_step: bool = False) -> tuple[int, int | None]:
+    """(whole epochs, steps per epoch or None for full epochs) of a budget of ``epochs`` over ``n`` images."""
     if epochs <= 0:
         return 0, None
     if float(epochs).is_integer():
         return int(epochs), None
     per_epoch = max(1, -(-n // batch_size))
-    total = max(1, int(round(epochs * per_epoch)))  # a positive budget below one step still takes one step
+    total = int(round(epochs * per_epoch))
+    if total < 1:
+        if not at_least_one_step:
+            raise ConfigError(f"{epochs:g} epoch(s) of {n} images in batches of {batch_size} is "
+                              f"{epochs * per_epoch:.2g} gradient steps, which rounds to 0: the phase would not "
+                              f"train; give at least {1 / per_epoch:.2g} epochs (one step), or 0 to skip it")
+        total = 1
     whole = max(1, math.ceil(epochs))
     return whole, max(1, -(-total // whole))
 
@@ -491,6 +502,7 @@ class PruningMethod:
         """Prune ``model`` in place under ``task`` to compression ``rate`` (None for a learned rate)."""
         s = self.settings(settings)
         self.check_task(task)
+        self.check_budget(s, epochs=task.epochs, n_train=len(task.train))
         r = self.check_rate(rate, task.start_rate)
         self.check_max_rate(model, r)
         if self.needs_eps:
@@ -506,8 +518,20 @@ class PruningMethod:
         """One result per rate. Default: each rate pruned from a copy of ``model`` as given."""
         s = self.settings(settings)
         self.check_task(task)
+        self.check_budget(s, epochs=task.epochs, n_train=len(task.train))
         for rate in rates:
             yield self.prune(copy.deepcopy(model), task, rate, s)
+
+    def check_budget(self, settings: MethodSettings, *, epochs: float, n_train: int) -> None:
+        """Refuse, before any work, a phase whose budget rounds to 0 gradient steps on ``n_train`` images (``epochs``:
+        the task's, for phases without their own); the error names the phase and the option that sets it."""
+        for name, ph in self.phases(settings):
+            e = float(epochs if ph.epochs is None else ph.epochs)
+            try:
+                _epochs_and_steps(e, n_train, ph.batch_size)
+            except ConfigError as exc:
+                how = "--epochs / prune_epochs" if ph.epochs is None else f"--set {name}.epochs=N / method_settings"
+                raise ConfigError(f"{self.name}, phase {name!r} ({how}): {exc}") from None
 
     def check_task(self, task: PruneTask) -> None:
         """Nothing given is silently ignored: an objective for a method that trains with its own is an error that

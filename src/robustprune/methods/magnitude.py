@@ -66,6 +66,7 @@ class MagnitudeMethod(PruningMethod):
         if not self.incremental(s):
             yield from super().prune_many(model, task, rates, s)
             return
+        self.check_budget(s, epochs=task.epochs, n_train=len(task.train))
         targets = [self.check_rate(r, task.start_rate) for r in rates]
         for t in targets:
             self.check_max_rate(model, t)

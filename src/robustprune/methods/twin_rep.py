@@ -424,8 +424,10 @@ class TwinRepMethod(PruningMethod):
     def configs(self, task: PruneTask, settings: TwinRepSettings) -> tuple[TrainConfig, TrainConfig, float]:
         total = task.epochs if settings.train.epochs is None else settings.train.epochs
         warm_ep = total * settings.prune_at
-        warm = settings.train.model_copy(update={"epochs": warm_ep}).train_config(task)
-        post = settings.train.model_copy(update={"epochs": total - warm_ep}).train_config(task, seed_offset=1)
+        # the cut splits one budget (checked whole by check_budget): each part takes at least one step
+        warm = settings.train.model_copy(update={"epochs": warm_ep}).train_config(task, at_least_one_step=True)
+        post = settings.train.model_copy(update={"epochs": total - warm_ep}).train_config(task, seed_offset=1,
+                                                                                          at_least_one_step=True)
         warm = warm.model_copy(update={"select": "last"})  # the dense epochs are never a candidate
         warm, post = split_schedule(warm, post, settings.prune_at, settings.milestones, settings.gamma)
         return warm, post, float(total)

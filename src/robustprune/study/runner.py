@@ -491,6 +491,10 @@ class StudyRunner:
             sp = load_splits(d, data_dir=spec.data_dir, val_size=spec.val_size, seed=spec.seeds[0], device="cpu",
                              train_limit=spec.train_limit, test_limit=spec.eval_n)
             self._sizes[ds.name] = (len(sp.train), len(sp.val), len(sp.test))
+            for name in spec.methods:  # a phase that would take 0 gradient steps on this data: refused now
+                m = get_method(method_of(name))
+                m.check_budget(m.settings(spec.method_settings.get(name, {})), epochs=spec.prune_epochs,
+                               n_train=len(sp.train))
 
     def _start(self) -> None:
         self._check_out()
