@@ -373,3 +373,18 @@ def test_a_fractional_phase_budget_becomes_whole_epochs_of_capped_steps():
     with pytest.raises(ConfigError, match=r"admm-irregular, phase 'admm' \(--epochs / prune_epochs\)"):
         m.check_budget(m.settings({}), epochs=0.05, n_train=1000)  # admm takes the task's epochs: 0.4 steps
     m.check_budget(m.settings({}), epochs=0.5, n_train=1000)  # 4 steps: fine
+
+
+def test_an_unused_option_is_kept_in_the_sidecar(monkeypatch, capsys, mnist_dir, checkpoint, tmp_path):
+    """The warning is not only printed: the pruned checkpoint's sidecar records what the method did not use."""
+    import json
+
+    code, _, err = cli(monkeypatch, capsys, "prune", str(checkpoint), "--data-dir", str(mnist_dir), "--out",
+                       str(tmp_path), "-q", "--method", "pwoa-irregular", "--rate", "2", "--eps", "0.2",
+                       "--train-limit", "64", "--set", "admm.epochs=1", "--set", "retrain.epochs=1",
+                       "--set", "admm.batch_size=64", "--set", "retrain.batch_size=64")
+    assert code == 0, err
+    side = json.loads((tmp_path / f"{checkpoint.stem}-pwoa-irregular-c2.json").read_text())
+    unused = side["config"]["unused_options"]
+    assert len(unused) == 1 and unused[0].startswith("--eps 0.2 does not change how pwoa-irregular trains")
+    assert side["config"]["val_size"] == 100  # the parent's validation split, not the command's default

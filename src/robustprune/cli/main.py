@@ -392,9 +392,10 @@ def prune(
                      dataset=splits.spec.name, augment=splits.spec.augment, seed=seed, progress=not quiet,
                      masks=masks, start_rate=start, precision=precision, compile=compile_)
     m.check_budget(settings, epochs=epochs, n_train=len(splits.train))  # no phase of 0 gradient steps
-    for why in m.unused_options(settings, epochs=epochs if _given(ctx, "epochs") else None,
-                                eps=budget if eps is not None else None):
-        _warn(f"--{why}")  # an option the method does not use is said, never silently dropped
+    unused = [f"--{why}" for why in m.unused_options(settings, epochs=epochs if _given(ctx, "epochs") else None,
+                                                     eps=budget if eps is not None else None)]
+    for why in unused:
+        _warn(why)  # an option the method does not use is said, never silently dropped (and kept in the sidecar)
     parent_hash = file_sha256(checkpoint)
     if not quiet:
         _echo(f"pruning {checkpoint} (compression {start:.3g}) with {m.name} [{m.paper.key}] to "
@@ -415,7 +416,7 @@ def prune(
                                "paper": m.paper.key, "rate": res.rate, "rate_kind": res.rate_kind, "group": res.group,
                                "settings": res.settings, "epochs": epochs, "train_limit": train_limit,
                                "eps": budget, "objective": objective, "seed": seed, "val_size": val_size,
-                               "split_seed": split_seed, "data_dir":
+                               "split_seed": split_seed, "unused_options": unused, "data_dir":
                                    str(data_dir) if data_dir else None,
                                "train_precision": effective_precision(precision, dev), "eval_precision": "fp32",
                                "command": ["robustprune", *sys.argv[1:]]},
