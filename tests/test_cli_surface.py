@@ -186,6 +186,7 @@ def tripwire(monkeypatch):
     """Any training, evaluation, export or study run means a bad value was accepted."""
     import robustprune.deploy as deploy
     import robustprune.evaluation as evaluation
+    import robustprune.methods  # noqa: F401  (before the patch: modules binding `fit` on import must not keep it)
     import robustprune.study as study
     import robustprune.train as train
     from robustprune.methods.interface import PruningMethod
