@@ -9,7 +9,8 @@ import math
 import pytest
 
 from robustprune.methods import get_method
-from robustprune.study.eta import StudyClock, evaluation_passes, objective_passes, training_passes
+from robustprune.study.eta import StudyClock, evaluation_passes, objective_passes
+from robustprune.train.cost import training_passes
 
 
 class Clock:

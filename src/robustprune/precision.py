@@ -169,7 +169,7 @@ def faster_layout(model: nn.Module, x: torch.Tensor, *, reps: int = 5, margin: f
 
     def once(cl: bool) -> float:
         m = model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
-        xr = (x.contiguous(memory_format=torch.channels_last) if cl else x.contiguous()).detach().requires_grad_(True)
+        xr = (in_layout(x, True) if cl else x.contiguous()).detach().requires_grad_(True)
         if x.device.type == "cuda":
             torch.cuda.synchronize(x.device)
         t0 = time.perf_counter()
@@ -193,6 +193,11 @@ def faster_layout(model: nn.Module, x: torch.Tensor, *, reps: int = 5, margin: f
         model.train(was_training)
     speedup = nchw / cl if cl > 0 else 1.0
     return speedup >= margin, speedup
+
+
+def in_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """An image batch in the model's memory layout: channels_last when asked (a 4-d batch only), else as it is."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
 def to_contiguous(model: nn.Module) -> nn.Module:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustprune.train.cost import training_passes  # noqa: F401 - part of this module's API
+from robustprune.precision import in_layout
 
 ATTACKED_PRIOR = 0.8
 """Fraction of the points a white-box attack runs on (the clean-correct ones) before any model is evaluated."""
@@ -154,11 +154,10 @@ def evaluation_passes(attacks: list[Any], transferred: list[Any], *, n: int, eps
     difference); with ``vulnerability`` the extra attack on the clean errors; with ``transfer`` the transferred
     examples' forward passes, and with ``craft_transfer`` (the first pruned model of a base) their crafting."""
     from robustprune.evaluation.attack_info import attack_runs, info_for_spec, spec_settings
-    from robustprune.evaluation.run import budgets_for
 
     def attack_cost(a: Any, frac: float) -> float:
         info = info_for_spec(a)
-        budgets = 1 if info.min_norm else len(budgets_for(a, info, eps, None))
+        budgets = _budgets(a, eps)
         steps, restarts, runs, _ = attack_runs(info, spec_settings(a))
         if info.accepts("n_target_classes") and info.name not in ("apgd-t",):
             ce = steps * restarts * n * (frac + standing) / 2
@@ -194,8 +193,8 @@ def _sync(device: torch.device) -> None:
 
 def _layout(model: nn.Module, x: torch.Tensor, channels_last: bool) -> tuple[nn.Module, torch.Tensor]:
     if channels_last and x.dim() == 4:
-        return model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    return model, x
+        model = model.to(memory_format=torch.channels_last)
+    return model, in_layout(x, channels_last)
 
 
 def probe_training(model: nn.Module, objective: Any, x: torch.Tensor, y: torch.Tensor, *, batch_size: int,
@@ -230,9 +229,9 @@ def probe_training(model: nn.Module, objective: Any, x: torch.Tensor, y: torch.T
 def probe_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, batch_size: int,
                  max_seconds: float = 2.0, steps: int = 5, channels_last: bool = False) -> tuple[float, float]:
     """(seconds, passes) of PGD steps on one evaluation batch (after a warm-up step), up to ``max_seconds``."""
-    from robustprune.attacks.pgd import pgd_linf_last
-
     import copy
+
+    from robustprune.attacks.pgd import pgd_linf_last
 
     m, xb = _layout(copy.deepcopy(model).eval(), x[:batch_size], channels_last)
     yb = y[:batch_size]

@@ -13,6 +13,7 @@ from torch import nn
 from robustprune.data import Splits
 from robustprune.evaluation.run import size_metrics
 from robustprune.models import model_for_dataset
+from robustprune.precision import in_layout
 from robustprune.provenance import code_version
 from robustprune.study.spec import StudySpec
 from robustprune.study.store import ResultsStore
@@ -62,10 +63,9 @@ class ModelEvaluator:
             source.load_state_dict(base_state)
             test = splits.test
             n = min(self.spec.eval_n, len(test))
-            xs = test.x[:n]
-            if self.channels_last and xs.dim() == 4:
+            xs = in_layout(test.x[:n], self.channels_last)
+            if self.channels_last:
                 source.to(memory_format=torch.channels_last)
-                xs = xs.contiguous(memory_format=torch.channels_last)
             vkey = self._vuln_key(splits) if self.spec.vulnerability else None
             v_es = eps_to_str(vkey[2]) if vkey else None
             keep = (lambda ah, es: es == v_es) if vkey else False  # x_keep only where vulnerability is measured
@@ -126,9 +126,7 @@ class ModelEvaluator:
         spec = self.spec
         test = splits.test
         n = min(spec.eval_n, len(test))
-        x, y = test.x[:n], test.y[:n]
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y = in_layout(test.x[:n], self.channels_last), test.y[:n]
         # What the model lost, counted one way for every method (sparsity over every Conv2d / Linear weight, conv
         # filters and dense FLOPs gone against the unpruned architecture): on every row, and on the model's row
         sizes = size_metrics(model, splits.spec.shape)

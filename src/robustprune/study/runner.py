@@ -38,11 +38,12 @@ from robustprune.models import model_for_dataset
 from robustprune.objectives import build_objective
 from robustprune.precision import effective_precision
 from robustprune.provenance import code_version, file_sha256
-from robustprune.study.eta import StudyClock, evaluation_passes, objective_passes, training_passes
+from robustprune.study.eta import StudyClock, evaluation_passes, objective_passes
 from robustprune.study.model_eval import ModelEvaluator
 from robustprune.study.spec import ObjectiveSpec, StudySpec, method_of, split_architecture
 from robustprune.study.store import STATUS_DONE, STATUS_FAILED, ResultsStore
 from robustprune.train import TrainConfig, fit
+from robustprune.train.cost import training_passes
 from robustprune.utils import config_hash, default_device, seed_everything
 
 Log = Callable[[str], None]
@@ -469,6 +470,11 @@ class StudyRunner:
             raise ConfigError(f"cannot write to the study folder {self.out} ({exc.strerror or exc}); choose a "
                               "writable folder with --out") from None
 
+    def _method_settings(self) -> list[tuple[Any, Any]]:
+        """(method, its validated settings) for every entry of ``methods`` (a variant ``name@label`` with its own)."""
+        return [(m, m.settings(self.spec.method_settings.get(name, {})))
+                for name in self.spec.methods for m in [get_method(method_of(name))]]
+
     def _check_inputs(self) -> None:
         """Everything that can be checked before any work: every method's settings, the objectives at each
         dataset's budget, the precision, and that every dataset's files load (decoded files are cached in-process,
@@ -477,8 +483,7 @@ class StudyRunner:
         if spec.compile and not hasattr(nn.Module, "compile"):
             raise ConfigError(f"compile needs torch >= 2.2 with nn.Module.compile (this is torch "
                               f"{torch.__version__}); drop compile")
-        for name in spec.methods:
-            get_method(method_of(name)).settings(spec.method_settings.get(name, {}))
+        methods = self._method_settings()  # every method's settings validated here, once
         if spec.export:
             from robustprune.deploy.formats import check_format_available
 
@@ -491,10 +496,8 @@ class StudyRunner:
             sp = load_splits(d, data_dir=spec.data_dir, val_size=spec.val_size, seed=spec.seeds[0], device="cpu",
                              train_limit=spec.train_limit, test_limit=spec.eval_n)
             self._sizes[ds.name] = (len(sp.train), len(sp.val), len(sp.test))
-            for name in spec.methods:  # a phase that would take 0 gradient steps on this data: refused now
-                m = get_method(method_of(name))
-                m.check_budget(m.settings(spec.method_settings.get(name, {})), epochs=spec.prune_epochs,
-                               n_train=len(sp.train))
+            for m, settings in methods:  # a phase that would take 0 gradient steps on this data: refused now
+                m.check_budget(settings, epochs=spec.prune_epochs, n_train=len(sp.train))
 
     def _start(self) -> None:
         self._check_out()
@@ -506,10 +509,8 @@ class StudyRunner:
             store.set_meta("started_at", time.time())
             done = len(store.results())
             failed = len(store.failures())
-        for name in self.spec.methods:  # a generic option a method does not use is said, never silently dropped
-            m = get_method(method_of(name))
-            for why in m.unused_options(m.settings(self.spec.method_settings.get(name, {})),
-                                        epochs=self.spec.prune_epochs):
+        for m, settings in self._method_settings():  # a generic option a method does not use is said, not dropped
+            for why in m.unused_options(settings, epochs=self.spec.prune_epochs):
                 self.log(f"  warning: prune_epochs: {why.replace('(--set ', '(method_settings: ')}")
         plan = self.plan()
         self.outcome.models_planned = plan["models"]

@@ -26,6 +26,7 @@ from robustprune.precision import (
     check_precision,
     effective_precision,
     evaluation_precision,
+    in_layout,
     to_contiguous,
     training_math,
     use_channels_last,
@@ -329,8 +330,7 @@ def _fit(model: nn.Module, objective: Objective, train: Split, val: Split | None
                 f = lr_factor(cfg, step, total)
                 for g, lr0 in zip(optimizer.param_groups, base_lrs):
                     g["lr"] = lr0 * f
-                if channels_last and x.dim() == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = in_layout(x, channels_last)
                 with autocast(amp_precision, device):
                     out = objective(model, x, y, generator=gen)
                     loss = out.loss
