@@ -218,7 +218,8 @@ cost: {train_epoch_s: 10, eval_model_s: 60, basis: test figures}
     assert filt.split()[1:] == ["filter", "50", "2", "3"]
     # 45,000 images: base 10 epochs + pruning 15 epochs = 25 x 45,000 / 50,000 = 22.5 epochs x 10 s = 225 s;
     # evaluation 4 models x 60 s = 240 s
-    assert "training: 22 epochs of 50,000 images in all" in out or "training: 23 epochs" in out
+    assert "training: 1,125,000 training images processed in all (base 450,000, pruning 675,000)" in out
+    assert "= 22 epochs of 50,000 images" in out or "= 23 epochs of 50,000 images" in out
     assert "estimated cost: training 3.8 min" in out and "evaluation 4.0 min (4 models x 60 s) = 7.8 min" in out
     assert "basis: test figures" in out
 

@@ -100,7 +100,9 @@ def test_grid_expansion_counts_of_the_shipped_files():
     budgets = sum(len(a.eps) for a in spec.attacks)
     plan = StudyRunner(spec, "/nonexistent").plan()
     assert plan["base_models"] == n_base == 2 * 5
-    assert plan["pruned_models"] == n_base * 9 * rates == 10 * 9 * 6
+    # the three filter methods stop at c = 32 (64 leaves less than one filter per layer: refused when read)
+    assert spec.rates_for("magnitude-filter-global") == [2, 4, 8, 16, 32]
+    assert plan["pruned_models"] == n_base * (6 * rates + 3 * (rates - 1)) == 10 * (6 * 6 + 3 * 5)
     per_pruned = 1 + budgets * (2 if spec.transfer else 1)
     assert plan["rows"] == n_base * (1 + budgets) + plan["pruned_models"] * per_pruned
 

@@ -72,6 +72,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import field_validator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -574,6 +576,13 @@ class FlyingBirdSettings(_AdversarialSettings):
     milestones: tuple[float, ...] = setting(
         (0.5, 0.75), f"{_MAIN} L45, L120 (MultiStepLR at epochs 100, 150 of 200, gamma 0.1)",
         "learning-rate drops (x0.1) as fractions of the epochs, for schedule=step")
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones_in_range(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < m <= 1 for m in v):  # the run's own check (_check_milestones), when the settings are read
+            raise ValueError("milestones are fractions of training in (0, 1]")
+        return v
     train: PhaseSettings = phase(f"{_MAIN} L43-48, L117-120 (SGD lr 0.1, momentum 0.9, wd 5e-4, batch 128, "
                                  "MultiStepLR; --epochs 200)", "sparse adversarial training", optimizer="sgd",
                                  lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="step", batch_size=128)
@@ -602,6 +611,13 @@ class RobustBirdSettings(_AdversarialSettings):
     milestones: tuple[float, ...] = setting(
         (0.25, 0.75), f"{_RB} L37, L112, L195 (MultiStepLR at epochs 50, 150 of 200, gamma 0.1)",
         "learning-rate drops (x0.1) as fractions of each phase's epochs, for schedule=step")
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones_in_range(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < m <= 1 for m in v):  # the run's own check (_check_milestones), when the settings are read
+            raise ValueError("milestones are fractions of training in (0, 1]")
+        return v
     natural: PhaseSettings = phase(f"{_RB} L35-39, L108-112 (SGD lr 0.1, momentum 0.9, wd 5e-4, batch 128); "
                                    "README --epochs1 200 is the budget, stopped at the early-bird epoch",
                                    "natural training until the magnitude mask settles", optimizer="sgd", lr=0.1,

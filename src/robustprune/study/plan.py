@@ -122,6 +122,13 @@ def study_plan(spec: StudySpec) -> StudyPlan:
                      base_image_epochs=base_image_epochs)
 
 
+def _epochs_text(epochs: float) -> str:
+    """``"22 epochs"`` / ``"0.012 epochs"``: never rounded to 0 when something trains."""
+    if epochs >= 10 or epochs == 0:
+        return f"{epochs:,.0f} epochs"
+    return f"{epochs:.2g} epoch{'' if epochs == 1 else 's'}"
+
+
 def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
@@ -177,9 +184,9 @@ def plan_lines(spec: StudySpec) -> list[str]:
     if p.image_epochs is not None:
         ref = spec.cost.epoch_images if spec.cost is not None else 50_000
         base = p.base_image_epochs or 0.0
-        lines.append(f"  training: {p.image_epochs / ref:,.0f} epochs of {ref:,} images in all (base "
-                     f"{base / ref:,.0f}, pruning {(p.image_epochs - base) / ref:,.0f}; every phase of every "
-                     "method's settings, an upper bound for phases that stop early)")
+        lines.append(f"  training: {p.image_epochs:,.0f} training images processed in all (base {base:,.0f}, "
+                     f"pruning {p.image_epochs - base:,.0f}) = {_epochs_text(p.image_epochs / ref)} of {ref:,} images; "
+                     "every phase of every method's settings, an upper bound for phases that stop early")
     cost = p.cost_seconds()
     if cost is not None:
         c = spec.cost

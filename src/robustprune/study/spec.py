@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from robustprune.errors import ConfigError
 from robustprune.rates import merge_rates
@@ -411,8 +411,113 @@ class StudySpec(BaseModel):
 MAIN_JOB: dict[str, Any] = {
     "methods": ("magnitude-unstructured-global", "magnitude-filter-local", "admm-irregular", "pwoa-irregular",
                 "anp-bbd"),
+        _check_as_run(self)
+        self._warnings = tuple(no_effect_warnings(self))
     "compression": (1, 2, 4, 8, 16),
     "method_rates": {"magnitude-filter-local": (4.0, 16.0), "admm-irregular": (4.0, 16.0),
+    _warnings: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """One line per setting that has no effect in its context (:func:`no_effect_warnings`), found when the spec
+        is read; the CLI prints them and the study keeps them in its record."""
+        return self._warnings
+
+    def rate_source(self, method: str) -> str:
+        """The key a set-rate method's rates come from (``method_rates of NAME``, ``group_rates of GROUP``,
+        ``compression``), for messages."""
+        from robustprune.methods import get_method
+
+        m = get_method(method_of(method))
+        if method in self.method_rates:
+            return f"method_rates of {method}"
+        if m.group in self.group_rates:
+            return f"group_rates of {m.group}"
+        if m.group != "unstructured" and "structured" in self.group_rates:
+            return "group_rates of structured"
+        return "compression"
+
+
+def _check_as_run(spec: "StudySpec") -> None:
+    """What the run would refuse in its first cell of a method or its first evaluation, refused when the spec is
+    read (so ``--plan`` refuses it too): every listed method's settings as the run checks them, every rate of every
+    set-rate method against each architecture on each dataset (``check_rate`` / ``check_max_rate``, the checks of
+    ``prune --rate``), and every attack's settings against each dataset's classes and image shape."""
+    import torch
+
+    from robustprune.attacks.config import check_against_model
+    from robustprune.data import get_spec
+    from robustprune.methods import get_method
+    from robustprune.models import model_for_dataset
+
+    for name in spec.methods:
+        get_method(method_of(name)).settings(spec.method_settings.get(name, {}))
+    set_rate = [(name, get_method(method_of(name))) for name in spec.methods
+                if get_method(method_of(name)).rate_kind != "learned"]
+    for d in spec.datasets:
+        ds = get_spec(d)
+        for a in spec.attacks:
+            try:
+                check_against_model(a, int(ds.num_classes), tuple(ds.shape))
+            except ConfigError as exc:
+                raise ConfigError(f"attacks ({d}: {ds.num_classes} classes, images {'x'.join(map(str, ds.shape))}): "
+                                  f"{exc}") from None
+        if not set_rate:
+            continue
+        for arch in spec.architectures:
+            arch_name, width = split_architecture(arch, spec.width)
+            try:
+                with torch.device("meta"):  # shapes only: no memory, no initialisation
+                    model = model_for_dataset(arch_name, ds, width=width)
+            except Exception:  # noqa: BLE001 - an architecture that cannot be built on "meta" is built for real
+                model = model_for_dataset(arch_name, ds, width=width)
+            for name, m in set_rate:
+                for r in spec.rates_for(name):
+                    try:
+                        m.check_rate(r)
+                        m.check_max_rate(model, r)
+                    except ConfigError as exc:
+                        raise ConfigError(f"{spec.rate_source(name)}: {name} on {arch} ({d}): {exc} (prune --rate "
+                                          "refuses the same)") from None
+
+
+def no_effect_warnings(spec: "StudySpec") -> list[str]:
+    """Settings that are valid but change nothing in this study, one line each: ``beta`` of a method whose
+    ``loss`` is pgd-at (beta weighs TRADES only), ``group_rates`` of a group no listed set-rate method takes its
+    rates from, ``compression`` / ``sparsity`` when every listed method learns its own rate, and rates that hold
+    only 1 (the study then trains and evaluates the base models and prunes nothing)."""
+    from robustprune.methods import get_method
+
+    out: list[str] = []
+    for name in spec.methods:
+        given = spec.method_settings.get(name, {})
+        m = get_method(method_of(name))
+        s = m.settings(given)
+        if "beta" in given and getattr(s, "loss", None) == "pgd-at" and "beta" in type(s).model_fields:
+            out.append(f"method_settings of {name}: beta has no effect with loss pgd-at (it weighs the TRADES loss "
+                       "only); drop beta, or set loss: trades")
+    set_rate = [n for n in spec.methods if get_method(method_of(n)).rate_kind != "learned"]
+    used = {spec.rate_source(n) for n in set_rate}
+    for group in spec.group_rates:
+        if f"group_rates of {group}" not in used:
+            takers = [n for n in set_rate if spec.rate_source(n) == f"method_rates of {n}"
+                      and (group == get_method(method_of(n)).group
+                           or (group == "structured" and get_method(method_of(n)).group != "unstructured"))]
+            why = (f"the methods of that group take their method_rates ({', '.join(takers)})" if takers else
+                   f"no listed method with a set rate prunes {'a structured group' if group == 'structured' else group}")
+            out.append(f"group_rates / group_sparsity of {group}: not used ({why}); drop it or list a method of that "
+                       "group")
+    if not set_rate and "compression" in spec.model_fields_set and any(r > 1 for r in spec.compression):
+        out.append(f"compression / sparsity: not used, every listed method learns its own rate "
+                   f"({', '.join(spec.methods)}); drop the key")
+    empty = sorted({spec.rate_source(n) for n in set_rate if not spec.rates_for(n)})
+    if empty:
+        names = [n for n in set_rate if not spec.rates_for(n)]
+        out.append(f"{', '.join(empty)}: no rate above 1, so {', '.join(names)} prune{'s' if len(names) == 1 else ''} "
+                   "nothing (1 is the unpruned base, trained and evaluated anyway); give rates above 1, e.g. "
+                   "compression: [1, 4, 16] or sparsity: [0.75, 0.9]")
+    return out
+
                      "pwoa-irregular": (4.0, 16.0)},
     "method_settings": {
         # 5 ADMM epochs: with 1 (the previous main job) ||W - Z|| / ||W|| was still 0.8 at 16x when the hard prune
@@ -485,4 +590,12 @@ def load_study_spec(path: str | Path | None = None, overrides: dict[str, Any] | 
         data = StudySpec._sparsity_words(data)
     except (ConfigError, TypeError, ValueError) as exc:
         raise ConfigError(f"invalid study spec: {exc}") from None
-    return validated(StudySpec, data, "study spec")
+    spec = validated(StudySpec, data, "study spec")
+    if spec.warnings:
+        import warnings
+
+        from robustprune.errors import RobustPruneWarning
+
+        for line in spec.warnings:  # one `warning:` line each in the CLI; kept in spec.warnings for the record
+            warnings.warn(line, RobustPruneWarning, stacklevel=2)
+    return spec
