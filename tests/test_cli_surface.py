@@ -89,6 +89,25 @@ BAD: dict[tuple[str, str], list[str]] = {
     ("report", "out"): ["/no/such/study"],
     ("report", "export"): ["no-such-format"],
     ("report", "data_dir"): ["/no/such/dir"],
+    # ------------------------------------------------------------------------------------------ import
+    ("import", "weights"): ["/no/such/weights.pt", "{corrupt}", "{ckpt-json}"],
+    ("import", "dataset"): ["no-such-dataset"],
+    ("import", "out"): ["/proc/x/m.safetensors", "m.pt"],
+    ("import", "arch"): ["no-such-arch"],
+    ("import", "model_factory"): ["no.such.module:factory"],
+    ("import", "width"): ["0", "-1", "abc", "nan", "inf"],
+    ("import", "mean"): ["abc", "nan", "0.1,0.2"],
+    ("import", "std"): ["0", "-1", "abc"],
+    ("import", "container"): ["no-such-key"],
+    ("import", "key_map"): ["no-such-map"],
+    ("import", "n_check"): ["0", "-1", "abc"],
+    ("import", "n_attack"): ["-1", "abc"],
+    ("import", "attack_steps"): ["0", "-1", "abc"],
+    ("import", "eps"): ["abc", "0", "2"],
+    ("import", "val_size"): ["0", "-1", "abc"],
+    ("import", "seed"): ["-1", "abc"],
+    ("import", "data_dir"): ["/no/such/dir"],
+    ("import", "device"): ["banana"],
 }
 
 #: Options whose bad values need a real run to be refused (checked elsewhere), with the reason.
@@ -159,11 +178,15 @@ def _baseline(command: str, env: dict[str, Path], tmp: Path) -> list[tuple[str, 
         "export": [("checkpoint", c), ("--format", "torchscript"), ("--out", str(tmp / "m.pt")), ("--data-dir", d),
                    ("--n", "20"), ("-q", None)],
         "report": [("out", str(env["study_out"])), ("-q", None)],
+        "import": [("weights", c), ("--arch", "lenet5-caffe"), ("--dataset", "mnist"), ("--data-dir", d),
+                   ("--val-size", "100"), ("--n-check", "20"), ("--n-attack", "5"), ("--attack-steps", "2"),
+                   ("--out", str(tmp / "i.safetensors")), ("-q", None)],
     }[command]
 
 
 def _argv(command: str, option, value: str, env: dict[str, Path], tmp: Path) -> list[str]:
-    value = {"{corrupt}": str(env["corrupt"]), "{corrupt-yaml}": str(env["corrupt_yaml"])}.get(value, value)
+    value = {"{corrupt}": str(env["corrupt"]), "{corrupt-yaml}": str(env["corrupt_yaml"]),
+             "{ckpt-json}": str(env["ckpt"].with_suffix(".json"))}.get(value, value)
     flag = option.opts[0]
     positional = not flag.startswith("-")
     out, replaced = [command], False

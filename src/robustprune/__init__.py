@@ -8,7 +8,7 @@ from robustprune.errors import RobustPruneError
 
 from robustprune._version import __version__
 
-__all__ = ["RobustPruneError", "__version__", "export", "prune"]
+__all__ = ["RobustPruneError", "__version__", "export", "import_model", "prune"]
 
 
 def prune(*args, **kwargs):  # noqa: D103  (imported lazily: `import robustprune` stays light)
@@ -28,3 +28,13 @@ def export(*args, **kwargs):  # noqa: D103  (imported lazily, as prune)
 
 export.__doc__ = ("Export a model to onnx / torchscript / exported-program, verified by the format's runtime; see "
                   ":func:`robustprune.deploy.export.export`.")
+
+
+def import_model(*args, **kwargs):  # noqa: D103  (imported lazily, as prune)
+    from robustprune.checkpoint_import import import_model as _import_model
+
+    return _import_model(*args, **kwargs)
+
+
+import_model.__doc__ = ("Import weights saved by other code (.pt/.pth/.bin/.safetensors, never unpickled) as a checked "
+                        "robustprune checkpoint; see :func:`robustprune.checkpoint_import.import_model`.")

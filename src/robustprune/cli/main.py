@@ -915,6 +915,11 @@ def report(
         raise typer.Exit(1)
 
 
+from robustprune.cli import data_cmd as _data_cmd, import_cmd as _import_cmd  # noqa: E402  (one module per command)
+
+app.command("import")(_import_cmd.import_command)
+app.add_typer(_data_cmd.app, name="data")
+
 INTERRUPTED = "interrupted; finished work is kept"
 """What Ctrl-C prints (exit status 130): checkpoints, rows and study cells written before it stay valid."""
 

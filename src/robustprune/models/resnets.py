@@ -56,11 +56,14 @@ class PreActBlock(nn.Module):
 
     When the shape changes, the 1x1 projection shortcut takes the pre-activated input (as in the
     reference PreActResNet and WideResNet codes); otherwise the shortcut is the identity on ``x``.
-    This is also the WideResNet block (Zagoruyko & Komodakis) with dropout 0.
+    This is also the WideResNet block (Zagoruyko & Komodakis) with dropout 0. ``shortcut_on_input=True`` feeds
+    the projection the block's raw input instead (RobustBench's ``PreActBlock`` with ``out_shortcut=False``, the
+    block of its ``PreActResNet18()``, e.g. Wong2020Fast).
     """
 
-    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, *, shortcut_on_input: bool = False) -> None:
         super().__init__()
+        self.shortcut_on_input = shortcut_on_input
         self.bn1 = nn.BatchNorm2d(c_in)
         self.relu1 = nn.ReLU()
         self.conv1 = _conv3x3(c_in, c_out, stride)
@@ -77,7 +80,7 @@ class PreActBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.relu1(self.bn1(x))
-        shortcut = self.shortcut(pre) if self.projects else x
+        shortcut = self.shortcut(x if self.shortcut_on_input else pre) if self.projects else x
         out = self.conv1(pre)
         out = self.conv2(self.relu2(self.bn2(out)))
         return out + shortcut
@@ -93,9 +96,15 @@ def _resnet(
     in_channels: int,
     mean: Sequence[float],
     std: Sequence[float],
+    final: bool = True,
+    shortcut_on_input: bool = False,
 ) -> Net:
-    """Stem conv (stride 1), stages (first stage stride 1, then stride 2), [final BN-ReLU], pool, fc."""
+    """Stem conv (stride 1), stages (first stage stride 1, then stride 2), [final BN-ReLU], pool, fc.
+
+    Pre-activation nets only: ``final=False`` drops the BN-ReLU before the pool, ``shortcut_on_input`` is passed to
+    every :class:`PreActBlock`."""
     preact = block is PreActBlock
+    extra = {"shortcut_on_input": True} if preact and shortcut_on_input else {}
     parts: OrderedDict[str, nn.Module] = OrderedDict()
     if preact:
         parts["stem"] = nn.Sequential(_conv3x3(in_channels, stem_channels))
@@ -108,10 +117,10 @@ def _resnet(
         stride = 1 if i == 0 else 2
         blocks = []
         for j in range(n):
-            blocks.append(block(c_in, c_out, stride if j == 0 else 1))
+            blocks.append(block(c_in, c_out, stride if j == 0 else 1, **extra))
             c_in = c_out
         parts[f"layer{i + 1}"] = nn.Sequential(*blocks)
-    if preact:
+    if preact and final:
         parts["final"] = nn.Sequential(nn.BatchNorm2d(c_in), nn.ReLU())
     parts["pool"] = nn.AdaptiveAvgPool2d(1)
     parts["flatten"] = nn.Flatten(1)
@@ -249,5 +258,51 @@ def wrn_34_10(
     """WideResNet-34-10: 16 stem, 3 stages x 5 pre-act blocks of 160/320/640 channels, dropout 0."""
     return wide_resnet(
         34, 10, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
+        width=width, mean=mean, std=std,
+    )
+
+
+@MODELS.register("preact-resnet18-rb")
+def preact_resnet18_rb(
+    *, num_classes=10, in_channels=1, input_size=28, width=1.0, mean=(0.0,), std=(1.0,)
+) -> Net:
+    """RobustBench's ``PreActResNet18()`` (Wong2020Fast): as ``preact-resnet18`` but the 1x1 projection shortcuts take
+    the block's raw input and there is no BN-ReLU before the pool. ``width`` scales every channel count.
+    """
+    del input_size
+    return _resnet(
+        block=PreActBlock,
+        stem_channels=scaled(64, width),
+        stage_channels=[scaled(c, width) for c in (64, 128, 256, 512)],
+        blocks_per_stage=(2, 2, 2, 2),
+        num_classes=num_classes,
+        in_channels=in_channels,
+        mean=mean,
+        std=std,
+        final=False,
+        shortcut_on_input=True,
+    )
+
+
+@MODELS.register("wrn-28-10")
+def wrn_28_10(
+    *, num_classes=10, in_channels=1, input_size=28, width=1.0, mean=(0.0,), std=(1.0,)
+) -> Net:
+    """WideResNet-28-10: 16 stem, 3 stages x 4 pre-act blocks of 160/320/640 channels, dropout 0 (RobustBench's
+    ``WideResNet(depth=28, widen_factor=10)``, the most common CIFAR-10 L-inf entry)."""
+    return wide_resnet(
+        28, 10, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
+        width=width, mean=mean, std=std,
+    )
+
+
+@MODELS.register("wrn-70-16")
+def wrn_70_16(
+    *, num_classes=10, in_channels=1, input_size=28, width=1.0, mean=(0.0,), std=(1.0,)
+) -> Net:
+    """WideResNet-70-16: 16 stem, 3 stages x 11 pre-act blocks of 256/512/1024 channels, dropout 0 (RobustBench's
+    ``WideResNet(depth=70, widen_factor=16)``, e.g. Jia2022LAS-AT_70_16)."""
+    return wide_resnet(
+        70, 16, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
         width=width, mean=mean, std=std,
     )
