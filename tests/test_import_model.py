@@ -115,7 +115,8 @@ def test_the_readme_state_dict_saved_three_ways_imports_and_prunes_from_the_cli(
         assert imp["container"] == (["state_dict"] if way == "wrapped" else [])
         assert meta["architecture"] == "usernets.mynet:MyNet" and meta["dataset"] == "fashion-mnist"
         assert meta["validation"]["clean"] == imp["check"]["clean"] == accs[way][0]
-    print("import (README MyNet, 60 FGSM-RS steps): clean / APGD =", accs)
+    with capsys.disabled():
+        print(f"\nimport (README MyNet, 60 FGSM-RS steps): clean / APGD = {accs}")
     assert len(set(accs.values())) == 1  # the same model, whichever way it was saved
     clean, robust = accs["plain"]
     assert clean > 0.6 and 0.05 < robust < clean  # trained, somewhat robust: no warning
@@ -395,3 +396,18 @@ def test_deepmind_layout_is_named_not_misloaded():
           "logits.weight": torch.zeros(10, 160), "logits.bias": torch.zeros(10)}
     with pytest.raises(CheckpointError, match="DMWideResNet"):
         _fit("wrn-28-10", dm)
+
+
+@pytest.mark.usefixtures("fmnist_available")
+def test_a_robustbench_wideresnet_without_mu_sigma_takes_raw_pixels(tmp_path):
+    import robustprune
+
+    torch.save(rb_wideresnet_state(28, 4, in_ch=1), tmp_path / "trades.pt")  # TRADES-style WRN-28-4: no buffers
+    res = robustprune.import_model(tmp_path / "trades.pt", arch="wrn-28-4", dataset="fashion-mnist",
+                                   out=tmp_path / "w.safetensors", n_check=50, n_attack=10, attack_steps=2)
+    norm = res.meta["import"]["normalization"]
+    assert norm["mean"] == [0.0] and norm["std"] == [1.0] and norm["source"].startswith("none: RobustBench")
+    assert res.model.normalize.std.flatten().tolist() == [1.0] and res.meta["std"] == [1.0]
+    assert res.meta["import"]["key_map"] == "robustbench-wideresnet"
+    print(f"import (RobustBench WRN-28-4 layout, random weights): clean {res.clean} APGD {res.robust}")
+    assert res.warnings and "near chance" in res.warnings[0]  # untrained: said, not hidden

@@ -411,30 +411,41 @@ def import_model(
     keep = set(user_model.state_dict()) if user_model is not None else set()
     state, file_norm = take_normalization(state, obj, channels, keep)
     if user_model is None:
+        c, h, w = spec.shape
+        net = create_model(arch_name, num_classes=spec.num_classes, in_channels=c, input_size=h if h == w else (h, w),
+                           width=float(width), mean=tuple(spec.mean), std=tuple(spec.std))
+        what = f"architecture {arch_name!r}" + (f" at width {width:g}" if width != 1 else "")
+    else:
+        net = user_model
+        what = f"your {type(net).__name__} ({arch_name})"
+    mapping = fit_state(state, net, what=what, src=src, arch=arch_name if user_model is None else None,
+                        key_map=key_map)
+    if user_model is None:  # the file's, else --mean/--std, else what the zoo's model takes, else the dataset's
+        from robustprune.models.keymaps import KEY_MAPS
+
+        zoo = KEY_MAPS.get(mapping["key_map"])
         if file_norm is not None:
             norm_mean, norm_std, norm_src = file_norm
             if mean_v is not None:
                 say(f"note: the file holds its normalisation ({norm_src}); --mean/--std are not used")
         elif mean_v is not None:
             norm_mean, norm_std, norm_src = mean_v, std_v, "--mean/--std"
+        elif zoo is not None and zoo.raw_pixels:
+            norm_mean, norm_std = [0.0] * channels, [1.0] * channels
+            norm_src = f"none: {zoo.raw_pixels} (--mean/--std to override)"
         else:
             norm_mean, norm_std, norm_src = list(spec.mean), list(spec.std), f"the dataset's ({spec.name})"
-        if any(s <= 0 for s in norm_std):
+        if any(not v > 0 for v in norm_std):
             raise CheckpointError(f"{src}: the normalisation in {norm_src} has a std <= 0 ({norm_std})")
-        c, h, w = spec.shape
-        net = create_model(arch_name, num_classes=spec.num_classes, in_channels=c, input_size=h if h == w else (h, w),
-                           width=float(width), mean=tuple(norm_mean), std=tuple(norm_std))
-        what = f"architecture {arch_name!r}" + (f" at width {width:g}" if width != 1 else "")
+        with torch.no_grad():
+            net.normalize.mean.copy_(torch.tensor(norm_mean).view_as(net.normalize.mean))
+            net.normalize.std.copy_(torch.tensor(norm_std).view_as(net.normalize.std))
     else:
-        net = user_model
-        what = f"your {type(net).__name__} ({arch_name})"
         norm_mean, norm_std = [0.0] * channels, [1.0] * channels
         norm_src = "inside the model (its own forward)"
         if file_norm is not None:
             say(f"warning: {src} holds an input normalisation ({file_norm[2]}) that {type(net).__name__} has no "
                 "buffers for; it is not used (your model normalises its inputs itself)")
-    mapping = fit_state(state, net, what=what, src=src, arch=arch_name if user_model is None else None,
-                        key_map=key_map)
     net.to(dev).eval()
     say(f"read {weights.name}: {len(state)} tensors" + (f" under {'.'.join(path)}" if path else "")
         + (f", prefixes {' '.join(stripped)} stripped" if stripped else "")
@@ -459,9 +470,13 @@ def import_model(
     flags: list[str] = []
     if _near_chance(clean, spec.num_classes):
         flags.append("chance-accuracy")
+        identity = all(m == 0 for m in norm_mean) and all(v == 1 for v in norm_std)
+        fix = ("a model trained on normalised inputs needs --mean/--std, e.g. the dataset's "
+               f"{','.join(f'{v:g}' for v in spec.mean)} / {','.join(f'{v:g}' for v in spec.std)}" if identity
+               else "a model trained on raw [0, 1] pixels needs --mean 0 --std 1")
         warned.append(f"clean accuracy {clean:.3f} is near chance (1/{spec.num_classes}): a wrong input "
-                      f"normalisation (it came from {norm_src}; a model trained on raw [0, 1] pixels needs --mean 0 "
-                      "--std 1), a wrong architecture, or labels in another order")
+                      f"normalisation (it came from {norm_src.split(':')[0]}; {fix}), a wrong architecture, or "
+                      "labels in another order")
     if robust is not None and robust <= 0.02 and not flags:
         flags.append("not-robust")
         warned.append(f"APGD robust accuracy {robust:.3f} at eps {budget:g} is near zero: this does not look like an "

@@ -130,7 +130,8 @@ register_dataset(
         sizes=(50_000, 10_000),
         format="cifar10",
         subdirs=("cifar-10-batches-py",),
-        hint="unpack cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) and pass --data-dir DIR",
+        hint="run `robustprune data fetch cifar10` (downloads and verifies it) and pass the --data-dir it prints, "
+        "or unpack cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) and pass --data-dir DIR",
         description="CIFAR-10: 32x32 colour images, 10 classes, 50k train / 10k test (python pickle batches)",
     )
 )
@@ -150,7 +151,8 @@ register_dataset(
         sizes=(50_000, 10_000),
         format="cifar100",
         subdirs=("cifar-100-python",),
-        hint="unpack cifar-100-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) and pass --data-dir DIR",
+        hint="run `robustprune data fetch cifar100` (downloads and verifies it) and pass the --data-dir it prints, "
+        "or unpack cifar-100-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) and pass --data-dir DIR",
         description="CIFAR-100: 32x32 colour images, 100 fine classes, 50k train / 10k test (python pickles)",
     )
 )
@@ -170,8 +172,8 @@ register_dataset(
         sizes=(73_257, 26_032),
         format="svhn",
         subdirs=("svhn", "SVHN"),
-        hint="download train_32x32.mat and test_32x32.mat (http://ufldl.stanford.edu/housenumbers/) "
-        "and pass --data-dir DIR",
+        hint="run `robustprune data fetch svhn` (downloads and verifies it) and pass the --data-dir it prints, or "
+        "download train_32x32.mat and test_32x32.mat (http://ufldl.stanford.edu/housenumbers/) and pass --data-dir DIR",
         description="SVHN (cropped digits): 32x32 colour house numbers, 10 classes, 73k train / 26k test (.mat)",
     )
 )

@@ -37,6 +37,9 @@ class KeyMap:
     source: str
     rules: tuple[tuple[str, str], ...]
     unused: tuple[str, ...] = ()
+    raw_pixels: str = ""
+    """Non-empty when the zoo's model takes raw [0, 1] pixels unless the file holds its normalisation (the reason,
+    for the provenance); empty: its users normalise with the dataset's statistics."""
 
     def rename(self, key: str) -> str:
         for pattern, repl in self.rules:
@@ -47,6 +50,9 @@ class KeyMap:
     def is_unused(self, key: str) -> bool:
         return any(re.match(p, key) for p in self.unused)
 
+
+_RB_RAW = ("RobustBench's (TRADES') WideResNet takes raw [0, 1] pixels; its entries that normalise carry mu/sigma "
+           "buffers, which the file would hold")
 
 IDENTITY = KeyMap("none", "the names as they are (a robustprune model, or your own model's names)", ())
 
@@ -62,6 +68,7 @@ KEY_MAPS: dict[str, KeyMap] = {m.name: m for m in (
             (r"^fc\.", "fc."),
         ),
         unused=(r"^sub_block1\.",),
+        raw_pixels=_RB_RAW,
     ),
     KeyMap(
         "robustbench-preactresnet",
