@@ -411,3 +411,58 @@ def test_a_robustbench_wideresnet_without_mu_sigma_takes_raw_pixels(tmp_path):
     assert res.meta["import"]["key_map"] == "robustbench-wideresnet"
     print(f"import (RobustBench WRN-28-4 layout, random weights): clean {res.clean} APGD {res.robust}")
     assert res.warnings and "near chance" in res.warnings[0]  # untrained: said, not hidden
+
+
+def rb_resnet18_state(classes: int = 10, seed: int = 0) -> dict:
+    """RobustBench's / kuangliu's CIFAR ``ResNet18()`` (resnet.py): conv1 3x3, bn1, layer{1..4}.{0,1}.(conv1, bn1,
+    conv2, bn2, shortcut.0/.1 when the shape changes), linear."""
+    g = torch.Generator().manual_seed(seed)
+    s: dict = {"conv1.weight": _conv(64, 3, 3, g)}
+    _bn_state(s, "bn1.", 64, g)
+    c_in = 64
+    for layer, planes in enumerate((64, 128, 256, 512), 1):
+        for i in range(2):
+            p, stride = f"layer{layer}.{i}.", (1 if layer == 1 or i else 2)
+            s[p + "conv1.weight"] = _conv(planes, c_in, 3, g)
+            _bn_state(s, p + "bn1.", planes, g)
+            s[p + "conv2.weight"] = _conv(planes, planes, 3, g)
+            _bn_state(s, p + "bn2.", planes, g)
+            if stride != 1 or c_in != planes:
+                s[p + "shortcut.0.weight"] = _conv(planes, c_in, 1, g)
+                _bn_state(s, p + "shortcut.1.", planes, g)
+            c_in = planes
+    s["linear.weight"] = 0.05 * torch.randn(classes, 512, generator=g)
+    s["linear.bias"] = 0.1 * torch.randn(classes, generator=g)
+    return s
+
+
+def rb_resnet_forward(s: dict, x: torch.Tensor) -> torch.Tensor:
+    """RobustBench's ResNet.forward with BasicBlock, as a function of its state dict."""
+    out = F.relu(_bn(F.conv2d(x, s["conv1.weight"], padding=1), s, "bn1."))
+    for layer in range(1, 5):
+        for i in range(2):
+            p, st = f"layer{layer}.{i}.", (1 if layer == 1 or i else 2)
+            o = F.relu(_bn(F.conv2d(out, s[p + "conv1.weight"], stride=st, padding=1), s, p + "bn1."))
+            o = _bn(F.conv2d(o, s[p + "conv2.weight"], padding=1), s, p + "bn2.")
+            sc = _bn(F.conv2d(out, s[p + "shortcut.0.weight"], stride=st), s, p + "shortcut.1.") \
+                if p + "shortcut.0.weight" in s else out
+            out = F.relu(o + sc)
+    return F.linear(out.mean((2, 3)), s["linear.weight"], s["linear.bias"])
+
+
+def test_the_issue_s_dataparallel_resnet18_with_an_ema_beside_it():
+    """``{'state_dict': {'module.conv1.weight': ...}, 'ema': ...}`` as DataParallel training scripts write it."""
+    from robustprune.checkpoint_import import find_state_dict
+
+    rb, ema = rb_resnet18_state(), rb_resnet18_state(seed=1)
+    obj = {"state_dict": {f"module.{k}": v for k, v in rb.items()}, "ema": {f"module.{k}": v for k, v in ema.items()},
+           "epoch": 99}
+    assert find_state_dict(obj)[1:] == (["state_dict"], ["ema"])  # the first container; the other one is said
+    model, record, _ = _fit("resnet18", obj)
+    assert record["key_map"] == "robustbench-resnet"
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours, ref = model(x), rb_resnet_forward(rb, x)
+    assert torch.allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    state, path, _ = find_state_dict(obj, "ema")
+    assert path == ["ema"] and torch.equal(state["module.linear.weight"], ema["linear.weight"])

@@ -190,10 +190,16 @@ class StudySpec(BaseModel):
     compile: bool = False
     """``torch.compile`` the forward passes of every training phase."""
     channels_last: bool | None = None
-    """Memory layout of convolutional models in training and evaluation: None measures it once per architecture
-    on the device (``robustprune.precision.faster_layout``: channels_last when a forward + backward pass is at
-    least 1.1x faster; bf16 on CUDA always uses it); true / false force it. Only the speed depends on it: the
-    results differ by float rounding at most, and it is not part of a model's identity."""
+    """Memory layout of convolutional models in training and evaluation: None decides it once per study,
+    architecture and device type (``robustprune.precision.faster_layout``: channels_last when a forward + backward
+    pass is at least 1.1x faster; bf16 on CUDA always uses it), stores the choice in the database and uses it in
+    every cell, task and rerun; true / false force it. The results differ by float rounding between layouts, which
+    is why the choice is made once and stored; it is not part of a model's identity."""
+    storage: str | None = None
+    """Where checkpoints are written: None, the study folder (on a Ray cluster they travel to the driver through
+    Ray's object store); a folder or an fsspec URI (``s3://bucket/study``; ``s3fs`` installed) that every node can
+    reach, written by the tasks themselves (``robustprune.study.storage``). The database stays in the study folder,
+    written by the driver only."""
     eval_precision: Literal["fp32", "tf32"] = "fp32"
     """Precision of every measurement (attacks, checks): strict fp32 with TF32 off by default, so a robust accuracy
     does not depend on the chip."""
