@@ -740,9 +740,22 @@ def study(
     ray_address: Annotated[Optional[str], typer.Option(
         "--ray-address", help="Run the cells as Ray tasks on this existing Ray cluster (e.g. auto, ray://host:10001)."
     )] = None,
+    cpus_per_task: Annotated[float, typer.Option(
+        "--cpus-per-task", help="With --ray / --ray-address: CPUs each work unit's task asks for, and torch's "
+                                "thread count in it.")] = 1,
+    gpus_per_task: Annotated[Optional[float], typer.Option(
+        "--gpus-per-task", help="With --ray / --ray-address: GPUs each task asks for (fractional: 0.25 lets four "
+                                "small models share a GPU; default 1 when the cluster has GPUs, else 0).")] = None,
+    storage: Annotated[Optional[str], typer.Option(
+        "--storage", help="Where checkpoints are written (overrides the study key `storage`): a folder or a URI "
+                          "such as s3://bucket/study that every node reaches; default the --out folder.")] = None,
     plan: Annotated[bool, typer.Option(
-        "--plan", help="Print the grid (methods, sparsities and rates, attacks), the training budget and the "
-                       "estimated cost (from the study's `cost` key), and exit without running anything.")] = False,
+        "--plan", help="Print the grid (methods, sparsities and rates, attacks), the training budget, the "
+                       "critical path and the estimated wall time (on --workers workers), and exit without running "
+                       "anything.")] = False,
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", help="With --plan: the number of GPUs or CPUs (one task each) to estimate the wall time "
+                          "for.")] = None,
 ) -> None:
     """Run a study grid (the main job with no arguments); a second run reuses finished work.
 
@@ -753,7 +766,14 @@ def study(
     from robustprune.precision import check_precision
     from robustprune.study import load_study_spec, run_study
 
-    overrides: dict[str, Any] = {"data_dir": str(data_dir) if data_dir else None, "compile": compile_}
+    if cpus_per_task <= 0 or cpus_per_task != cpus_per_task:
+        raise ConfigError(f"--cpus-per-task must be > 0, got {cpus_per_task:g}")
+    if gpus_per_task is not None and not gpus_per_task >= 0:
+        raise ConfigError(f"--gpus-per-task must be >= 0 (fractional allowed, e.g. 0.25), got {gpus_per_task:g}")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    overrides: dict[str, Any] = {"data_dir": str(data_dir) if data_dir else None, "compile": compile_,
+                                 "storage": storage}
     if precision is not None:
         overrides["precision"] = check_precision(precision, what="--precision")
     spec = load_study_spec(spec_file, overrides)
@@ -774,7 +794,8 @@ def study(
     if ray or ray_address:
         from robustprune.study.ray_runner import run_study_ray
 
-        outcome = run_study_ray(spec, out, address=ray_address, device=device, log=_echo, command=command)
+        outcome = run_study_ray(spec, out, address=ray_address, device=device, log=_echo, command=command,
+                                cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task)
     else:
         outcome = run_study(spec, out, device=device, log=_echo, progress=False if quiet else None, command=command)
     _echo(f"done in {outcome.wall_time:.0f}s: {outcome.models_trained} models trained, {outcome.models_reused} reused, "

@@ -51,6 +51,11 @@ class ModelEvaluator:
             return a, config_hash(_settings(attack_kwargs(info, a, eps), spec_name(a))), float(eps)
         return None
 
+    def seed_transfer(self, examples: dict[str, Any]) -> None:
+        """Transfer examples crafted elsewhere (a base unit's Ray task), by base model id, used instead of crafting
+        them again."""
+        self.__dict__.setdefault("_transfer_cache", {}).update(examples)
+
     def _transfer_examples(self, base_id: str, base_state: dict[str, torch.Tensor], splits: Splits, arch: str,
                            seed: int, width: float):
         """Every budget attack's examples crafted once on the unpruned base model (cached per base model)."""

@@ -1,15 +1,26 @@
-"""Run a study's cells as Ray tasks: on a local Ray instance (``--ray``) or an existing cluster (``--ray-address``).
+"""Run a study's work units as Ray tasks: on a local Ray instance (``--ray``) or an existing cluster
+(``--ray-address``), whose nodes need not share a file system.
 
-The work units are those of :class:`StudyRunner` (one base cell per dataset/architecture/seed, then one method chain
-per dataset/architecture/seed/method from the stored base model); each task runs one unit with the same code as the
-in-process runner and commits its cells to the same SQLite store, so finished cells are reused, a killed study
-resumes, and the rows are those of the in-process runner. No scheduler of our own: Ray places the tasks. A cell that
-fails inside a task is stored by the task (as in-process); a task that fails as a whole (its worker died) has its
-unfinished cells stored as failed by the driver, and the study goes on with the other tasks. On a
-multi-machine cluster the output folder must be on a file system every node sees (SQLite WAL needs a local or
-properly locking one).
+**One writer.** Each task runs one unit (:func:`robustprune.study.unit.run_unit_task`: the unit function of the
+in-process runner) in node-local scratch space and returns everything it produced; only this driver opens
+``results.sqlite``, committing each task's journal and checkpoints in one transaction as the results arrive
+(``ray.wait``, not submission order). Checkpoints travel through Ray's object store, or are written by the tasks to
+the study's ``storage`` (a folder or URI every node reaches).
 
-Ray is an optional extra, imported lazily: ``pip install -e ".[ray]"``.
+**Dependencies, not waves.** A method chain's task takes its base task's result as an argument, so it starts as
+soon as its own base exists, whatever the other bases are doing.
+
+**Faults.** A task whose worker or node dies is retried by Ray (``max_retries``); it committed nothing, so its
+retry commits every cell once. A Python exception inside a cell is stored as that cell's failure by the unit (no
+blind retry); one that escapes a unit is not retried either, and its cells are stored as failed. A killed driver
+loses only the tasks it had not committed: a rerun reuses every committed cell.
+
+**Same numbers.** The memory layout is decided once per study, architecture and device type (on a worker when the
+tasks use GPUs), stored, and handed to every task; each task runs torch with ``--cpus-per-task`` threads. The rows
+are those of the in-process runner run with the same thread count.
+
+Ray is an optional extra, imported lazily: ``pip install -e ".[ray]"``. Ray's token authentication stays as the
+cluster has it (docs/distributed.md shows how to start and join a token-protected cluster).
 """
 
 from __future__ import annotations
@@ -21,6 +32,13 @@ from typing import Any
 from robustprune.errors import ConfigError
 from robustprune.study.runner import Log, StudyOutcome, StudyRunner
 from robustprune.study.spec import StudySpec
+from robustprune.study.storage import StorageLocation
+from robustprune.study.store import STATUS_DONE, ResultsStore
+from robustprune.study.unit import Unit, UnitOutput, commit
+
+MAX_RETRIES = 3
+"""Times Ray reruns a task whose worker process or node died (system failures only; a Python error is not
+retried)."""
 
 
 def _import_ray() -> Any:
@@ -32,34 +50,60 @@ def _import_ray() -> Any:
     return ray
 
 
-def _unit(spec_json: dict[str, Any], out_dir: str, device: str | None, dataset: str, arch: str, seed: int,
-          method: str | None, threads: int | None = None) -> dict[str, Any]:
-    """One Ray task: run one work unit in the worker process and return its counts and log lines. ``threads``:
-    torch's intra-op thread count (the driver's), so that CPU float reductions run in the same order as
-    in-process and the rows are bit-identical (Ray workers otherwise start torch with 1 thread)."""
-    import torch
+def check_resources(nodes: list[dict[str, Any]], *, cpus_per_task: float, gpus_per_task: float) -> str:
+    """A one-line ConfigError when no alive node of the cluster can run one task (``nodes``: ``ray.nodes()``);
+    else a one-line description of the cluster."""
+    alive = [n for n in nodes if n.get("Alive", n.get("alive", True))]
+    res = [n.get("Resources", {}) for n in alive]
+    cpus = sum(r.get("CPU", 0) for r in res)
+    gpus = sum(r.get("GPU", 0) for r in res)
+    fits = [r for r in res if r.get("CPU", 0) >= cpus_per_task and r.get("GPU", 0) >= gpus_per_task]
+    if not fits:
+        biggest = max(res, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
+        raise ConfigError(
+            f"no node of the Ray cluster can run a task of {cpus_per_task:g} CPU(s)"
+            + (f" and {gpus_per_task:g} GPU(s)" if gpus_per_task else "")
+            + f" (the cluster has {len(alive)} node(s), {cpus:g} CPUs and {gpus:g} GPUs in all; the largest node "
+              f"{biggest.get('CPU', 0):g} CPUs, {biggest.get('GPU', 0):g} GPUs); lower --cpus-per-task"
+            + (" / --gpus-per-task" if gpus_per_task else "") + " or add nodes")
+    return f"{len(alive)} node(s), {cpus:g} CPUs, {gpus:g} GPUs"
 
-    from robustprune.study.spec import StudySpec as _Spec
 
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    lines: list[str] = []
-    runner = StudyRunner(_Spec.model_validate(spec_json), out_dir, device=device, log=lines.append, progress=False)
-    counts = runner.run_unit(dataset, arch, seed, method)
-    return {**counts, "log": lines}
+def _inputs(store: ResultsStore, ids: list[str], target: StorageLocation, ship: list[str] | None
+            ) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """The rows of a unit's models, and the bytes of the checkpoints of the models ``ship`` (None: none, the tasks
+    read the study's storage)."""
+    rows = store.rows_for(ids)
+    artifacts = []
+    if ship:
+        for m in rows["models"]:
+            if m["model_id"] not in ship:
+                continue
+            rel = m.get("checkpoint")
+            path = target.path(rel) if rel else None
+            side = target.path(rel[: -len(".safetensors")] + ".json") if rel else None
+            if path is not None and path.is_file() and side is not None and side.is_file():
+                artifacts.append({"rel": rel, "sha256": m.get("checkpoint_sha256"), "data": path.read_bytes(),
+                                  "sidecar": side.read_bytes()})
+    return rows, artifacts
 
 
 def run_study_ray(spec: StudySpec, out_dir: str | Path, *, address: str | None = None, device: str | None = None,
                   log: Log = print, command: list[str] | None = None, num_cpus: int | None = None,
-                  threads: int | None = None) -> StudyOutcome:
+                  threads: int | None = None, cpus_per_task: float = 1, gpus_per_task: float | None = None,
+                  max_retries: int = MAX_RETRIES) -> StudyOutcome:
     """Run (or finish) ``spec`` into ``out_dir`` with every work unit as a Ray task; see the module docstring.
-    ``address`` None starts a local Ray instance (``num_cpus`` caps it); else it joins that cluster ("auto" too).
-    Tasks ask for one GPU each when the cluster has GPUs, else one CPU. ``threads``: torch threads per task (None:
-    the driver's ``torch.get_num_threads()``, which makes the rows identical to the in-process runner's on the same
-    machine; pass 1 to avoid oversubscribing the CPUs when many tasks run at once)."""
-    import torch
 
+    ``address`` None starts a local Ray instance (``num_cpus`` caps it); else it joins that cluster ("auto" too).
+    ``cpus_per_task``: CPUs each task asks for, and torch's thread count in it (``threads`` overrides the latter);
+    ``gpus_per_task``: GPUs each task asks for (fractional: 0.25 lets four small models share one GPU; None: 1 when
+    the cluster has GPUs, else 0). A cluster on which no node can run one task is a one-line error before any
+    work."""
     ray = _import_ray()
+    if cpus_per_task <= 0:
+        raise ConfigError(f"--cpus-per-task must be > 0, got {cpus_per_task:g}")
+    if gpus_per_task is not None and gpus_per_task < 0:
+        raise ConfigError(f"--gpus-per-task must be >= 0, got {gpus_per_task:g}")
     out = Path(out_dir).resolve()
     runner = StudyRunner(spec, out, device=device, log=log, command=command)
     t_start = time.perf_counter()
@@ -71,33 +115,104 @@ def run_study_ray(spec: StudySpec, out_dir: str | Path, *, address: str | None =
         else:
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
-        gpus = float(ray.cluster_resources().get("GPU", 0))
-        opts = {"num_gpus": 1, "num_cpus": 1} if gpus >= 1 else {"num_cpus": 1}
-        task = ray.remote(**opts)(_unit)
+        nodes = ray.nodes()
+        gpus_total = sum(n.get("Resources", {}).get("GPU", 0) for n in nodes if n.get("Alive", True))
+        gpt = float(gpus_per_task if gpus_per_task is not None else (1 if gpus_total >= 1 else 0))
+        cluster = check_resources(nodes, cpus_per_task=cpus_per_task, gpus_per_task=gpt)
+        n_threads = int(threads if threads is not None else max(1, int(cpus_per_task)))
+        dev = device if device is not None else ("cuda" if gpt > 0 else "cpu")
+        opts: dict[str, Any] = {"num_cpus": cpus_per_task, "max_retries": max_retries, "retry_exceptions": False}
+        if gpt > 0:
+            opts["num_gpus"] = gpt
+        target = runner.storage or StorageLocation(out)
+        ship = runner.storage is None
         spec_json = spec.model_dump(mode="json")
-        dev = device if device is not None else ("cuda" if gpus >= 1 else None)
-        bases, chains = runner.units()
-        log(f"ray: {len(bases)} base task(s), then {len(chains)} method task(s) "
-            f"({'1 GPU' if gpus >= 1 else '1 CPU'} each) on {ray.cluster_resources().get('CPU', 0):g} CPUs, "
-            f"{gpus:g} GPUs")
-        for wave in ([(d, a, s, None) for d, a, s in bases], chains):
-            n_threads = threads if threads is not None else torch.get_num_threads()
-            futures = [task.remote(spec_json, str(out), dev, d, a, s, m, n_threads) for d, a, s, m in wave]
-            for unit, future in zip(wave, futures):
-                try:
-                    res = ray.get(future)
-                except Exception as exc:  # noqa: BLE001  (the task as a whole failed: its cells are stored as such)
-                    d, a, s, m = unit
-                    runner.unit_failed(d, a, s, m, getattr(exc, "cause", None) or exc)
-                    continue
-                for line in res["log"]:
-                    log(line)
-                runner.outcome.models_trained += res["models_trained"]
-                runner.outcome.models_reused += res["models_reused"]
-                runner.outcome.rows_written += res["rows_written"]
-                runner.outcome.failures += res.get("failures", [])
-                runner.outcome.diverged += res.get("diverged", [])
+        with ResultsStore(runner.outcome.db_path) as store:
+            _decide_layouts(ray, runner, store, spec_json, opts, dev, n_threads)
+            task = ray.remote(**opts)(_task)
+            bases = [Unit(d, a, s) for d in spec.datasets for s in spec.seeds for a in spec.architectures]
+            log(f"ray: {len(bases)} base task(s), {len(bases) * len(spec.methods)} method task(s) "
+                f"({cpus_per_task:g} CPU" + (f", {gpt:g} GPU" if gpt else "") + f" each, {n_threads} torch "
+                f"thread(s)) on {cluster}; each method task starts when its base exists")
+            pending: dict[Any, Unit] = {}
+            base_refs: dict[Unit, Any] = {}
+            for b in bases:
+                base_ids = runner.unit_ids(b)
+                rows, arts = _inputs(store, base_ids, target, base_ids if ship else None)
+                chains = [Unit(b.dataset, b.arch, b.seed, m) for m in spec.methods]
+                chain_ids = {c: runner.unit_ids(c) for c in chains}
+                craft = bool(spec.transfer and chains and any(
+                    (rec := store.get_model(i)) is None or rec.get("status") != STATUS_DONE
+                    for ids in chain_ids.values() for i in ids[1:]))
+                payload = {"spec": spec_json, "unit": [b.dataset, b.arch, b.seed, None], "rows": rows,
+                           "artifacts": arts, "device": dev, "threads": n_threads, "layouts": runner.layouts,
+                           "storage": spec.storage, "craft_transfer": craft}
+                base_ref = task.remote(payload, None)
+                pending[base_ref], base_refs[b] = b, base_ref
+                for c in chains:  # the base's checkpoint comes with the base task's result, not from here
+                    crow, carts = _inputs(store, chain_ids[c], target, chain_ids[c][1:] if ship else None)
+                    cpay = {**payload, "unit": [c.dataset, c.arch, c.seed, c.method], "rows": crow,
+                            "artifacts": carts, "craft_transfer": False}
+                    pending[task.remote(cpay, base_ref)] = c
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    unit = pending.pop(ref)
+                    try:
+                        res: UnitOutput = ray.get(ref)
+                    except Exception as exc:  # noqa: BLE001  (the task as a whole failed after Ray's retries)
+                        cause = getattr(exc, "cause", None) or exc
+                        if unit.method is None:
+                            runner.unit_failed(unit.dataset, unit.arch, unit.seed, None, cause)
+                        elif _failed(ray, base_refs[Unit(unit.dataset, unit.arch, unit.seed)]):
+                            runner.base_unit_failed(unit)  # Ray passed its base task's error on
+                        else:
+                            runner.unit_failed(unit.dataset, unit.arch, unit.seed, unit.method, cause)
+                        continue
+                    commit(store, res.ops, res.artifacts, target)
+                    for line in res.log:
+                        log(line)
+                    o = runner.outcome
+                    o.models_trained += res.counts.get("models_trained", 0)
+                    o.models_reused += res.counts.get("models_reused", 0)
+                    o.rows_written += res.counts.get("rows_written", 0)
+                    o.failures += res.failures
+                    o.diverged += res.diverged
+                    o.nodes[res.node or "?"] = o.nodes.get(res.node or "?", 0) + 1
+        nodes = runner.outcome.nodes
+        log(f"ray: units ran on {len(nodes)} node(s): " + ", ".join(f"{k[:8]} {v}" for k, v in sorted(nodes.items())))
     finally:
         if started_here:
             ray.shutdown()
     return runner._finish(t_start)
+
+
+def _failed(ray: Any, ref: Any) -> bool:
+    """Whether the (finished) task behind ``ref`` failed."""
+    try:
+        ray.get(ref, timeout=0)
+    except Exception:  # noqa: BLE001
+        return True
+    return False
+
+
+def _task(payload: dict[str, Any], base_out: UnitOutput | None) -> UnitOutput:
+    """The Ray task (a module-level function, so that its process title names it: ``ray::_task``)."""
+    from robustprune.study.unit import run_unit_task
+
+    return run_unit_task(payload, base_out)
+
+
+def _decide_layouts(ray: Any, runner: StudyRunner, store: ResultsStore, spec_json: dict[str, Any],
+                    opts: dict[str, Any], device: str, threads: int) -> None:
+    """The study's memory layouts: stored ones reused; missing ones measured once on a worker of the tasks' kind
+    (its device type may differ from the driver's), then stored."""
+    from robustprune.study.layouts import measure_layouts_task
+
+    runner.layout_device = str(device).split(":")[0]  # the layouts are keyed by the tasks' device type
+
+    def remote(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+        probe = ray.remote(**{k: v for k, v in opts.items() if k != "retry_exceptions"})(measure_layouts_task)
+        return ray.get(probe.remote(spec_json, [list(p) for p in pairs], device, threads))
+
+    runner.decide_layouts(store, measure=remote)

@@ -39,9 +39,21 @@ from robustprune.objectives import build_objective
 from robustprune.precision import effective_precision
 from robustprune.provenance import code_version, file_sha256
 from robustprune.study.eta import StudyClock, evaluation_passes, objective_passes
+from robustprune.study.layouts import measure_layouts
 from robustprune.study.model_eval import ModelEvaluator
 from robustprune.study.spec import ObjectiveSpec, StudySpec, method_of, split_architecture
+from robustprune.study.storage import StorageLocation
 from robustprune.study.store import STATUS_DONE, STATUS_FAILED, ResultsStore
+from robustprune.study.unit import (
+    JournalStore,
+    Unit,
+    UnitOutput,
+    commit,
+    new_scratch,
+    publish,
+    remove_scratch,
+    remove_stale_scratch,
+)
 from robustprune.train import TrainConfig, fit
 from robustprune.train.cost import training_passes
 from robustprune.utils import config_hash, default_device, seed_everything
@@ -150,6 +162,8 @@ class StudyOutcome:
     """The failure rows written by this run (see ``ResultsStore.failures``): cells that failed, and cells not run
     because a cell they depend on failed."""
     models_planned: int = 0
+    nodes: dict[str, int] = field(default_factory=dict)
+    """Ray node id -> work units it ran (empty in-process)."""
     report_error: str | None = None
     """Why the report could not be written (None: it was, or the run never got that far)."""
     exports: dict[str, int] = field(default_factory=dict)
@@ -229,7 +243,18 @@ class StudyRunner:
         self.clock: StudyClock | None = None
         """The remaining-time estimate (``robustprune.study.eta``) of an in-process run; None in Ray tasks."""
         self._sizes: dict[str, tuple[int, int, int]] = {}
-        self._layouts: dict[tuple[str, str], bool] = {}
+        self.layouts: dict[str, bool] = {}
+        """The memory layout of each ``device type|dataset|architecture`` (True: channels_last), decided once per
+        study and stored in the database's meta (:meth:`decide_layouts`); every cell and every task uses it."""
+        self.storage: StorageLocation | None = StorageLocation(spec.storage) if spec.storage else None
+        """Where checkpoints go (the study key ``storage``); None: the study folder."""
+        self.scratch: Path = self.out
+        """The running unit's scratch folder: its checkpoints are written there, then committed."""
+        self.layout_device: str | None = None
+        """The device type the layouts are decided for (None: this runner's; a Ray driver sets its tasks')."""
+        self.read_out = True
+        """Whether checkpoints may be read from the study folder (in-process: yes; a Ray task: never, it reads its
+        scratch folder and the storage only)."""
 
     # ---- helpers ------------------------------------------------------------------------------------------
     def _cfg(self, cfg: TrainConfig) -> TrainConfig:
@@ -267,11 +292,25 @@ class StudyRunner:
                 "width": width, "mean": list(s.mean), "std": list(s.std), "code_version": code_version(),
                 "precision": {"train": self.train_precision, "eval": self.spec.eval_precision}, **extra}
 
+    def _find(self, rel: str) -> Path | None:
+        """The local file of a stored checkpoint: in the unit's scratch folder, the study folder (in-process), or
+        fetched from the study's storage into the scratch folder; None when it is nowhere."""
+        path = Path(rel)
+        if path.is_absolute():
+            return path if path.exists() else None
+        roots = [self.scratch] + ([self.out] if self.read_out else [])
+        for root in roots:
+            if (root / rel).exists():
+                return root / rel
+        if self.storage is not None and self.storage.get(rel, self.scratch / rel):
+            side = rel[: -len(".safetensors")] + ".json" if rel.endswith(".safetensors") else rel + ".json"
+            self.storage.get(side, self.scratch / side)
+            return self.scratch / rel
+        return None
+
     def _load(self, record: dict[str, Any]):
-        path = Path(record["checkpoint"])
-        if not path.is_absolute():
-            path = self.out / path
-        if not path.exists():
+        path = self._find(record["checkpoint"])
+        if path is None:
             return None  # a models row whose checkpoint is gone (deleted, or a crash before it landed): redo the cell
         want = record.get("checkpoint_sha256")
         if want and file_sha256(path) != want:
@@ -336,7 +375,9 @@ class StudyRunner:
         self._clock_start(f"eval|{model_id}")
         try:
             self.evaluator.evaluate(store, model_id, model, splits, base, train_wall, source=source,
-                                    channels_last=self._channels_last(base["architecture"], splits))
+                                    channels_last=self._channels_last(
+                                        f"{base['architecture']}*{float(base.get('width') or self.spec.width):g}",
+                                        splits))
             self._clock_done(f"eval|{model_id}", say=True)
         except Exception as exc:  # noqa: BLE001  (any failure of one cell is stored; the study goes on)
             store.set_model_status(model_id, STATUS_FAILED)
@@ -361,28 +402,47 @@ class StudyRunner:
             self.clock.drop(f"train|{cell_id}")
             self.clock.drop(f"eval|{cell_id}")
 
+    def _layout_key(self, dataset: str, arch: str) -> str:
+        name, width = self._arch(arch)
+        return f"{self.layout_device or self.device.type}|{dataset}|{name}" + ("" if width == 1 else f"*{width:g}")
+
     def _channels_last(self, arch: str, splits: Splits) -> bool:
-        """The memory layout of ``arch`` on this device (the study key ``channels_last``; measured once per
-        architecture and dataset when it is None, and said in one line)."""
+        """The memory layout of ``arch`` on this device type: the study key ``channels_last``, else the choice
+        :meth:`decide_layouts` made once for this study (stored in the database, so every cell, every Ray task
+        and every rerun computes in the same layout and gives the same numbers)."""
         if self.spec.channels_last is not None:
             return bool(self.spec.channels_last)
-        key = (splits.spec.name, arch)
-        if key not in self._layouts:
-            from robustprune.precision import faster_layout, is_convolutional, use_channels_last
+        key = self._layout_key(splits.spec.name, arch)
+        if key not in self.layouts:
+            raise RobustPruneError(f"no memory layout was decided for {key} before the work started (an internal "
+                                   "error: StudyRunner.decide_layouts must run first)")
+        return self.layouts[key]
 
-            model = self._build(arch, splits)
-            if use_channels_last(model, self.train_precision, self.device):  # bf16 on CUDA: always
-                self._layouts[key] = True
-            elif not is_convolutional(model):
-                self._layouts[key] = False
-            else:
-                x = splits.train.x[: self.spec.base_train.batch_size]
-                cl, speedup = faster_layout(model, x)
-                self._layouts[key] = cl
-                self.log(f"[{splits.spec.name}/{arch}] memory layout: {'channels_last' if cl else 'NCHW'} (a forward "
-                         f"+ backward pass is {speedup:.2f}x as fast in channels_last on this {self.device.type}; "
-                         "set channels_last: true/false in the study file to force one)")
-        return self._layouts[key]
+    def layout_keys(self) -> list[tuple[str, str]]:
+        """(dataset, architecture) pairs whose layout the study needs."""
+        return [(get_spec(d).name, a) for d in self.spec.datasets for a in self.spec.architectures]
+
+    def decide_layouts(self, store: ResultsStore, measure: Callable[[list[tuple[str, str]]], dict[str, Any]]
+                       | None = None) -> None:
+        """Every (dataset, architecture)'s memory layout on this device type, decided once per study: the one
+        stored in the database's meta (``layouts``) when there is one, else measured now (``measure``: a function
+        of the missing pairs, e.g. a probe on a Ray worker's device; default: :func:`measure_layouts` here) and
+        stored. Not measured when the study key ``channels_last`` forces one."""
+        if self.spec.channels_last is not None:
+            return
+        stored = dict(store.get_meta("layouts") or {})
+        missing = [(d, a) for d, a in self.layout_keys() if self._layout_key(d, a) not in stored]
+        if missing:
+            found = (measure or (lambda pairs: measure_layouts(self, pairs)))(missing)
+            for (d, a) in missing:
+                key = self._layout_key(d, a)
+                choice = found[key]
+                stored[key] = bool(choice["channels_last"])
+                self.log(f"[{d}/{a}] memory layout: {'channels_last' if choice['channels_last'] else 'NCHW'} "
+                         f"({choice['why']}); decided once for this study on {self.layout_device or self.device.type} and stored: "
+                         "every cell and every rerun uses it (study key channels_last: true/false forces one)")
+            store.set_meta("layouts", stored)
+        self.layouts = {k: bool(v) for k, v in stored.items()}
 
     def _plan_time(self, store: ResultsStore) -> None:
         """Every phase still to run, counted in passes (see ``robustprune.study.eta``): training and evaluation of
@@ -501,7 +561,10 @@ class StudyRunner:
 
     def _start(self) -> None:
         self._check_out()
+        if self.storage is not None:
+            self.storage.check_writable()
         self._check_inputs()
+        remove_stale_scratch(self.out / ".scratch")
         (self.out / "study.json").write_text(json.dumps(self.spec.model_dump(mode="json"), indent=2))
         with ResultsStore(self.outcome.db_path) as store:
             store.set_meta("spec", self.spec.model_dump(mode="json"))
@@ -586,30 +649,99 @@ class StudyRunner:
         return {"base_models": bases, "pruned_models": pruned, "models": bases + pruned, "rows": rows}
 
     def run(self) -> StudyOutcome:
+        """Every unit in this process, in order (each base, then its method chains), each committed as it writes
+        (see :mod:`robustprune.study.unit`): the same unit function and the same commit as a Ray task's."""
         t_start = time.perf_counter()
         self._start()
         self.clock = StudyClock(log=self.log)
+        target = self.storage or StorageLocation(self.out)
         try:
             with ResultsStore(self.outcome.db_path) as store:
+                self.decide_layouts(store)
                 self._plan_time(store)
                 for dataset in self.spec.datasets:
                     for seed in self.spec.seeds:
                         splits = self._splits(dataset, seed)
                         for arch in self.spec.architectures:
                             self._probe(splits, arch)
-                            base = self._run_base(store, splits, arch, seed)
-                            if base is None:
-                                for method in self.spec.methods:
-                                    self._base_failed(store, splits.spec, arch, seed, method)
-                                continue
-                            base_id, model, row_base = base
-                            base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                            self.run_here(store, Unit(dataset, arch, seed), target, splits)
                             for method in self.spec.methods:
-                                self._run_method(store, splits, arch, seed, method, base_id, base_state, row_base)
+                                self.run_here(store, Unit(dataset, arch, seed, method), target, splits)
         except Exception:
             self._write_report()  # what finished is reported even when something outside every cell failed
             raise
         return self._finish(t_start)
+
+    def unit_ids(self, unit: Unit) -> list[str]:
+        """The model ids a unit may read or write: its base model, and every cell of its method chain."""
+        ds = get_spec(unit.dataset)
+        base_id = config_hash(self._base_cfg(ds.name, unit.arch, unit.seed))
+        if unit.method is None:
+            return [base_id]
+        cells = self._method_cells(ds, unit.arch, unit.seed, unit.method, base_id)
+        return [base_id] + [cells.keys(r)[0] for r in cells.rates]
+
+    def run_here(self, store: ResultsStore, unit: Unit, target: StorageLocation, splits: Splits | None = None) -> None:
+        """Run one unit in this process: in a scratch folder beside the study's, with its own journal store seeded
+        from ``store``; every write is committed to ``store`` (artifacts to ``target``) as it happens, so a study
+        killed at any moment keeps every finished cell."""
+        scratch = new_scratch(self.out / ".scratch")
+        journal: JournalStore | None = None
+
+        def flush() -> None:
+            assert journal is not None
+            ops = journal.take()
+            commit(store, ops, publish(ops, scratch, how="path", storage=self.storage), target)
+
+        try:
+            journal = JournalStore(scratch / "unit.sqlite", on_write=flush)
+            journal.load_rows(store.rows_for(self.unit_ids(unit)))
+            self.execute(journal, unit, scratch=scratch, splits=splits)
+        finally:
+            if journal is not None:
+                journal.close()
+            remove_scratch(scratch)
+
+    def execute(self, store: ResultsStore, unit: Unit, *, scratch: Path, splits: Splits | None = None,
+                craft_transfer: bool = False) -> UnitOutput:
+        """The unit function: run one work unit (the base cell when ``unit.method`` is None, else one method's
+        cells from the stored base model) against ``store`` (a unit's journal store), writing checkpoints under
+        ``scratch``. Returns what it did (counts, failures, log); the caller commits the journal. With
+        ``craft_transfer`` a base unit also crafts the transfer examples its chains evaluate with (a Ray task hands
+        them to the chain tasks; in-process they are cached)."""
+        o = self.outcome
+        before = (o.models_trained, o.models_reused, o.rows_written, len(o.failures), len(o.diverged))
+        self.scratch = scratch
+        out = UnitOutput(unit)
+        if splits is None:
+            splits = self._splits(unit.dataset, unit.seed)
+        dataset, arch, seed, method = unit.dataset, unit.arch, unit.seed, unit.method
+        if method is None:
+            base = self._run_base(store, splits, arch, seed)
+            if base is not None and craft_transfer and self.spec.transfer and self.spec.methods:
+                base_id, model, _row = base
+                self.evaluator.channels_last = self._channels_last(arch, splits)
+                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                name, width = self._arch(arch)
+                out.transfer = {base_id: self.evaluator._transfer_examples(base_id, state, splits, name, seed, width)}
+        else:
+            base_id = config_hash(self._base_cfg(splits.spec.name, arch, seed))
+            rec = store.get_model(base_id)
+            loaded = self._load(rec) if rec else None
+            if loaded is None and store.failures("cell_id = ?", (base_id,)):
+                self._base_failed(store, splits.spec, arch, seed, method)
+            elif loaded is None:
+                raise RobustPruneError(f"base model {base_id} of {dataset}/{arch}/seed {seed} is not in the study's "
+                                       "database; its base unit must finish first")
+            else:
+                base_state = {k: v.detach().clone() for k, v in loaded[0].state_dict().items()}
+                row_base = self._row_base(splits, arch, seed)
+                self._run_method(store, splits, arch, seed, method, base_id, base_state, row_base)
+        out.counts = {"models_trained": o.models_trained - before[0], "models_reused": o.models_reused - before[1],
+                      "rows_written": o.rows_written - before[2]}
+        out.failures = [{k: v for k, v in f.items() if k != "traceback"} for f in o.failures[before[3]:]]
+        out.diverged = list(o.diverged[before[4]:])
+        return out
 
     def _base_failed(self, store: ResultsStore, ds: DatasetSpec, arch: str, seed: int, method: str) -> None:
         """The cells of ``method`` on a base model that failed: stored as not run."""
@@ -619,30 +751,10 @@ class StudyRunner:
             self._not_run(store, cells.failure_cell(rate), "its base model failed",
                           f"its base model {base_id} ({ds.name}/{arch}/seed {seed}) failed; see that model's failure")
 
-    def run_unit(self, dataset: str, arch: str, seed: int, method: str | None = None) -> dict[str, Any]:
-        """Run one work unit (the base cell when ``method`` is None, else one method's cells from the stored base
-        model) and return its counts and failure rows. What the Ray runner's tasks call."""
+    def base_unit_failed(self, unit: Unit) -> None:
+        """The cells of a method unit whose base unit failed as a whole: stored as not run."""
         with ResultsStore(self.outcome.db_path) as store:
-            splits = self._splits(dataset, seed)
-            if method is None:
-                self._run_base(store, splits, arch, seed)
-            else:
-                base_id = config_hash(self._base_cfg(splits.spec.name, arch, seed))
-                rec = store.get_model(base_id)
-                loaded = self._load(rec) if rec else None
-                if loaded is None and store.failures("cell_id = ?", (base_id,)):
-                    self._base_failed(store, splits.spec, arch, seed, method)
-                elif loaded is None:
-                    raise RobustPruneError(f"base model {base_id} of {dataset}/{arch}/seed {seed} is not in "
-                                           f"{self.outcome.db_path}; its base task must finish first")
-                else:
-                    base_state = {k: v.detach().clone() for k, v in loaded[0].state_dict().items()}
-                    row_base = self._row_base(splits, arch, seed)
-                    self._run_method(store, splits, arch, seed, method, base_id, base_state, row_base)
-        o = self.outcome
-        return {"models_trained": o.models_trained, "models_reused": o.models_reused, "rows_written": o.rows_written,
-                "failures": [{k: v for k, v in f.items() if k != "traceback"} for f in o.failures],
-                "diverged": list(o.diverged)}
+            self._base_failed(store, get_spec(unit.dataset), unit.arch, unit.seed, str(unit.method))
 
     def unit_failed(self, dataset: str, arch: str, seed: int, method: str | None, exc: BaseException) -> None:
         """A work unit that failed outside every cell (e.g. its Ray worker died): each of its cells not stored
@@ -678,10 +790,11 @@ class StudyRunner:
 
     def _save(self, store: ResultsStore, model_id: str, model: nn.Module, meta: dict[str, Any], masks: Any,
               record: dict[str, Any]) -> None:
-        ckpt = self.ckpt_dir / f"{model_id}.safetensors"
+        rel = f"checkpoints/{model_id}.safetensors"
+        ckpt = self.scratch / rel  # the unit's scratch folder; committed with the model row (robustprune.study.unit)
         save_checkpoint(ckpt, model, meta=meta, masks=masks)
         store.put_model({**record, "model_id": model_id, "study": self.spec.name,
-                         "checkpoint": str(ckpt.relative_to(self.out)), "checkpoint_sha256": file_sha256(ckpt),
+                         "checkpoint": rel, "checkpoint_sha256": file_sha256(ckpt),
                          "train_precision": self.train_precision, "eval_precision": self.spec.eval_precision})
 
     def _run_base(self, store: ResultsStore, splits: Splits, arch: str,

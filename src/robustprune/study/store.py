@@ -32,6 +32,7 @@ never write into a file, and a file that is not a robustprune database of this s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -428,6 +429,9 @@ class ResultsStore:
 
     def _transaction(self, sql: str, values: Sequence[tuple]) -> None:
         self._write()
+        if self._db.in_transaction:  # inside batch(): part of the caller's one transaction
+            self._db.executemany(sql, values)
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.executemany(sql, values)
@@ -435,6 +439,51 @@ class ResultsStore:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+
+    @contextlib.contextmanager
+    def batch(self):
+        """Every write inside the ``with`` block is one transaction: all of it lands, or none (a work unit's
+        results are committed this way, see ``robustprune.study.unit``)."""
+        self._write()
+        if self._db.in_transaction:
+            yield self
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # ---- raw rows of some models (a work unit's view of the database) ------------------------------------------
+    _ROW_TABLES = (("models", "model_id"), ("results", "model_id"), ("checks", "model_id"),
+                   ("vulnerability", "model_id"), ("failures", "cell_id"))
+
+    def rows_for(self, ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """Every stored row of the models (and failed cells) ``ids``, table by table, as plain values: what a
+        work unit needs to see of the database to reuse finished work (see :meth:`load_rows`)."""
+        ids = sorted(set(ids))
+        out: dict[str, list[dict[str, Any]]] = {}
+        tables = self._tables()
+        for table, key in self._ROW_TABLES:
+            rows: list[dict[str, Any]] = []
+            if table in tables:
+                for i in range(0, len(ids), 500):
+                    chunk = ids[i:i + 500]
+                    sql = f"SELECT * FROM {table} WHERE {key} IN ({', '.join('?' * len(chunk))})"
+                    rows += [dict(r) for r in self._db.execute(sql, chunk)]
+            out[table] = [{k: v for k, v in r.items() if k != "id"} for r in rows]
+        return out
+
+    def load_rows(self, rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
+        """Insert (or replace) raw rows as :meth:`rows_for` returns them, in one transaction."""
+        with self.batch():
+            for table, _ in self._ROW_TABLES:
+                have = self._columns(table)
+                for r in rows.get(table, ()):
+                    names = [k for k in r if k in have]
+                    self._db.execute(_insert_sql(table, names), tuple(r[k] for k in names))
 
     def close(self) -> None:
         self._db.close()
