@@ -61,8 +61,8 @@ def test_apb_file_loads_with_the_apb_grid_and_evaluation(name):
 
 
 @needs_leaders
-@pytest.mark.parametrize("name, hours", [("apb-cifar10-resnet18.yaml", "31.6 h"), ("apb-cifar10-vgg16.yaml", "17.8 h"),
-                                         ("apb-svhn-resnet18.yaml", "38.1 h")])
+@pytest.mark.parametrize("name, hours", [("apb-cifar10-resnet18.yaml", "29.8 h"), ("apb-cifar10-vgg16.yaml", "16.8 h"),
+                                         ("apb-svhn-resnet18.yaml", "35.2 h")])
 def test_apb_plan_prints_grid_and_the_cost_of_the_header(monkeypatch, capsys, tmp_path, name, hours):
     code, out, err = cli(monkeypatch, capsys, "study", str(STUDIES / name), "--plan", "--out", str(tmp_path / "x"))
     assert code == 0, err

@@ -104,3 +104,42 @@ def test_clock_uses_probes_then_finished_phases_and_takes_off_the_running_phase(
     assert logs[-1] == "time: 0.5 min elapsed, about 0.0 min left on this machine"
     with pytest.raises(ValueError):
         c.add("x", "no such group", "train", 1)
+
+
+def test_schedule_respects_dependencies_and_finds_the_critical_path():
+    """Known answers: two bases of 10 s; chains of 5 and 20 s on the first, 3 s on the second. One worker runs
+    everything in a row (48 s); enough workers finish with the critical path (base 10 + chain 20 = 30 s); two
+    workers: both bases at t=10, then the 20 s chain with the 5 s and 3 s chains beside it, so 30 s too."""
+    from robustprune.study.eta import Phase, UnitWork, schedule
+    from robustprune.study.unit import Unit
+
+    def w(seed, method, seconds):
+        return UnitWork(Unit("d", "a", seed, method), [Phase(f"{seed}{method}", "pruning", "train", seconds)])
+
+    works = [w(0, None, 10), w(1, None, 10), w(0, "m1", 5), w(0, "m2", 20), w(1, "m1", 3)]
+    one = schedule(works, {"train": 1.0}, 1)
+    assert one.wall == one.serial == 48 and one.critical == 30
+    assert [u.method for u in one.critical_units] == [None, "m2"]
+    assert schedule(works, {"train": 1.0}, 8).wall == 30
+    assert schedule(works, {"train": 1.0}, 2).wall == 30
+    # a chain never starts before its base: one 100 s base, a 1 s chain, many workers -> 101 s
+    assert schedule([w(0, None, 100), w(0, "m", 1)], {"train": 1.0}, 4).wall == 101
+
+
+def test_plan_and_running_estimate_count_the_same_phases(tmp_path):
+    """`--plan` and the running study's estimate use one cost model: the same phases with the same passes."""
+    from robustprune.study import load_study_spec
+    from robustprune.study.eta import StudyClock, study_work
+    from robustprune.study.runner import StudyRunner
+    from robustprune.study.store import ResultsStore
+
+    spec = load_study_spec(None, {"methods": ["magnitude-unstructured-global", "admm-irregular"],
+                                  "compression": [1, 2, 4], "seeds": [0, 1]})
+    runner = StudyRunner(spec, tmp_path, log=lambda m: None)
+    runner._sizes = {"fashion-mnist": (55000, 5000, 1000)}
+    runner.clock = StudyClock(log=lambda m: None)
+    with ResultsStore(tmp_path / "results.sqlite") as store:
+        runner._plan_time(store)
+    planned = {p.key: p.passes for u in study_work(runner, runner._sizes) for p in u.phases}
+    assert planned == {k: p.passes for k, p in runner.clock.phases.items()}
+    assert len(planned) == 2 * (2 + 2 * 2 * 2)  # per seed: base train + eval, 2 methods x 2 rates x (train + eval)

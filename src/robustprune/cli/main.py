@@ -780,7 +780,7 @@ def study(
     if plan:
         from robustprune.study.plan import plan_lines
 
-        for line in plan_lines(spec):
+        for line in plan_lines(spec, workers=workers):
             _echo(line)
         return
     check_writable_dir(out, "--out folder")

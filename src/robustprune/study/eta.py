@@ -245,3 +245,159 @@ def probe_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: flo
         seconds += time.perf_counter() - t0
         passes += steps * len(xb)
     return seconds, passes
+
+
+# ---- the study's work, unit by unit (shared by the running estimate and `--plan`) -------------------------------
+@dataclass
+class UnitWork:
+    """One work unit (a base model, or one method chain on it) and its phases, in passes."""
+
+    unit: Any
+    phases: list[Phase] = field(default_factory=list)
+
+    def seconds(self, rates: dict[str, float]) -> float:
+        return sum(p.passes * rates.get(p.kind, 0.0) for p in self.phases)
+
+
+def study_work(runner: Any, sizes: dict[str, tuple[int, int, int]], store: Any = None) -> list[UnitWork]:
+    """Every unit of ``runner``'s study with the passes of each phase: the base model's training and evaluation,
+    each method's training towards each rate (:meth:`robustprune.methods.PruningMethod.work`) and each pruned
+    model's evaluation. ``sizes``: per dataset (training, validation, test) images. With ``store``, phases the
+    database holds as done are left out (what is left to run)."""
+    from robustprune.data import get_spec
+    from robustprune.study.runner import _DatasetOnly
+    from robustprune.study.store import STATUS_DONE
+    from robustprune.study.unit import Unit
+    from robustprune.train.cost import training_passes
+    from robustprune.utils import config_hash
+
+    spec = runner.spec
+
+    def get(model_id: str) -> dict[str, Any] | None:
+        return store.get_model(model_id) if store is not None else None
+
+    out: list[UnitWork] = []
+    for d in spec.datasets:
+        ds = get_spec(d)
+        n_train, _n_val, n_test = sizes.get(ds.name, (0, 0, 0))
+        n_eval = min(spec.eval_n, n_test) if spec.eval_n else n_test
+        eps = ds.eps_linf
+        only = _DatasetOnly(ds)
+        base_obj = runner._objective(spec.base_objective, only)
+        ft = runner._objective(spec.finetune_objective, only)
+        cfg = runner._base_train()
+        base_train = training_passes(epochs=cfg.epochs, n_train=n_train, batch_size=cfg.batch_size,
+                                     per_image=objective_passes(base_obj), val_size=cfg.val_size,
+                                     val_steps=cfg.val_attack_steps, val_robust=spec.base_objective.name != "natural")
+        base_eval = evaluation_passes(spec.attacks, [], n=n_eval, eps=eps, transfer=False,
+                                      vulnerability=spec.vulnerability, craft_transfer=False)
+        ft_n = n_train if spec.finetune_limit is None else min(spec.finetune_limit, n_train)
+        for seed in spec.seeds:
+            for arch in spec.architectures:
+                base_id = config_hash(runner._base_cfg(ds.name, arch, seed))
+                bw = UnitWork(Unit(d, arch, seed))
+                rec = get(base_id)
+                if rec is None:
+                    bw.phases.append(Phase(f"train|{base_id}", "base training", "train", base_train))
+                if rec is None or rec.get("status") != STATUS_DONE:
+                    bw.phases.append(Phase(f"eval|{base_id}", "evaluation", "eval", base_eval))
+                out.append(bw)
+                first = True  # the first pruned model evaluated on a base crafts the transfer examples
+                for name in spec.methods:
+                    cells = runner._method_cells(ds, arch, seed, name, base_id)
+                    cw = UnitWork(Unit(d, arch, seed, name))
+                    out.append(cw)
+                    if not cells.rates:
+                        continue
+                    work = sum(w.passes for w in cells.method.work(
+                        cells.settings, cells.rates, epochs=spec.prune_epochs, n_train=ft_n,
+                        objective_passes=objective_passes(ft) if cells.method.uses_objective else None,
+                        dataset=ds.name))
+                    for rate in cells.rates:
+                        cid = cells.keys(rate)[0]
+                        crec = get(cid)
+                        if crec is None:
+                            cw.phases.append(Phase(f"train|{cid}", "pruning", "train", work / len(cells.rates)))
+                        if crec is None or crec.get("status") != STATUS_DONE:
+                            cw.phases.append(Phase(f"eval|{cid}", "evaluation", "eval", evaluation_passes(
+                                spec.attacks, list(spec.transferred_attacks()), n=n_eval, eps=eps,
+                                transfer=spec.transfer, vulnerability=spec.vulnerability,
+                                craft_transfer=first and spec.transfer)))
+                            first = False
+    return out
+
+
+def rates_from_cost(runner: Any, sizes: dict[str, tuple[int, int, int]]) -> dict[str, float] | None:
+    """Seconds per pass from the study's ``cost`` key (measured elsewhere, e.g. on an H200), for ``--plan``:
+    ``train_epoch_s`` is one epoch of ``epoch_images`` images of the base objective, ``eval_model_s`` one base
+    model's evaluation; None without the key. The running study measures the same two rates on its own machine
+    instead (:func:`probe_training`, :func:`probe_attack`)."""
+    from robustprune.data import get_spec
+    from robustprune.study.runner import _DatasetOnly
+
+    cost = runner.spec.cost
+    if cost is None or not runner.spec.datasets:
+        return None
+    spec = runner.spec
+    ds = get_spec(spec.datasets[0])
+    only = _DatasetOnly(ds)
+    per_image = objective_passes(runner._objective(spec.base_objective, only))
+    n_test = sizes.get(ds.name, (0, 0, 0))[2]
+    n_eval = min(spec.eval_n, n_test) if spec.eval_n else n_test
+    base_eval = evaluation_passes(spec.attacks, [], n=n_eval, eps=ds.eps_linf, transfer=False,
+                                  vulnerability=spec.vulnerability, craft_transfer=False)
+    return {"train": cost.train_epoch_s / (cost.epoch_images * per_image),
+            "eval": cost.eval_model_s / base_eval if base_eval > 0 else 0.0}
+
+
+@dataclass
+class Schedule:
+    """What a study's units take on ``workers`` workers (one task each), dependencies respected."""
+
+    workers: int
+    wall: float
+    """Seconds until the last unit ends (list scheduling, longest ready unit first)."""
+    serial: float
+    """Seconds of all the units one after the other."""
+    critical: float
+    """Seconds of the longest dependency chain (a base model, then its longest method chain): no number of
+    workers finishes sooner."""
+    critical_units: list[Any] = field(default_factory=list)
+
+
+def schedule(works: list[UnitWork], rates: dict[str, float], workers: int) -> Schedule:
+    """Simulate the units on ``workers`` workers as the Ray runner runs them: a method chain becomes ready when its
+    own base has finished; a free worker takes the longest ready unit."""
+    import heapq
+
+    secs = {id(w): w.seconds(rates) for w in works}
+    bases = {(w.unit.dataset, w.unit.arch, w.unit.seed): w for w in works if w.unit.method is None}
+    chains: dict[tuple, list[UnitWork]] = {}
+    for w in works:
+        if w.unit.method is not None:
+            chains.setdefault((w.unit.dataset, w.unit.arch, w.unit.seed), []).append(w)
+    critical, crit_units = 0.0, []
+    for key, b in bases.items():
+        longest = max(chains.get(key, []), key=lambda c: secs[id(c)], default=None)
+        total = secs[id(b)] + (secs[id(longest)] if longest is not None else 0.0)
+        if total > critical:
+            critical, crit_units = total, [b.unit] + ([longest.unit] if longest is not None else [])
+    ready = [(-secs[id(b)], i, b) for i, b in enumerate(bases.values())]
+    heapq.heapify(ready)
+    running: list[tuple[float, int, UnitWork]] = []
+    now, counter = 0.0, len(ready)
+    free = max(1, int(workers))
+    while ready or running:
+        while ready and free > 0:
+            _, _, w = heapq.heappop(ready)
+            heapq.heappush(running, (now + secs[id(w)], counter, w))
+            counter += 1
+            free -= 1
+        now, _, done = heapq.heappop(running)
+        free += 1
+        if done.unit.method is None:
+            for c in chains.get((done.unit.dataset, done.unit.arch, done.unit.seed), []):
+                heapq.heappush(ready, (-secs[id(c)], counter, c))
+                counter += 1
+    return Schedule(workers=max(1, int(workers)), wall=now, serial=sum(secs.values()), critical=critical,
+                    critical_units=crit_units)

@@ -50,15 +50,27 @@ class StudyPlan:
     def models(self) -> int:
         return self.base_models + self.pruned_models
 
+    works: list[Any] = field(default_factory=list)
+    """Every work unit with its phases in passes (:func:`robustprune.study.eta.study_work`: the cost model the
+    running study's time estimate uses too)."""
+    rates: dict[str, float] | None = None
+    """Seconds per training / evaluation pass from the study's ``cost`` key (None without it, or with a dataset of
+    unknown size)."""
+
     def cost_seconds(self) -> dict[str, float] | None:
-        """``{"train", "eval", "total"}`` seconds from the study's ``cost`` (None without it, or with a dataset of
-        unknown size)."""
-        cost = self.spec.cost
-        if cost is None or self.image_epochs is None:
+        """``{"train", "eval", "total"}`` seconds of the whole grid on one worker, from the study's ``cost`` (None
+        without it, or with a dataset of unknown size)."""
+        if self.rates is None:
             return None
-        train = self.image_epochs / cost.epoch_images * cost.train_epoch_s
-        ev = self.models * cost.eval_model_s
+        train = sum(ph.passes * self.rates["train"] for w in self.works for ph in w.phases if ph.kind == "train")
+        ev = sum(ph.passes * self.rates["eval"] for w in self.works for ph in w.phases if ph.kind == "eval")
         return {"train": train, "eval": ev, "total": train + ev}
+
+    def schedule(self, workers: int):
+        """The grid on ``workers`` workers (:func:`robustprune.study.eta.schedule`); None without rates."""
+        from robustprune.study.eta import schedule
+
+        return None if self.rates is None else schedule(self.works, self.rates, workers)
 
 
 def _phase_epochs(settings: Any, default: float) -> float:
@@ -117,9 +129,17 @@ def study_plan(spec: StudySpec) -> StudyPlan:
             base = per_dataset * spec.base_train.epochs * n_train
             base_image_epochs += base
             image_epochs += base + per_dataset * sum(mp.epochs_per_base for mp in methods) * n_prune
-    return StudyPlan(spec=spec, base_models=counts["base_models"], pruned_models=counts["pruned_models"],
+    plan = StudyPlan(spec=spec, base_models=counts["base_models"], pruned_models=counts["pruned_models"],
                      rows=counts["rows"], methods=methods, images=images, image_epochs=image_epochs,
                      base_image_epochs=base_image_epochs)
+    if image_epochs is not None:
+        from robustprune.study.eta import rates_from_cost, study_work
+
+        runner = StudyRunner(spec, "/nonexistent-plan-only")
+        sizes = {get_spec(d).name: (n["train"], spec.val_size, n["test"]) for d, n in images.items()}
+        plan.works = study_work(runner, sizes)
+        plan.rates = rates_from_cost(runner, sizes)
+    return plan
 
 
 def _epochs_text(epochs: float) -> str:
@@ -145,8 +165,8 @@ def _attack_text(a: Any) -> str:
     return f"{a.name}" + (f" [{extra}]" if extra else "") + f" at eps {budgets}{kind}"
 
 
-def plan_lines(spec: StudySpec) -> list[str]:
-    """The plan as printed by ``robustprune study FILE --plan``."""
+def plan_lines(spec: StudySpec, workers: int | None = None) -> list[str]:
+    """The plan as printed by ``robustprune study FILE --plan [--workers N]``."""
     p = study_plan(spec)
     archs = ", ".join(f"{n}" + (f" (width {w:g})" if w != 1 else "") for n, w in
                       (split_architecture(a, spec.width) for a in spec.architectures))
@@ -190,9 +210,19 @@ def plan_lines(spec: StudySpec) -> list[str]:
     cost = p.cost_seconds()
     if cost is not None:
         c = spec.cost
-        lines.append(f"  estimated cost: training {_hours(cost['train'])} (at {c.train_epoch_s:g} s per "
-                     f"{c.epoch_images:,}-image epoch) + evaluation {_hours(cost['eval'])} ({p.models} models x "
-                     f"{c.eval_model_s:g} s) = {_hours(cost['total'])}" + (f"; basis: {c.basis}" if c.basis else ""))
+        lines.append(f"  estimated cost: training {_hours(cost['train'])} (every phase's forward + backward passes "
+                     f"at the speed of {c.train_epoch_s:g} s per {c.epoch_images:,}-image epoch of the base objective)"
+                     f" + evaluation {_hours(cost['eval'])} ({p.models} models' attack passes at {c.eval_model_s:g} s "
+                     f"per base model) = {_hours(cost['total'])} on one worker"
+                     + (f"; basis: {c.basis}" if c.basis else ""))
+        one = p.schedule(1)
+        crit = " then ".join("base model" if u.method is None else u.method for u in one.critical_units)
+        lines.append(f"  critical path: {_hours(one.critical)} ({crit} of {one.critical_units[0].label().rsplit('/', 1)[0]}"
+                     "): no number of workers finishes sooner")
+        for n in sorted({1, workers or 1}):
+            sch = p.schedule(n)
+            lines.append(f"  wall time on {n} worker(s) (one GPU or CPU per task, `--ray-address`): "
+                         f"{_hours(sch.wall)} ({sch.serial / sch.wall / n:.0%} of the workers busy)")
     elif spec.cost is None:
         lines.append("  estimated cost: not stated (give the study a `cost:` key with the measured train_epoch_s "
                      "and eval_model_s)")

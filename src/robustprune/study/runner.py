@@ -445,53 +445,15 @@ class StudyRunner:
         self.layouts = {k: bool(v) for k, v in stored.items()}
 
     def _plan_time(self, store: ResultsStore) -> None:
-        """Every phase still to run, counted in passes (see ``robustprune.study.eta``): training and evaluation of
-        each base model and each method's cells; what the database holds as done is left out."""
+        """Every phase still to run, counted in passes by the study's one cost model
+        (:func:`robustprune.study.eta.study_work`, which ``--plan`` uses too); what the database holds as done is
+        left out."""
+        from robustprune.study.eta import study_work
+
         assert self.clock is not None
-        spec = self.spec
-        for d in spec.datasets:
-            ds = get_spec(d)
-            n_train, _n_val, n_test = self._sizes.get(ds.name, (0, 0, 0))
-            n_eval = min(spec.eval_n, n_test) if spec.eval_n else n_test
-            eps = ds.eps_linf
-            base_obj = self._objective(spec.base_objective, _DatasetOnly(ds))
-            ft = self._objective(spec.finetune_objective, _DatasetOnly(ds))
-            cfg = self._base_train()
-            base_train = training_passes(epochs=cfg.epochs, n_train=n_train, batch_size=cfg.batch_size,
-                                         per_image=objective_passes(base_obj), val_size=cfg.val_size,
-                                         val_steps=cfg.val_attack_steps,
-                                         val_robust=spec.base_objective.name != "natural")
-            ft_n = n_train if spec.finetune_limit is None else min(spec.finetune_limit, n_train)
-            for seed in spec.seeds:
-                for arch in spec.architectures:
-                    base_id = config_hash(self._base_cfg(ds.name, arch, seed))
-                    rec = store.get_model(base_id)
-                    if rec is None:
-                        self.clock.add(f"train|{base_id}", "base training", "train", base_train)
-                    if rec is None or rec.get("status") != STATUS_DONE:
-                        self.clock.add(f"eval|{base_id}", "evaluation", "eval",
-                                       evaluation_passes(spec.attacks, [], n=n_eval, eps=eps, transfer=False,
-                                                         vulnerability=spec.vulnerability, craft_transfer=False))
-                    first = True
-                    for name in spec.methods:
-                        cells = self._method_cells(ds, arch, seed, name, base_id)
-                        if not cells.rates:
-                            continue
-                        work = sum(w.passes for w in cells.method.work(
-                            cells.settings, cells.rates, epochs=spec.prune_epochs, n_train=ft_n,
-                            objective_passes=objective_passes(ft) if cells.method.uses_objective else None,
-                            dataset=ds.name))
-                        for rate in cells.rates:
-                            cid = cells.keys(rate)[0]
-                            crec = store.get_model(cid)
-                            if crec is None:
-                                self.clock.add(f"train|{cid}", "pruning", "train", work / len(cells.rates))
-                            if crec is None or crec.get("status") != STATUS_DONE:
-                                self.clock.add(f"eval|{cid}", "evaluation", "eval", evaluation_passes(
-                                    spec.attacks, list(spec.transferred_attacks()), n=n_eval, eps=eps,
-                                    transfer=spec.transfer, vulnerability=spec.vulnerability,
-                                    craft_transfer=first and spec.transfer))
-                                first = False
+        for work in study_work(self, self._sizes, store):
+            for ph in work.phases:
+                self.clock.add(ph.key, ph.group, ph.kind, ph.passes)
 
     def _probe(self, splits: Splits, arch: str) -> None:
         """Before the first work: a few training steps of the base objective and a few PGD steps on an evaluation
