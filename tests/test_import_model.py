@@ -389,13 +389,6 @@ def test_a_mismatched_file_names_the_tensor_and_both_shapes(tmp_path, monkeypatc
     assert not (tmp_path / "x.safetensors").exists()
 
 
-def test_deepmind_layout_is_named_not_misloaded():
-    from robustprune.errors import CheckpointError
-
-    dm = {"init_conv.weight": torch.zeros(16, 3, 3, 3), "layer.0.block.0.batchnorm_0.weight": torch.ones(16),
-          "logits.weight": torch.zeros(10, 160), "logits.bias": torch.zeros(10)}
-    with pytest.raises(CheckpointError, match="DMWideResNet"):
-        _fit("wrn-28-10", dm)
 
 
 @pytest.mark.usefixtures("fmnist_available")
@@ -466,3 +459,78 @@ def test_the_issue_s_dataparallel_resnet18_with_an_ema_beside_it():
     assert torch.allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
     state, path, _ = find_state_dict(obj, "ema")
     assert path == ["ema"] and torch.equal(state["module.linear.weight"], ema["linear.weight"])
+
+
+def dm_state(preact: bool, channels: list[int], blocks: int, in_ch: int = 3, classes: int = 10, seed: int = 0) -> dict:
+    """RobustBench's DeepMind nets (dm_wide_resnet.py): DMWideResNet (``init_conv``, ``layer.{g}.block.{i}``
+    (batchnorm_0, conv_0, batchnorm_1, conv_1, 1x1 ``shortcut`` when in != out), ``batchnorm``, ``logits``) or
+    DMPreActResNet (``conv_2d``, ``layer_{g}.{i}`` (batchnorm_0, conv_2d_1, batchnorm_1, conv_2d_2, 3x3 ``shortcut``
+    when the shape changes)). ``channels``: stem, then one per stage."""
+    g = torch.Generator().manual_seed(seed)
+    s: dict = {("conv_2d" if preact else "init_conv") + ".weight": _conv(channels[0], in_ch, 3, g)}
+    c_in = channels[0]
+    for gi, c_out in enumerate(channels[1:]):
+        for i in range(blocks):
+            p = f"layer_{gi}.{i}." if preact else f"layer.{gi}.block.{i}."
+            stride = 2 if gi > 0 and i == 0 else 1
+            _bn_state(s, p + "batchnorm_0.", c_in, g)
+            s[p + ("conv_2d_1" if preact else "conv_0") + ".weight"] = _conv(c_out, c_in, 3, g)
+            _bn_state(s, p + "batchnorm_1.", c_out, g)
+            s[p + ("conv_2d_2" if preact else "conv_1") + ".weight"] = _conv(c_out, c_out, 3, g)
+            if (stride != 1 or c_in != c_out) if preact else c_in != c_out:
+                s[p + "shortcut.weight"] = _conv(c_out, c_in, 3 if preact else 1, g)
+            c_in = c_out
+    _bn_state(s, "batchnorm.", c_in, g)
+    s["logits.weight"] = 0.05 * torch.randn(classes, c_in, generator=g)
+    s["logits.bias"] = 0.1 * torch.randn(classes, generator=g)
+    return s
+
+
+def dm_forward(s: dict, x: torch.Tensor, preact: bool, stages: int, blocks: int) -> torch.Tensor:
+    """_Block.forward / _PreActBlock.forward and the nets' forward of dm_wide_resnet.py (Swish = x * sigmoid(x),
+    SAME padding: (1, 1, 1, 1) at stride 1, (0, 1, 0, 1) at stride 2) as functions of the state dict."""
+    def pad(v, stride):
+        return F.pad(v, (1, 1, 1, 1) if stride == 1 else (0, 1, 0, 1))
+
+    out = F.conv2d(x, s[("conv_2d" if preact else "init_conv") + ".weight"], padding=1)
+    for gi in range(stages):
+        for i in range(blocks):
+            p, st = (f"layer_{gi}.{i}." if preact else f"layer.{gi}.block.{i}."), (2 if gi > 0 and i == 0 else 1)
+            has = p + "shortcut.weight" in s
+            a = F.silu(_bn(out, s, p + "batchnorm_0."))
+            if preact:
+                sc = F.conv2d(pad(out, st), s[p + "shortcut.weight"], stride=st) if has else out
+            else:
+                sc = F.conv2d(a, s[p + "shortcut.weight"], stride=st) if has else out
+            o = F.conv2d(pad(a, st), s[p + ("conv_2d_1" if preact else "conv_0") + ".weight"], stride=st)
+            o = F.conv2d(F.silu(_bn(o, s, p + "batchnorm_1.")), s[p + ("conv_2d_2" if preact else "conv_1") + ".weight"],
+                         padding=1)
+            out = o + sc
+    out = F.silu(_bn(out, s, "batchnorm."))
+    return F.linear(out.mean((2, 3)), s["logits.weight"], s["logits.bias"])
+
+
+@pytest.mark.parametrize("arch,preact", [("dm-wrn-70-16", False), ("dm-preact-resnet18", True)])
+def test_deepmind_checkpoints_compute_what_robustbench_computes(arch, preact):
+    from robustprune.checkpoint_import import find_state_dict, fit_state, strip_prefixes
+    from robustprune.models import create_model
+
+    width = 0.125  # the same layout at 1/8 of the channels, for speed (the stem scales with it)
+    if preact:
+        ch, blocks = [8, 8, 16, 32, 64], 2
+    else:
+        ch, blocks = [2, 32, 64, 128], 11
+    dm = dm_state(preact, ch, blocks)
+    state, _, _ = find_state_dict({"model_state_dict": {f"module.{k}": v for k, v in dm.items()}})
+    state, _ = strip_prefixes(state)
+    model = create_model(arch, in_channels=3, input_size=32, width=width).eval()
+    record = fit_state(state, model, what=arch, src="test file", arch=arch)
+    assert record["key_map"] == ("deepmind-preactresnet" if preact else "deepmind-wideresnet")
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ours, ref = model(x), dm_forward(dm, x, preact, len(ch) - 1, blocks)
+    assert torch.allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    from robustprune.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="--arch dm-wrn-28-10"):  # the plain WRN refuses it and says which
+        _fit("wrn-28-10", dm)

@@ -15,7 +15,8 @@ ALL = model_names()
 # Widths that keep the big nets fast in the shape/semantics tests (full size is tested once below).
 TEST_WIDTH = {"wrn-34-10": 0.1, "wrn-28-4": 0.25, "vgg16": 0.25, "resnet18": 0.25,
               "preact-resnet18": 0.25, "vgg11": 0.25, "wrn-28-10": 0.1, "wrn-70-16": 0.05,
-              "preact-resnet18-rb": 0.25, "resnet18-tv": 0.25, "resnet50-tv": 0.125}
+              "preact-resnet18-rb": 0.25, "resnet18-tv": 0.25, "resnet50-tv": 0.125, "dm-wrn-28-10": 0.1,
+              "dm-wrn-34-10": 0.1, "dm-wrn-34-20": 0.05, "dm-wrn-70-16": 0.05, "dm-preact-resnet18": 0.25}
 W_NETS = ["lenet-mnist-w", "lenet-cifar-w", "vgg-cifar-w", "resnet18-w"]
 
 

@@ -206,11 +206,12 @@ def fit_state(state: dict[str, torch.Tensor], model: nn.Module, *, what: str, sr
     fit = fit_keys(state, list(own), optional=optional, only=key_map)
     hint_names = fit.missing + [u for _, u in fit.unexpected] + [k for k, _ in fit.unexpected]
     hint = hint_for(arch, hint_names)
-    if not fit.fits and deepmind_layout(list(state)):
+    if not fit.fits and arch is not None and not arch.startswith("dm-") and deepmind_layout(list(state)):
         raise CheckpointError(
             f"{src} has DeepMind's WideResNet / PreActResNet layout (RobustBench's DMWideResNet / DMPreActResNet: "
-            "init_conv, layer.N.block.M, logits), whose Swish activations and asymmetric padding no robustprune "
-            "architecture computes; build that model yourself and pass --model package.module:factory")
+            f"init_conv, layer.N.block.M, logits), which computes differently from {arch} (Swish, asymmetric "
+            "padding); import it with --arch dm-wrn-28-10, dm-wrn-34-10, dm-wrn-34-20, dm-wrn-70-16 or "
+            "dm-preact-resnet18")
     via = "" if fit.key_map.name == "none" else f" (tensor names mapped with {fit.key_map.name})"
     if fit.missing:
         more = ""

@@ -11,6 +11,7 @@ from torch import nn
 from robustprune.models import convnets as _convnets  # noqa: F401
 from robustprune.models import resnets as _resnets  # noqa: F401
 from robustprune.models import imagenet_resnets as _imagenet_resnets  # noqa: F401
+from robustprune.models import deepmind as _deepmind  # noqa: F401
 from robustprune.models.base import MODELS, as_hw, broadcast_stats
 from robustprune.errors import ConfigError
 

@@ -16,6 +16,10 @@ pass (RobustBench's ``sub_block1``), read from the zoo's own model definitions:
 - ``torchvision-resnet``: ``torchvision/models/resnet.py``: ``conv1``, ``bn1``, ``layer{1..4}.{i}.{conv1,bn1,conv2,
   bn2[,conv3,bn3],downsample.{0,1}}``, ``fc``; fills ``resnet18-tv`` / ``resnet50-tv`` (and ``resnet18`` when the
   stem is a 3x3 conv).
+- ``deepmind-wideresnet``: ``dm_wide_resnet.py``'s ``DMWideResNet``: ``init_conv``, ``layer.{g}.block.{i}.{batchnorm_0,
+  conv_0,batchnorm_1,conv_1,shortcut}``, ``batchnorm``, ``logits``; fills ``dm-wrn-*``.
+- ``deepmind-preactresnet``: ``dm_wide_resnet.py``'s ``DMPreActResNet``: ``conv_2d``, ``layer_{g}.{i}.{batchnorm_0,
+  conv_2d_1,batchnorm_1,conv_2d_2,shortcut}``, ``batchnorm``, ``logits``; fills ``dm-preact-resnet18``.
 
 :func:`fit_keys` tries every map (and the names as they are) against a model's state dict and keeps the one that
 places the most tensors; whatever is left over is for the caller to report.
@@ -24,18 +28,20 @@ places the most tensors; whatever is left over is for the caller to report.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class KeyMap:
-    """One zoo's tensor names. ``rules``: (pattern, replacement) for :func:`re.sub`, the first matching pattern wins
+    """One zoo's tensor names. ``rules``: (pattern, replacement string or function) for :func:`re.sub`, the first
+    matching pattern wins
     and a name no pattern matches stays as it is; ``unused``: patterns of tensors the zoo's forward pass never
     reads (dropped, and listed in the provenance); ``source``: where the names were read."""
 
     name: str
     source: str
-    rules: tuple[tuple[str, str], ...]
+    rules: tuple[tuple[str, str | Callable[[re.Match], str]], ...]
     unused: tuple[str, ...] = ()
     raw_pixels: str = ""
     """Non-empty when the zoo's model takes raw [0, 1] pixels unless the file holds its normalisation (the reason,
@@ -50,6 +56,9 @@ class KeyMap:
     def is_unused(self, key: str) -> bool:
         return any(re.match(p, key) for p in self.unused)
 
+
+_DM_BLOCK = {"batchnorm_0": "bn1", "conv_0": "conv1", "conv_2d_1": "conv1", "batchnorm_1": "bn2", "conv_1": "conv2",
+             "conv_2d_2": "conv2"}
 
 _RB_RAW = ("RobustBench's (TRADES') WideResNet takes raw [0, 1] pixels; its entries that normalise carry mu/sigma "
            "buffers, which the file would hold")
@@ -97,6 +106,28 @@ KEY_MAPS: dict[str, KeyMap] = {m.name: m for m in (
             (r"^(layer\d\.\d+)\.downsample\.", r"\1.shortcut."),
         ),
     ),
+    KeyMap(
+        "deepmind-wideresnet",
+        "RobustBench robustbench/model_zoo/architectures/dm_wide_resnet.py (DMWideResNet)",
+        (
+            (r"^init_conv\.", "stem.0."),
+            (r"^layer\.(\d+)\.block\.(\d+)\.shortcut\.", lambda m: f"layer{int(m[1]) + 1}.{m[2]}.shortcut.0."),
+            (r"^layer\.(\d+)\.block\.(\d+)\.(\w+)\.", lambda m: f"layer{int(m[1]) + 1}.{m[2]}.{_DM_BLOCK.get(m[3], m[3])}."),
+            (r"^batchnorm\.", "final.0."),
+            (r"^logits\.", "fc."),
+        ),
+    ),
+    KeyMap(
+        "deepmind-preactresnet",
+        "RobustBench robustbench/model_zoo/architectures/dm_wide_resnet.py (DMPreActResNet)",
+        (
+            (r"^conv_2d\.", "stem.0."),
+            (r"^layer_(\d+)\.(\d+)\.shortcut\.", lambda m: f"layer{int(m[1]) + 1}.{m[2]}.shortcut.0."),
+            (r"^layer_(\d+)\.(\d+)\.(\w+)\.", lambda m: f"layer{int(m[1]) + 1}.{m[2]}.{_DM_BLOCK.get(m[3], m[3])}."),
+            (r"^batchnorm\.", "final.0."),
+            (r"^logits\.", "fc."),
+        ),
+    ),
 )}
 
 #: (architecture, a tensor the best map left missing or unexpected) -> what to do instead.
@@ -117,7 +148,7 @@ _DM_MARKERS = (re.compile(r"^init_conv\.weight$"), re.compile(r"^conv_2d\.weight
 def deepmind_layout(keys: list[str]) -> bool:
     """Whether the names are those of DeepMind's WideResNet / PreActResNet (RobustBench's ``DMWideResNet`` and
     ``DMPreActResNet``: ``init_conv`` / ``conv_2d``, ``batchnorm_0``, ``logits``), which compute differently (Swish
-    activations, asymmetric "SAME" padding of the strided convs) and have no architecture here."""
+    activations, asymmetric "SAME" padding of the strided convs): only the ``dm-*`` architectures load them."""
     has_logits = any(k.startswith("logits.") for k in keys)
     return has_logits and any(p.match(k) for p in _DM_MARKERS for k in keys)
 
