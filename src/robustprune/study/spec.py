@@ -411,16 +411,10 @@ class StudySpec(BaseModel):
         unknown = [n for n in (self.transfer_attacks or ()) if n not in {a.name for a in self.attacks}]
         if unknown:
             raise ConfigError(f"transfer_attacks names {unknown}, which are not in attacks; name attacks of the study")
-        return self
-
-
-MAIN_JOB: dict[str, Any] = {
-    "methods": ("magnitude-unstructured-global", "magnitude-filter-local", "admm-irregular", "pwoa-irregular",
-                "anp-bbd"),
         _check_as_run(self)
         self._warnings = tuple(no_effect_warnings(self))
-    "compression": (1, 2, 4, 8, 16),
-    "method_rates": {"magnitude-filter-local": (4.0, 16.0), "admm-irregular": (4.0, 16.0),
+        return self
+
     _warnings: tuple[str, ...] = PrivateAttr(default=())
 
     @property
@@ -524,6 +518,12 @@ def no_effect_warnings(spec: "StudySpec") -> list[str]:
                    "compression: [1, 4, 16] or sparsity: [0.75, 0.9]")
     return out
 
+
+MAIN_JOB: dict[str, Any] = {
+    "methods": ("magnitude-unstructured-global", "magnitude-filter-local", "admm-irregular", "pwoa-irregular",
+                "anp-bbd"),
+    "compression": (1, 2, 4, 8, 16),
+    "method_rates": {"magnitude-filter-local": (4.0, 16.0), "admm-irregular": (4.0, 16.0),
                      "pwoa-irregular": (4.0, 16.0)},
     "method_settings": {
         # 5 ADMM epochs: with 1 (the previous main job) ||W - Z|| / ||W|| was still 0.8 at 16x when the hard prune
@@ -565,6 +565,10 @@ def load_study_spec(path: str | Path | None = None, overrides: dict[str, Any] | 
         import yaml
 
         p = Path(path)
+        if p.is_dir():
+            hint = (f" (it is a study's output folder: rewrite its report with `robustprune report {p}`)"
+                    if (p / "results.sqlite").is_file() else "")
+            raise ConfigError(f"study file {p} is a folder{hint}; pass the path of a YAML study file")
         if not p.is_file():
             raise ConfigError(f"study file {p} not found; pass the path of a YAML study file")
         try:
