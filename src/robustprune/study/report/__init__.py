@@ -69,7 +69,7 @@ def load(out_dir: str | Path) -> ReportData:
     refused with one line, and never written to)."""
     db = Path(out_dir) / "results.sqlite"
     with ResultsStore(db, readonly=True) as store:
-        meta = {k: store.get_meta(k) for k in ("command", "started_at", "study_wall_time")}
+        meta = {k: store.get_meta(k) for k in ("command", "started_at", "study_wall_time", "layouts")}
         return build(store.results(), store.models(), store.checks(), store.vulnerabilities(), meta,
                      store.get_meta("spec", {}) or {}, store.failures(), store.exports())
 

@@ -43,6 +43,21 @@ def sections_markdown(sections: list[tuple[str, str, list[Table]]]) -> list[str]
     return out
 
 
+def layouts_text(meta: dict[str, Any]) -> str | None:
+    """``Memory layout (decided once for this study and used by every cell): ...`` from the meta ``layouts``."""
+    layouts = meta.get("layouts") or {}
+    if not layouts:
+        return None
+    parts = []
+    for key, cl in sorted(layouts.items()):
+        device, dataset, arch = (key.split("|") + ["?", "?"])[:3]
+        parts.append(f"{dataset}/{arch} on {device}: {'channels_last' if cl else 'NCHW'}")
+    return ("Memory layout (decided once for this study, stored, and used by every cell, task and rerun; the "
+            "numbers differ by float rounding between layouts): " + "; ".join(parts))
+
+
 def provenance_markdown(meta: dict[str, Any]) -> list[str]:
     command = meta.get("command")
-    return ["Command: `" + " ".join(str(c) for c in command) + "`"] if command else []
+    out = ["Command: `" + " ".join(str(c) for c in command) + "`"] if command else []
+    layouts = layouts_text(meta)
+    return out + (([""] if out else []) + [layouts] if layouts else [])

@@ -90,6 +90,11 @@ def provenance_html(out: Path, meta: dict[str, Any], spec: dict[str, Any], code_
     if started:
         parts.append(f"<p>Started {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(float(started)))}; code "
                      f"versions {e(code_versions)}.</p>")
+    from robustprune.study.report.markdown import layouts_text
+
+    layouts = layouts_text(meta)
+    if layouts:
+        parts.append(f"<p>{e(layouts)}</p>")
     cfg_path = out / "study.json"
     cfg_text = cfg_path.read_text() if cfg_path.exists() else json.dumps(spec, indent=2)
     parts.append("<p>Config (<code>study.json</code>):</p><pre>" + e(cfg_text) + "</pre>")
