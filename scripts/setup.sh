@@ -26,6 +26,7 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   "$PY" -m pip install -q torch==2.13.0
 fi
 extras=""
-# --test: the test tools and the `export` extra (onnx, onnxruntime, onnxscript), so that the export tests run
-if [ "${1:-}" = "--test" ]; then extras="[test,export]"; fi
+# --test: the test tools, the `export` extra (onnx, onnxruntime, onnxscript) and the `ray` extra, so that the export
+# tests and the real-cluster tests (tests/test_study_cluster.py) run
+if [ "${1:-}" = "--test" ]; then extras="[test,export,ray]"; fi
 "$PY" -m pip install -q -e ".${extras}"

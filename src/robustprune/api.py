@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -21,21 +22,22 @@ def _as_split(data: Any, what: str) -> Split:
     if isinstance(data, Split):
         check_split(data.x, data.y, what)
         return data if data.y.dtype == torch.long else Split(x=data.x, y=data.y.long(), index=data.index)
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-        x, y = data
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, (Tensor, np.ndarray)) for t in data):
+        x, y = (torch.from_numpy(np.ascontiguousarray(t)) if isinstance(t, np.ndarray) else t for t in data)
         check_split(x, y, what)
         return Split(x=x.float(), y=y.long())
-    raise ConfigError(f"{what} must be a Split or a tuple (x, y) of tensors")
+    raise ConfigError(f"{what} must be a Split or a tuple (x, y) of tensors (or NumPy arrays), got "
+                      f"{type(data).__name__}")
 
 
-def _num_classes(model: nn.Module, x: Tensor) -> int | None:
-    """The model's number of outputs (one forward pass of one image in eval mode), None when it is not a 2-D
-    logit tensor."""
+def _num_classes(model: nn.Module, x: Tensor, what: str = "data") -> int:
+    """The model's number of outputs (one forward pass of two images in eval mode); a model that cannot run on the
+    data, or that does not return one logits tensor, is a one-line error naming what it returned."""
     from robustprune.metrics.accuracy import eval_mode
+    from robustprune.utils import check_logits
 
-    with eval_mode(model), torch.no_grad():
-        out = model(x[:1])
-    return int(out.shape[-1]) if isinstance(out, Tensor) and out.dim() == 2 else None
+    with eval_mode(model):
+        return check_logits(model, x, "model", what)
 
 
 def carve_validation(train: Split, fraction: float = 0.1, max_size: int = 5000, seed: int = 0) -> tuple[Split, Split]:
@@ -87,9 +89,27 @@ def prune(
     the forward passes of training.
     """
     from robustprune.precision import check_precision
+    from robustprune.utils import check_device, check_flag, check_number
 
+    # every argument before any work, as the CLI checks its options
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be an nn.Module, got {type(model).__name__}")
     precision = check_precision(precision)
     m = get_method(method)
+    compile = check_flag(compile, "compile")
+    progress = check_flag(progress, "progress")
+    if channels_last is not None:
+        channels_last = check_flag(channels_last, "channels_last (True, False or None)")
+    if eps is not None:
+        eps = check_number(eps, "eps (the L-inf budget)", low=0, high=1, low_open=True)
+    epochs = check_number(epochs, "epochs", low=0)
+    seed = check_number(seed, "seed", integer=True, low=0)
+    if rate is not None:
+        rate = check_number(rate, "rate (compression c: 1/c of the prunable weights remain)", low=1, low_open=True)
+    if teacher is not None and not isinstance(teacher, nn.Module):
+        raise ConfigError(f"teacher must be an nn.Module, got {type(teacher).__name__}")
+    if device is not None:
+        device = check_device(device)
     if sparsity is not None:
         from robustprune.rates import merge_rates
 
@@ -101,18 +121,20 @@ def prune(
     val_split = _as_split(val, "val") if val is not None else None
     if val_split is None:
         train, val_split = carve_validation(train, seed=seed)
+    elif tuple(val_split.x.shape[1:]) != tuple(train.x.shape[1:]):
+        raise ConfigError(f"val: images are {'x'.join(map(str, val_split.x.shape[1:]))}, the training images "
+                          f"{'x'.join(map(str, train.x.shape[1:]))}; give validation images of the same size")
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(dev)
     if dataset is not None:
         from robustprune.data import get_spec
 
         get_spec(dataset)  # an unknown name: one line listing the datasets (dataset-dependent defaults use it)
-    classes = _num_classes(model, train.x[:1].to(dev))
-    if classes is not None:
-        for split, what in ((train, "data"), (val_split, "val")):
-            if int(split.y.max()) >= classes:
-                raise ConfigError(f"{what}: labels must lie in 0..{classes - 1} (the model has {classes} outputs), "
-                                  f"got {int(split.y.min())}..{int(split.y.max())}")
+    classes = _num_classes(model, train.x[:2].to(dev))
+    for split, what in ((train, "data"), (val_split, "val")):  # labels within the model's outputs, in both splits
+        if int(split.y.max()) >= classes:
+            raise ConfigError(f"{what}: labels must lie in 0..{classes - 1} (the model has {classes} outputs), "
+                              f"got {int(split.y.min())}..{int(split.y.max())}")
     train = Split(x=train.x.to(dev), y=train.y.to(dev))
     val_split = Split(x=val_split.x.to(dev), y=val_split.y.to(dev))
     s = m.settings({**dict(settings or {}), **more_settings})

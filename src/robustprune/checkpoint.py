@@ -162,9 +162,28 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, meta: dict[str, Any],
     return path
 
 
+def _refuse_folder(path: Path) -> None:
+    if path.is_dir():
+        inside = sorted(path.glob("*.safetensors"))[:3]
+        hint = f" (it holds {', '.join(f.name for f in inside)})" if inside else ""
+        raise CheckpointError(f"checkpoint {path} is a folder{hint}; pass a .safetensors file written by "
+                              "`robustprune train` or `prune`")
+
+
+def checkpoint_dataset(meta: dict[str, Any], path: str | Path) -> str:
+    """The dataset a checkpoint's sidecar names, or a one-line error naming the sidecar when it names none."""
+    ds = meta.get("dataset")
+    if not ds:
+        raise CheckpointError(f"checkpoint {path}: its sidecar {sidecar_path(path)} names no dataset (dataset: "
+                              f"{json.dumps(ds)}); set \"dataset\" there to the dataset the model was trained on (see "
+                              "`robustprune list datasets`)")
+    return str(ds)
+
+
 def read_meta(path: str | Path) -> dict[str, Any]:
     """The JSON sidecar of a checkpoint (``path`` may be the .safetensors or the .json), validated against
     :class:`Sidecar`: a missing or mistyped field is a one-line :class:`CheckpointError` naming it."""
+    _refuse_folder(Path(path))
     side = sidecar_path(path)
     if not side.exists():
         raise CheckpointError(f"checkpoint sidecar {side} not found; a checkpoint is a .safetensors file with a .json beside it")
@@ -232,6 +251,24 @@ def _check_finite(path: Path, state: dict[str, torch.Tensor]) -> None:
             )
 
 
+def _check_mask_names(path: Path, meta: dict[str, Any], mask_state: dict[str, torch.Tensor]) -> None:
+    """The masks the sidecar names are the masks the file holds: a named mask the file lacks would leave that layer
+    unmasked while every report says it is pruned; a mask the sidecar does not name was added or the sidecar edited."""
+    named = [str(n) for n in meta.get("masks") or []]
+    missing = [n for n in named if n not in mask_state]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path}: its sidecar {sidecar_path(path).name} names a mask for {missing[0]!r}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + " that the file does not hold; the sidecar was edited or belongs to another file: re-create the "
+              "checkpoint")
+    extra = sorted(n for n in mask_state if n not in set(named))
+    if extra:
+        raise CheckpointError(
+            f"checkpoint {path} holds a mask for {extra[0]!r} that its sidecar {sidecar_path(path).name} does not "
+            "name (masks: [...]); the sidecar was edited or belongs to another file: re-create the checkpoint")
+
+
 def _check_masks(path: Path, model: nn.Module, masks: MaskSet) -> None:
     mods = dict(model.named_modules())
     for name, m in masks.masks.items():
@@ -270,6 +307,7 @@ def load_checkpoint(
     from robustprune.sparsity.slim import rebuild_layers
 
     path = _weights_path(path)
+    _refuse_folder(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} not found; pass the .safetensors file written by `robustprune train` or `prune`")
     meta = read_meta(path)
@@ -284,6 +322,7 @@ def load_checkpoint(
         )
     mask_state = {k[len(_MASK_PREFIX):]: v for k, v in tensors.items() if k.startswith(_MASK_PREFIX)}
     state = {k: v for k, v in tensors.items() if not k.startswith(_MASK_PREFIX)}
+    _check_mask_names(path, meta, mask_state)
     _check_finite(path, state)
     if model is None:
         model = build_model_from_meta(meta)

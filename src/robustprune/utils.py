@@ -195,3 +195,74 @@ def nonfinite_tensor(model: torch.nn.Module) -> str | None:
     if bool(ok.all()):
         return None
     return named[int((~ok).nonzero()[0])][0]
+
+
+def check_flag(value: Any, what: str) -> bool:
+    """``value`` if it is a bool (a Python or NumPy one), else a one-line ConfigError: a string such as ``'no'`` is
+    truthy in Python, so ``compile='no'`` would switch compilation on."""
+    import numpy as np
+
+    from robustprune.errors import ConfigError
+
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ConfigError(f"{what} must be True or False, got {value!r}")
+
+
+def check_number(value: Any, what: str, *, integer: bool = False, low: float | None = None,
+                 high: float | None = None, low_open: bool = False) -> float | int:
+    """``value`` as a finite number (an int for ``integer``) within ``[low, high]`` (``(low, high]`` with
+    ``low_open``), else a one-line ConfigError naming ``what``. Booleans and strings are refused."""
+    import math
+
+    import numpy as np
+
+    from robustprune.errors import ConfigError
+
+    kind = "an integer" if integer else "a number"
+    rng = ""
+    if low is not None or high is not None:
+        lo = "" if low is None else (f"> {low:g}" if low_open else f">= {low:g}")
+        hi = "" if high is None else f"<= {high:g}"
+        rng = " " + " and ".join(t for t in (lo, hi) if t)
+    ok_type = (isinstance(value, (int, np.integer)) if integer else isinstance(value, (int, float, np.integer,
+                                                                                      np.floating)))
+    if isinstance(value, (bool, np.bool_)) or not ok_type:
+        raise ConfigError(f"{what} must be {kind}{rng}, got {value!r}")
+    v = int(value) if integer else float(value)
+    if not math.isfinite(v) or (low is not None and (v <= low if low_open else v < low)) or \
+            (high is not None and v > high):
+        raise ConfigError(f"{what} must be {kind}{rng}, got {value!r}")
+    return v
+
+
+def describe_output(out: Any) -> str:
+    """What a forward pass returned, for messages: ``a tuple of 2 (Tensor(2, 10), Tensor(2, 84))``."""
+    Tensor = torch.Tensor  # noqa: N806
+    if isinstance(out, Tensor):
+        return f"a tensor of shape {tuple(out.shape)}"
+    if isinstance(out, (tuple, list)):
+        inner = ", ".join(type(o).__name__ + (f"{tuple(o.shape)}" if isinstance(o, Tensor) else "") for o in out[:4])
+        return f"a {type(out).__name__} of {len(out)} ({inner}{', ...' if len(out) > 4 else ''})"
+    if isinstance(out, dict):
+        return f"a dict with keys {list(out)[:4]}"
+    return f"a {type(out).__name__}"
+
+
+def check_logits(model: torch.nn.Module, x: torch.Tensor, what: str, data_what: str) -> int:
+    """One forward pass of two inputs: the model must return one logits tensor (N x classes); its classes. A model
+    that cannot run on the inputs, or returns anything else, is a one-line error naming what it returned."""
+    from robustprune.errors import ConfigError
+
+    xb = x[:2]
+    try:
+        with torch.no_grad():
+            out = model(xb)
+    except Exception as exc:  # noqa: BLE001 - a shape / channel mismatch of the user's model and data
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"{what} cannot run on {data_what} (inputs {tuple(xb.shape)}): {first}; give inputs of the "
+                          "shape the model takes") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(xb):
+        raise ConfigError(f"{what}'s forward must return one logits tensor (N x classes), it returned "
+                          f"{describe_output(out)}; wrap it so that forward returns the logits only")
+    return int(out.shape[1])

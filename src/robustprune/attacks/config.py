@@ -114,6 +114,13 @@ def check_against_model(spec: Any, num_classes: int, input_shape: typing.Sequenc
     d = 1
     for s in input_shape:
         d *= int(s)
+    eps_max = settings.get("eps_max")
+    if eps_max is not None and norm in ("Linf", "L2"):
+        top = 1.0 if norm == "Linf" else math.sqrt(d)
+        if float(eps_max) > top:
+            raise ConfigError(f"attack {name!r}: eps_max={float(eps_max):g} (the largest {norm} norm searched) is beyond "
+                              f"the largest {norm} distance between two {'x'.join(map(str, input_shape))} images in "
+                              f"[0, 1] ({top:.4g}); give eps_max <= {top:.4g}, in pixel units (e.g. eps_max=0.3)")
     if norm == "L2":
         top = math.sqrt(d)
         bad = [e for e in eps if e > top]

@@ -179,9 +179,14 @@ def parse_kv(text: str, what: str, list_keys: tuple[str, ...] = ()) -> tuple[str
     if not name:
         raise ConfigError(f"{what} {text!r} has no name; write NAME or NAME:key=value,...")
     kw: dict[str, Any] = {}
+    last = None
     for part in filter(None, (p.strip() for p in rest.split(","))):
         if "=" not in part:
+            if last in list_keys or last in ("eps", "alpha"):  # eps=0.05,0.1: a second budget after a comma
+                raise ConfigError(f"{what} {text!r}: {part!r} after {last}= is not key=value; several budgets are "
+                                  f"separated by ';', not ',': quote it, e.g. '{text.replace(',' + part, ';' + part, 1)}'")
             raise ConfigError(f"{what} option {part!r} in {text!r} is not key=value")
+        last = part.split("=", 1)[0].strip().replace("-", "_")
         k, v = (s.strip() for s in part.split("=", 1))
         k = k.replace("-", "_")
         if k in list_keys:
@@ -294,6 +299,10 @@ def train(
                        "train_precision": effective_precision(precision, dev), "eval_precision": "fp32"},
             "train": res.to_dict()}
     save_checkpoint(out, model, meta=meta)
+    if len(splits.val) == 0:  # no validation images: no number to show (0.000 would read as a measured accuracy)
+        _echo(f"saved {out} (last epoch, {res.wall_time:.0f}s); validation: none (--val-size 0: no images were held "
+              "out, so the last epoch is kept and no accuracy is measured; give --val-size N to select and measure)")
+        return
     ev = evaluate_split(model, splits.val, n=min(1000, len(splits.val)), eps=obj_kw.get("eps"), steps=20, seed=seed)
     _echo(f"saved {out} (best epoch {res.best_epoch} by {res.selected_by}, {res.wall_time:.0f}s); validation: "
           + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()))
@@ -342,7 +351,7 @@ def prune(
 ) -> None:
     """Prune a checkpoint with any method to one or more compression rates; save each as a checkpoint whose sidecar
     states the method, its settings, the achieved compression and how to remake it."""
-    from robustprune.checkpoint import load_checkpoint, save_checkpoint
+    from robustprune.checkpoint import checkpoint_dataset, load_checkpoint, save_checkpoint
     from robustprune.data import load_splits
     from robustprune.methods import PruneTask, get_method
     from robustprune.methods.interface import FLAG_TEXT, achieved_compression, result_flags
@@ -350,7 +359,7 @@ def prune(
     from robustprune.provenance import code_version, file_sha256
     from robustprune.train import evaluate_split
     from robustprune.precision import check_precision, effective_precision
-    from robustprune.rates import merge_rates, sparsity_percent
+    from robustprune.rates import merge_rates, rate_from_sparsity, sparsity_percent
     from robustprune.utils import default_device
 
     precision = check_precision(precision, what="--precision")
@@ -376,10 +385,20 @@ def prune(
     # model is ~1.05x overall); otherwise from the compression its weights show.
     start = float(stored) if isinstance(stored, (int, float)) and stored >= 1 else achieved
     for r in rates:
-        m.check_rate(r, start)
-        m.check_max_rate(net, r)
+        try:
+            m.check_rate(r, start)
+            m.check_max_rate(net, r)
+        except ConfigError as exc:  # name the option as typed: --sparsity 0 is rate 1
+            if sparsity and not rate and r is not None:
+                typed = next((v for v in sparsity if abs(rate_from_sparsity(v) - r) <= 1e-9 * r), sparsity[0])
+                raise ConfigError(f"--sparsity {typed} (compression rate {r:g}): {exc}"
+                                  + ("; a sparsity of 0 removes no weight: give one above 0, e.g. --sparsity 0.5"
+                                     if r <= 1 else "")) from None
+            if rate and r is not None:
+                raise ConfigError(f"--rate {r:g}: {exc}") from None
+            raise
     val_size, split_seed = _parent_split(meta)  # the parent's validation images stay out of pruning's training
-    splits = load_splits(meta["dataset"], data_dir=data_dir, val_size=val_size, seed=split_seed, device=dev,
+    splits = load_splits(checkpoint_dataset(meta, checkpoint), data_dir=data_dir, val_size=val_size, seed=split_seed, device=dev,
                          train_limit=train_limit)
     budget = parse_eps(eps) if eps is not None else splits.spec.eps_linf
     obj = None
@@ -491,7 +510,7 @@ def evaluate(
                      ] = False,
 ) -> None:
     """Clean and robust accuracy of a checkpoint on the test split, with sanity checks next to the numbers."""
-    from robustprune.checkpoint import load_checkpoint
+    from robustprune.checkpoint import checkpoint_dataset, load_checkpoint
     from robustprune.data import load_splits
     from robustprune.evaluation import evaluate_model, size_metrics
     from robustprune.study import ResultsStore, code_version
@@ -520,7 +539,8 @@ def evaluate(
                               f"evaluated model on {meta.get('dataset')!r}; transfer needs the same dataset")
     with warnings.catch_warnings():  # the data layer's "test_limit exceeds the test split" is said below as --n
         warnings.simplefilter("ignore", RobustPruneWarning)
-        splits = load_splits(meta["dataset"], data_dir=data_dir, val_size=0, device=dev, test_limit=n)
+        splits = load_splits(checkpoint_dataset(meta, checkpoint), data_dir=data_dir, val_size=0, device=dev,
+                             test_limit=n)
     test = splits.test
     spec = splits.spec
     if n > len(test):
@@ -841,7 +861,7 @@ def export_cmd(
     """Export a checkpoint for deployment and prove the file keeps what was measured: its own runtime gives the
     checkpoint's logits and the same accuracy on the checkpoint's APGD examples (within 0.2 points), else nothing is
     written. Also measures what it saves (parameters, MACs, file size, latency against the unpruned base)."""
-    from robustprune.checkpoint import load_checkpoint
+    from robustprune.checkpoint import checkpoint_dataset, load_checkpoint
     from robustprune.data import load_splits
     from robustprune.deploy.formats import check_format_available
     from robustprune.deploy import export
@@ -861,8 +881,13 @@ def export_cmd(
     user_model = _user_model(model_factory) if model_factory else None
     model, meta, masks = load_checkpoint(checkpoint, "cpu", model=user_model)
     _refuse_nonfinite(model, checkpoint)
-    prov, base_path = checkpoint_provenance(checkpoint, meta)
+    prov, base_path = checkpoint_provenance(checkpoint, meta, model=model, masks=masks)  # claims vs the weights
     if base is not None:
+        from robustprune.study.exports import check_base_file
+
+        note = check_base_file(checkpoint, meta, base)  # itself / another architecture: one line, before any work
+        if note:
+            _warn(note)
         base_path = base
     base_model = base_masks = None
     if base_path is not None and Path(base_path).resolve() != checkpoint.resolve():
@@ -870,7 +895,8 @@ def export_cmd(
             base_path, "cpu", model=_user_model(model_factory) if model_factory else None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RobustPruneWarning)
-        splits = load_splits(meta["dataset"], data_dir=data_dir, val_size=0, device="cpu", test_limit=n)
+        splits = load_splits(checkpoint_dataset(meta, checkpoint), data_dir=data_dir, val_size=0, device="cpu",
+                             test_limit=n)
     n = min(n, len(splits.test))
     budget = parse_eps(eps) if eps is not None else splits.spec.eps_linf
     if not quiet:
@@ -911,6 +937,13 @@ def report(
     from robustprune.study import write_report
 
     summary = None
+    if out.is_file():  # not "run `study --out FILE`": a file is never a study folder
+        what = {".safetensors": f"a checkpoint (evaluate it: robustprune evaluate {out})",
+                ".yaml": f"a study file (run it: robustprune study {out} --out DIR; then robustprune report DIR)",
+                ".yml": f"a study file (run it: robustprune study {out} --out DIR; then robustprune report DIR)",
+                ".sqlite": f"a database: pass the folder that holds it, {out.parent}"}.get(out.suffix, "a file")
+        raise ConfigError(f"report OUT takes a study's output folder (the --out of `robustprune study`); {out} is "
+                          f"{what}")
     if data_dir is not None and not export:
         raise ConfigError("--data-dir is used only with --export (the report itself reads only the database); "
                           "drop it, or add --export onnx")

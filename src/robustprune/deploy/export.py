@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from robustprune.deploy.formats import ExportError, Format, Runner, _first_line, get_format
 from robustprune.errors import ConfigError, RobustPruneError
+from robustprune.utils import check_logits
 
 REPORT_FORMAT = "robustprune-export/1"
 LOGIT_RTOL = 1e-4
@@ -94,10 +95,117 @@ def _runner_logits(run: Runner, x: Tensor, batch_size: int = 250) -> Tensor:
     return torch.cat([run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
+_TMP_TAG = ".rpx"
+"""Temporary files of an export are ``.NAME.rpx<pid>.XXXX.tmp<suffix>``: the writer's process id tells whether a
+leftover belongs to a live export or to one that was killed (removed by the next export to that folder)."""
+
+
 def _tmp_path(final: Path, suffix: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp" + suffix)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}{_TMP_TAG}{os.getpid()}.",
+                               suffix=".tmp" + suffix)
     os.close(fd)
     return Path(tmp)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporary files an interrupted (killed) export left in ``folder``: those whose writing process no
+    longer runs. Returns what was removed."""
+    import re
+
+    pat = re.compile(r"^\..+" + re.escape(_TMP_TAG) + r"(\d+)\..*\.tmp")
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for f in entries:
+        m = pat.match(f.name)
+        if m and f.is_file() and not _pid_alive(int(m.group(1))):
+            try:
+                f.unlink()
+                removed.append(f)
+            except OSError:
+                pass
+    return removed
+
+
+def _warn_suffix(out: Path, fmt: Format) -> None:
+    """A file name that ends like another format's file (``--format onnx --out x.pt``): said, not refused."""
+    import warnings
+
+    from robustprune.deploy.formats import FORMATS
+    from robustprune.errors import RobustPruneWarning
+
+    if out.name.endswith(fmt.suffix):
+        return
+    other = next((f for f in FORMATS.values() if f.name != fmt.name and out.name.endswith(f.suffix)), None)
+    if other is not None:
+        warnings.warn(f"--out / out {out.name} ends in {other.suffix}, the suffix of {other.name} files, but the file "
+                      f"is {fmt.name}; name it {out.name[: -len(other.suffix)]}{fmt.suffix} or pass --format "
+                      f"{other.name}", RobustPruneWarning, stacklevel=3)
+
+
+def _as_tensor(v: Any, what: str) -> Tensor:
+    """A tensor, or a NumPy array converted to one; anything else is a one-line error."""
+    import numpy as np
+
+    if isinstance(v, Tensor):
+        return v
+    if isinstance(v, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(v))
+    raise ConfigError(f"{what} must be a torch tensor (or a NumPy array), got {type(v).__name__}")
+
+
+def _checked_data(data: Any) -> tuple[Tensor, Tensor]:
+    """``data=(images, labels)``: float NCHW images in [0, 1], finite, one integer label >= 0 per image (the
+    checks of every training entry); NumPy arrays are converted."""
+    from robustprune.data import check_split
+
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ConfigError(f"data must be a tuple (images, labels), got {type(data).__name__}")
+    x, y = _as_tensor(data[0], "data images"), _as_tensor(data[1], "data labels")
+    check_split(x, y, "data")
+    return x.detach().to("cpu", torch.float32), y.detach().to("cpu").long()
+
+
+def _check_base(model: nn.Module, base: nn.Module, x: Tensor) -> None:
+    """``base`` must be the same architecture as ``model`` (the same parameter and buffer names; the same shapes
+    unless ``model`` is slim) taking the same inputs and giving as many logits; else a one-line error."""
+    ms = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    bs = {k: tuple(v.shape) for k, v in base.state_dict().items()}
+    why = ""
+    if set(ms) != set(bs):
+        only_b = sorted(set(bs) - set(ms))
+        only_m = sorted(set(ms) - set(bs))
+        why = (f"it has {only_b[0]!r}, which the model lacks" if only_b else f"it lacks the model's {only_m[0]!r}")
+    elif not getattr(model, "rp_slim", False):
+        diff = next((k for k in ms if ms[k] != bs[k]), None)
+        if diff is not None:
+            why = f"its {diff!r} is {bs[diff]}, the model's {ms[diff]}"
+    if not why:
+        b = _cpu_eval_copy(base)
+        try:
+            nb = check_logits(b, x, "base", "the model's inputs")
+        except ConfigError as exc:
+            raise ConfigError(f"base is not this model's unpruned architecture: {exc}") from None
+        nm = check_logits(model, x, "model", "data")
+        if nb != nm:
+            why = f"it gives {nb} logits, the model {nm}"
+    if why:
+        raise ConfigError(f"base is not this model's unpruned architecture ({why}), so its sizes and latencies "
+                          "compare nothing; give the model it was pruned from (CLI: --base)")
 
 
 def slim_for_export(model: nn.Module, masks: Any = None, example: Tensor | None = None) -> tuple[nn.Module, dict]:
@@ -339,33 +447,64 @@ def export(
     its export in the same format, when there is one already; else it is exported to a temporary file).
     ``provenance``: what made the model (method, paper, settings, rate, hashes, measured accuracy), copied into
     the report. ``latency=False`` skips the timings (tests)."""
+    from robustprune.utils import check_flag, check_number, check_writable_file
+
     fmt = get_format(format)
+    sparse, latency, card = (check_flag(v, w) for v, w in ((sparse, "sparse"), (latency, "latency"), (card, "card")))
     if sparse and not fmt.sparse_ok:
         raise ConfigError(f"--sparse is only for onnx (sparse initializers); {fmt.name} stores every weight densely")
-    if slim not in ("auto", True, False):
+    if isinstance(slim, str) and slim != "auto" or slim not in ("auto", True, False) or \
+            not isinstance(slim, (str, bool)):
         raise ConfigError(f"slim must be 'auto', True or False, got {slim!r}")
+    # every number before any work (the artifact used to be written before eps / attack_steps were looked at)
+    if eps is not None:
+        eps = check_number(eps, "eps (the L-inf budget of the APGD examples)", low=0, high=1, low_open=True)
+    attack_steps = check_number(attack_steps, "attack_steps", integer=True, low=1)
+    attack_targets = check_number(attack_targets, "attack_targets", integer=True, low=1)
+    latency_time = check_number(latency_time, "latency_time", low=0, low_open=True)
+    logit_rtol = check_number(logit_rtol, "logit_rtol", low=0, low_open=True)
+    robust_tol_points = check_number(robust_tol_points, "robust_tol_points", low=0, high=100)
+    seed = check_number(seed, "seed", integer=True, low=0)
     out = Path(out)
-    from robustprune.utils import check_writable_file
-
     check_writable_file(out, "export file")
     say = log or (lambda _m: None)
+    _warn_suffix(out, fmt)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be an nn.Module, got {type(model).__name__}")
     evaluated = _cpu_eval_copy(model)
     if data is not None:
-        x, y = data
-        x = x.detach().to("cpu", torch.float32)
-        y = y.detach().to("cpu")
-        if x.dim() != 4 or len(x) != len(y) or len(x) == 0:
-            raise ConfigError(f"data must be (images N x C x H x W, labels N), got {tuple(x.shape)} and "
-                              f"{tuple(y.shape)}")
+        x, y = _checked_data(data)
+        if x_adv is None and eps is None:
+            raise ConfigError("export with data needs eps= (the L-inf budget of the APGD examples), or x_adv=")
         shape = tuple(int(s) for s in x.shape[1:])
     else:
         if input_shape is None:
             raise ConfigError("export needs data=(images, labels) or input_shape=(C, H, W)")
+        if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3 or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_shape):
+            raise ConfigError(f"input_shape must be (C, H, W), three positive integers, got {input_shape!r}")
         shape = tuple(int(s) for s in input_shape)
         x = torch.rand((64, *shape), generator=torch.Generator().manual_seed(seed))
         y = None
+    classes = check_logits(evaluated, x, "model", "data" if data is not None else f"input_shape {shape}")
+    if y is not None and int(y.max()) >= classes:
+        raise ConfigError(f"data: labels must lie in 0..{classes - 1} (the model has {classes} outputs), got "
+                          f"{int(y.min())}..{int(y.max())}")
+    if x_adv is not None:
+        x_adv = _as_tensor(x_adv, "x_adv")
+        if y is None:
+            raise ConfigError("x_adv= needs data=(images, labels): the accuracy on the examples needs their labels")
+        if tuple(x_adv.shape) != tuple(x.shape):
+            raise ConfigError(f"x_adv must hold one adversarial example per image of data, shaped like the images "
+                              f"{tuple(x.shape)}; got {tuple(x_adv.shape)}")
+        from robustprune.data import check_split
+
+        check_split(x_adv.detach().to("cpu", torch.float32), y, "x_adv")
+    if base is not None:
+        if not isinstance(base, nn.Module):
+            raise ConfigError(f"base must be an nn.Module (the unpruned model), got {type(base).__name__}")
+        _check_base(evaluated, base, x)
+    _remove_stale_temporaries(out.parent)
     mask_map = dict(getattr(masks, "masks", masks) or {})
     if masks is not None and mask_map:
         from robustprune.sparsity import MaskSet
@@ -390,10 +529,18 @@ def export(
         t0 = time.perf_counter()
         info = _write_artifact(deployed, x[:2].clone() if len(x) >= 2 else x.repeat(2, 1, 1, 1), tmp, fmt, sparse)
         export_s = time.perf_counter() - t0
+        sparse_weights = sum(1 for mod in deployed.modules() if isinstance(mod, (nn.Conv2d, nn.Linear))
+                             and 3 * int(torch.count_nonzero(mod.weight)) <= mod.weight.numel())
+        if sparse and not sparse_weights:
+            import warnings
+
+            from robustprune.errors import RobustPruneWarning
+
+            warnings.warn("--sparse (sparse=True): no weight tensor has at most a third of its entries non-zero (the "
+                          "model has no unstructured zeros to store compactly), so the file is dense; drop --sparse",
+                          RobustPruneWarning, stacklevel=2)
         # 3. verify with the format's own runtime
         if data is not None and x_adv is None:
-            if eps is None:
-                raise ConfigError("export with data needs eps= (the L-inf budget of the APGD examples)")
             t1 = time.perf_counter()
             x_adv = adversarial_examples(evaluated, x, y, eps=eps, steps=attack_steps,
                                          n_target_classes=attack_targets, seed=seed)
@@ -440,7 +587,8 @@ def export(
             "exporter": info, "export_seconds": export_s, "torch": torch.__version__,
             "input": {"name": "images", "shape": ["batch", *shape], "dtype": "float32", "range": [0.0, 1.0],
                       "normalisation": "inside the graph"},
-            "output": {"name": "logits"}, "slim": slim_info, "sparse": bool(sparse),
+            "output": {"name": "logits"}, "slim": slim_info,
+            "sparse": bool(sparse and sparse_weights), "sparse_requested": bool(sparse),
             "verification": ver, "sizes": sizes, "latency": lat,
             "provenance": dict(provenance or {}), "created_at": time.time(),
         }

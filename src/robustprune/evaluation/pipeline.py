@@ -142,12 +142,45 @@ def evaluate_model(
 
     from robustprune.precision import evaluation_precision
 
+    _check_inputs(model, x, y, default_eps=default_eps, batch_size=batch_size, seed=seed,
+                  transfer_from=transfer_from, flags={"checks": checks, "vulnerability": vulnerability,
+                                                      "per_feature": per_feature, "warn": warn, "progress": progress})
     with evaluation_precision(precision), torch.autocast(x.device.type, enabled=False):
         return _evaluate_model(model, x, y, attacks, default_eps=default_eps, eps_by_norm=eps_by_norm,
                                batch_size=batch_size, seed=seed, transfer_from=transfer_from,
                                transfer_source=transfer_source, checks=checks, check_subset=check_subset,
                                thresholds=thresholds, vulnerability=vulnerability, per_feature=per_feature,
                                warn=warn, progress=progress, on_row=on_row)
+
+
+def _check_inputs(model: Any, x: Any, y: Any, *, default_eps: Any, batch_size: Any, seed: Any, transfer_from: Any,
+                  flags: Mapping[str, Any]) -> None:
+    """What the CLI checks before an evaluation, as one-line ConfigErrors before any attack runs: a model that
+    returns one logits tensor, float NCHW images in [0, 1] with integer labels within its outputs, the numbers, the
+    flags (a string such as 'no' is refused), and a transfer source of the same inputs and classes."""
+    from robustprune.data import check_split
+    from robustprune.errors import ConfigError
+    from robustprune.metrics.accuracy import eval_mode
+    from robustprune.utils import check_flag, check_logits, check_number
+
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_split(x, y, "x, y")
+    check_number(default_eps, "default_eps", low=0)
+    check_number(batch_size, "batch_size", integer=True, low=1)
+    check_number(seed, "seed", integer=True, low=0)
+    for name, v in flags.items():
+        check_flag(v, name)
+    for m, what in ((model, "model"), (transfer_from, "transfer_from")):
+        if m is None:
+            continue
+        if not isinstance(m, nn.Module):
+            raise ConfigError(f"{what} must be an nn.Module, got {type(m).__name__}")
+        with eval_mode(m):
+            classes = check_logits(m, x, what, "x")
+        if int(y.max()) >= classes:
+            raise ConfigError(f"y: labels must lie in 0..{classes - 1} ({what} has {classes} outputs), got "
+                              f"{int(y.min())}..{int(y.max())}")
 
 
 def _evaluate_model(model: nn.Module, x: Tensor, y: Tensor, attacks: Sequence[Any], *, default_eps: float,

@@ -61,10 +61,160 @@ def _measured(store: ResultsStore, model_id: str) -> dict[str, Any]:
     return out
 
 
-def checkpoint_provenance(path: str | Path, meta: dict[str, Any]) -> tuple[dict[str, Any], Path | None]:
+def checkpoint_provenance(path: str | Path, meta: dict[str, Any], model: Any = None,
+                          masks: Any = None) -> tuple[dict[str, Any], Path | None]:
     """``(provenance, base checkpoint or None)`` of the checkpoint at ``path`` with sidecar ``meta`` (module
-    docstring). The base is the unpruned ancestor when its file is present and unchanged."""
+    docstring). The base is the unpruned ancestor when its file is present and unchanged and is a model of the same
+    architecture and input (else a one-line error). With ``model`` (the checkpoint as loaded) the claims of the
+    sidecar and the study database are checked against the weights (:func:`check_claims`) and the achieved
+    compression and sparsity in the provenance are the ones measured on the weights."""
+    prov, base = _provenance(Path(path), meta)
+    if model is not None:
+        prov.update(check_claims(path, meta, model, masks, claimed_compression=prov.get("achieved_compression")))
+    return prov, base
+
+
+def _model_kind(meta: dict[str, Any]) -> dict[str, Any]:
+    return {"architecture": meta.get("architecture"), "input": list(meta.get("input_shape") or []),
+            "classes": meta.get("num_classes"), "dataset": meta.get("dataset")}
+
+
+def _kind_text(meta: dict[str, Any]) -> str:
+    k = _model_kind(meta)
+    return (f"a {k['architecture']} for {k['dataset']} ({'x'.join(map(str, k['input']))} inputs, {k['classes']} "
+            "classes)")
+
+
+def same_kind(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two sidecars describe the same architecture on the same input (and classes, and dataset when both say)."""
+    ka, kb = _model_kind(a), _model_kind(b)
+    if ka["dataset"] and kb["dataset"] and ka["dataset"] != kb["dataset"]:
+        return False
+    return all(ka[k] == kb[k] for k in ("architecture", "input", "classes")) and \
+        float(a.get("width", 1.0) or 1.0) == float(b.get("width", 1.0) or 1.0)
+
+
+def ancestor_hashes(meta: dict[str, Any]) -> list[str]:
+    """The sha256 of every ancestor a ``robustprune prune`` sidecar names (its parent, the parent's parent ...,
+    as far as the files are present)."""
+    from robustprune.checkpoint import read_meta
+
+    out: list[str] = []
+    cfg = meta.get("config") or {}
+    for _ in range(16):
+        if not cfg.get("parent_sha256"):
+            break
+        out.append(str(cfg["parent_sha256"]))
+        p = Path(str(cfg.get("parent") or ""))
+        try:
+            cfg = read_meta(p).get("config") or {} if p.is_file() else {}
+        except RobustPruneError:
+            break
+    return out
+
+
+def check_base_file(checkpoint: str | Path, meta: dict[str, Any], base: str | Path, *,
+                    what: str = "--base") -> str | None:
+    """Refuse (one line) a comparison base that is the checkpoint itself or a model of another architecture or
+    input; returns a note when the base is of the same kind but not the checkpoint's ancestor (None when it is)."""
+    from robustprune.checkpoint import read_meta
+
+    checkpoint, base = Path(checkpoint), Path(base)
+    if base.resolve() == checkpoint.resolve() or (base.is_file() and file_sha256(base) == file_sha256(checkpoint)):
+        raise ConfigError(f"{what} {base} is the checkpoint itself, so there is nothing to compare; give the "
+                          "unpruned model it was pruned from, or drop " + what)
+    bmeta = read_meta(base)
+    if not same_kind(meta, bmeta):
+        raise ConfigError(f"{what} {base} is {_kind_text(bmeta)}, the checkpoint {_kind_text(meta)}: not its base, "
+                          f"so its sizes and latencies compare nothing; give the unpruned model it was pruned from")
+    if file_sha256(base) in ancestor_hashes(meta):
+        return None
+    return (f"{what} {base} is not an ancestor of {checkpoint.name} in its provenance (no parent hash matches); "
+            "it is compared as a model of the same architecture and input")
+
+
+_CLAIM_RTOL = 0.01
+_RATE_SLACK = 1.5
+
+
+def _group_compression(model: Any, group: str, layers: list[str] | None) -> dict[str, float]:
+    """Per prunable layer of ``group``: groups / groups with a non-zero weight (inf when all are zero)."""
+    import math
+
+    import torch
+
+    from robustprune.sparsity import prunable_layers
+    from robustprune.sparsity.groups import group_view
+
+    out = {}
+    for name, mod in prunable_layers(model, group).items():
+        if layers is not None and name not in layers:
+            continue
+        g = group_view(mod.weight.detach(), group)
+        alive = int(torch.count_nonzero(g.abs().sum(1)))
+        out[name] = g.shape[0] / alive if alive else math.inf
+    return out
+
+
+def check_claims(path: str | Path, meta: dict[str, Any], model: Any, masks: Any = None, *,
+                 claimed_compression: float | None = None) -> dict[str, Any]:
+    """What the weights of a loaded checkpoint show, checked against what its sidecar (or study) claims: the
+    achieved compression recomputed (every Conv2d / Linear weight / the non-zero ones) must equal the claimed one
+    within 1 %; the method must be registered, and its group the sidecar's; a set rate c is contradicted when no
+    layer of the method's group is pruned to within 1.5x of c (a global threshold prunes some layer at least to c, a
+    local one every layer). Returns the measured ``achieved_compression`` and ``achieved_sparsity``; raises a
+    one-line :class:`CheckpointError` naming the claim."""
+    import math
+
+    from robustprune.errors import CheckpointError
+    from robustprune.sparsity import prunable_layers
+
     path = Path(path)
+    total = nonzero = 0
+    for mod in prunable_layers(model, "unstructured").values():
+        w = mod.weight.detach()
+        total += w.numel()
+        nonzero += int((w != 0).sum())
+    measured = total / nonzero if nonzero else math.inf
+    side = f"{path.with_suffix('.json').name}"
+    slim = bool(meta.get("slim"))
+    if claimed_compression is not None and not slim and math.isfinite(measured):
+        c = float(claimed_compression)
+        if abs(c - measured) > _CLAIM_RTOL * measured:
+            raise CheckpointError(f"checkpoint {path}: {side} (or its study) claims an achieved compression of {c:.4g}, "
+                                  f"its weights show {measured:.4g}; the sidecar was edited or belongs to another "
+                                  "file: re-create the checkpoint")
+    cfg = meta.get("config") or {}
+    method = cfg.get("method")
+    if method:
+        from robustprune.methods import METHODS
+
+        if method not in METHODS.names():
+            raise CheckpointError(f"checkpoint {path}: {side} names method {method!r}, which is not a registered "
+                                  "method (`robustprune list methods`); fix the sidecar or re-create the checkpoint")
+        m = METHODS.get(method)
+        if cfg.get("group") and cfg["group"] != m.group:
+            raise CheckpointError(f"checkpoint {path}: {side} says group {cfg['group']!r}, but {method} prunes "
+                                  f"{m.group!r}; the sidecar was edited: re-create the checkpoint")
+        rate = cfg.get("rate")
+        if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 1 and not slim:
+            scope = (cfg.get("settings") or {}).get("layers")
+            if not isinstance(scope, dict):  # per-layer rates: the rate names no one layer's
+                group = m.group if m.group in ("unstructured", "kernel", "filter", "column") else "unstructured"
+                mask_layers = list(getattr(masks, "masks", masks) or {}) or None
+                per_layer = _group_compression(model, group, mask_layers)
+                best = max(per_layer.values(), default=1.0)
+                if best * _RATE_SLACK < float(rate):
+                    raise CheckpointError(
+                        f"checkpoint {path}: {side} claims {method} at compression rate {float(rate):g}, but no "
+                        f"{group} layer of its weights is pruned beyond {best:.3g}x (overall {measured:.3g}x); the "
+                        "sidecar was edited or belongs to another file: re-create the checkpoint")
+    return {"achieved_compression": round(measured, 4) if math.isfinite(measured) else measured,
+            "achieved_sparsity": round(1.0 - 1.0 / measured, 6) if measured > 0 else 0.0,
+            "sparsity_measured_on": "the weights (zeros among all Conv2d + Linear weights)"}
+
+
+def _provenance(path: Path, meta: dict[str, Any]) -> tuple[dict[str, Any], Path | None]:
     cfg = meta.get("config") or {}
     method = cfg.get("method") or "unpruned"
     prov: dict[str, Any] = {"checkpoint": path.name, "checkpoint_sha256": file_sha256(path),
@@ -106,22 +256,32 @@ def checkpoint_provenance(path: str | Path, meta: dict[str, Any]) -> tuple[dict[
         prov["parent_sha256"] = cfg.get("parent_sha256")
     if isinstance(meta.get("validation"), dict):
         prov.update({f"{k} (validation)": round(float(v), 4) for k, v in meta["validation"].items()})
-    base = _unpruned_ancestor(cfg)
+    base = _unpruned_ancestor(path, meta)
     return prov, base
 
 
-def _unpruned_ancestor(cfg: dict[str, Any]) -> Path | None:
+def _unpruned_ancestor(path: Path, meta: dict[str, Any]) -> Path | None:
+    """The unpruned checkpoint at the end of the sidecar's parent chain (each link's file present with the hash
+    its child names), or None; an ancestor of another architecture or input is a one-line error (an edited
+    ``parent``)."""
     from robustprune.checkpoint import read_meta
+    from robustprune.errors import CheckpointError
 
+    cfg = meta.get("config") or {}
     seen = 0
     while cfg.get("parent") and seen < 16:
         p = Path(cfg["parent"])
         if not p.is_file() or (cfg.get("parent_sha256") and file_sha256(p) != cfg["parent_sha256"]):
             return None
         try:
-            cfg = read_meta(p).get("config") or {}
+            pmeta = read_meta(p)
         except RobustPruneError:
             return None
+        if not same_kind(meta, pmeta):
+            raise CheckpointError(f"checkpoint {path}: its sidecar's parent {p} is {_kind_text(pmeta)}, the checkpoint "
+                                  f"{_kind_text(meta)}; the sidecar was edited: fix its config.parent, or pass the "
+                                  "unpruned model with --base")
+        cfg = pmeta.get("config") or {}
         if not cfg.get("method"):
             return p
         seen += 1
@@ -156,11 +316,15 @@ def export_study(out_dir: str | Path, formats: Sequence[str], *, n: int | None =
         for rec in models:
             mid = rec["model_id"]
             ckpt = out / rec["checkpoint"]
+            # the file itself, hashed now: an export is reused only while the checkpoint it came from is unchanged
+            # (a truncated or deleted checkpoint is re-exported, which fails that row with the checkpoint's error)
+            ckpt_hash = file_sha256(ckpt) if ckpt.is_file() else None
             todo = []
             for fmt in fmts:
                 row = next(iter(store.exports("model_id = ? AND format = ?", (mid, fmt.name))), None)
                 dest = out / "exports" / f"{mid}{fmt.suffix}"
                 if (row and row["status"] == STATUS_DONE and row["checkpoint_sha256"] == rec.get("checkpoint_sha256")
+                        and ckpt_hash == row["checkpoint_sha256"]
                         and dest.is_file() and file_sha256(dest) == row["file_sha256"]):
                     counts["reused"] += 1
                     continue
@@ -180,7 +344,7 @@ def export_study(out_dir: str | Path, formats: Sequence[str], *, n: int | None =
                 t0 = time.perf_counter()
                 x_adv = adversarial_examples(model, x, y, eps=eps, seed=int(rec.get("seed") or 0))
                 craft_s = time.perf_counter() - t0
-                prov, base_path = checkpoint_provenance(ckpt, meta)
+                prov, base_path = checkpoint_provenance(ckpt, meta, model=model, masks=masks)
                 base = base_masks = None
                 base_rec = by_id.get(rec.get("parent_id") or "")
                 if base_path is not None:

@@ -240,9 +240,11 @@ def fit(
     """
     if precision is not None:
         cfg = cfg.model_copy(update={"precision": check_precision(precision)})
+    _check_fit_inputs(model, train, val, cfg)
     device = train.x.device
     cfg = cfg.model_copy(update={"precision": effective_precision(cfg.precision, device)})  # "auto" resolved
     model.to(device)
+    _check_fit_logits(model, train, val)
     channels_last = use_channels_last(model, cfg.precision, device, cfg.channels_last)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -257,6 +259,42 @@ def fit(
             _uncompile(model)
         if channels_last:
             to_contiguous(model)
+
+
+def _check_fit_inputs(model: nn.Module, train: Split, val: Split | None, cfg: TrainConfig) -> None:
+    """What the CLI checks before it trains, checked where every training passes (a one-line ConfigError before the
+    first step): a model, a TrainConfig, splits of float NCHW images in [0, 1] with integer labels within the model's
+    outputs, validation images of the training images' size, and a forward pass that returns one logits tensor."""
+    from robustprune.data import check_split
+
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"fit: model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(cfg, TrainConfig):
+        raise ConfigError(f"fit: cfg must be a TrainConfig, got {type(cfg).__name__}")
+    for split, what in ((train, "train"), (val, "val")):
+        if split is None and what == "val":
+            continue
+        if not isinstance(split, Split):
+            raise ConfigError(f"fit: {what} must be a Split (robustprune.data.Split(x=images, y=labels)), got "
+                              f"{type(split).__name__}")
+        if what == "train" or len(split):  # an empty validation split means no selection
+            check_split(split.x, split.y, what)
+    if val is not None and len(val) and tuple(val.x.shape[1:]) != tuple(train.x.shape[1:]):
+        raise ConfigError(f"fit: val images are {tuple(val.x.shape[1:])}, the training images "
+                          f"{tuple(train.x.shape[1:])}; give validation images of the same size")
+
+
+def _check_fit_logits(model: nn.Module, train: Split, val: Split | None) -> None:
+    """One forward pass (eval mode, no gradient): one logits tensor, and labels within its outputs."""
+    from robustprune.metrics.accuracy import eval_mode
+    from robustprune.utils import check_logits
+
+    with eval_mode(model):
+        classes = check_logits(model, train.x[:2], "model", "train")
+    for split, what in ((train, "train"), (val, "val")):
+        if split is not None and len(split) and int(split.y.max()) >= classes:
+            raise ConfigError(f"{what}: labels must lie in 0..{classes - 1} (the model has {classes} outputs), got "
+                              f"{int(split.y.min())}..{int(split.y.max())}")
 
 
 def _compile(model: nn.Module) -> None:
