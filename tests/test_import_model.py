@@ -503,8 +503,8 @@ def dm_forward(s: dict, x: torch.Tensor, preact: bool, stages: int, blocks: int)
             else:
                 sc = F.conv2d(a, s[p + "shortcut.weight"], stride=st) if has else out
             o = F.conv2d(pad(a, st), s[p + ("conv_2d_1" if preact else "conv_0") + ".weight"], stride=st)
-            o = F.conv2d(F.silu(_bn(o, s, p + "batchnorm_1.")), s[p + ("conv_2d_2" if preact else "conv_1") + ".weight"],
-                         padding=1)
+            w2 = s[p + ("conv_2d_2" if preact else "conv_1") + ".weight"]
+            o = F.conv2d(F.silu(_bn(o, s, p + "batchnorm_1.")), w2, padding=1)
             out = o + sc
     out = F.silu(_bn(out, s, "batchnorm."))
     return F.linear(out.mean((2, 3)), s["logits.weight"], s["logits.bias"])

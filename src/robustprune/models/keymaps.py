@@ -60,6 +60,13 @@ class KeyMap:
 _DM_BLOCK = {"batchnorm_0": "bn1", "conv_0": "conv1", "conv_2d_1": "conv1", "batchnorm_1": "bn2", "conv_1": "conv2",
              "conv_2d_2": "conv2"}
 
+
+
+def _dm_block_name(m: re.Match) -> str:
+    """``layer.G.block.I.NAME.`` / ``layer_G.I.NAME.`` -> ``layer{G+1}.I.{ours}.`` (DeepMind counts stages from 0)."""
+    return f"layer{int(m[1]) + 1}.{m[2]}.{_DM_BLOCK.get(m[3], m[3])}."
+
+
 _RB_RAW = ("RobustBench's (TRADES') WideResNet takes raw [0, 1] pixels; its entries that normalise carry mu/sigma "
            "buffers, which the file would hold")
 
@@ -112,7 +119,7 @@ KEY_MAPS: dict[str, KeyMap] = {m.name: m for m in (
         (
             (r"^init_conv\.", "stem.0."),
             (r"^layer\.(\d+)\.block\.(\d+)\.shortcut\.", lambda m: f"layer{int(m[1]) + 1}.{m[2]}.shortcut.0."),
-            (r"^layer\.(\d+)\.block\.(\d+)\.(\w+)\.", lambda m: f"layer{int(m[1]) + 1}.{m[2]}.{_DM_BLOCK.get(m[3], m[3])}."),
+            (r"^layer\.(\d+)\.block\.(\d+)\.(\w+)\.", lambda m: _dm_block_name(m)),
             (r"^batchnorm\.", "final.0."),
             (r"^logits\.", "fc."),
         ),
@@ -123,7 +130,7 @@ KEY_MAPS: dict[str, KeyMap] = {m.name: m for m in (
         (
             (r"^conv_2d\.", "stem.0."),
             (r"^layer_(\d+)\.(\d+)\.shortcut\.", lambda m: f"layer{int(m[1]) + 1}.{m[2]}.shortcut.0."),
-            (r"^layer_(\d+)\.(\d+)\.(\w+)\.", lambda m: f"layer{int(m[1]) + 1}.{m[2]}.{_DM_BLOCK.get(m[3], m[3])}."),
+            (r"^layer_(\d+)\.(\d+)\.(\w+)\.", lambda m: _dm_block_name(m)),
             (r"^batchnorm\.", "final.0."),
             (r"^logits\.", "fc."),
         ),
