@@ -249,6 +249,15 @@ def _toy_phases(settings: Any, epochs: float, lr: float) -> Any:
     return settings
 
 
+def _toy_updates(settings: dict[str, Any]) -> dict[str, Any]:
+    """A toy budget of a few steps never reaches Flying Bird's first topology update (900 steps), which is refused
+    before any work: the Flying Birds update every step here, so their mechanism acts."""
+    for name in ("flyingbird", "flyingbird-plus"):
+        if name in settings:
+            settings[name] = {**settings[name], "update_every": 1, "update_every_late": 1}
+    return settings
+
+
 @needs_leaders
 @pytest.mark.slow
 def test_toy_run_of_the_cifar10_resnet18_preset_goes_through_every_cell(tmp_path):
@@ -273,7 +282,7 @@ def test_toy_run_of_the_cifar10_resnet18_preset_goes_through_every_cell(tmp_path
         "base_train": {**raw["base_train"], "epochs": 1, "batch_size": 16, "progress": False},
         "base_objective": {"name": "pgd-at", "eps": "8/255", "steps": 1},
         "finetune_objective": {"name": "pgd-at", "eps": "8/255", "steps": 1},
-        "prune_epochs": 1, "method_settings": _toy_phases(raw["method_settings"], 1, 0.01),
+        "prune_epochs": 1, "method_settings": _toy_updates(_toy_phases(raw["method_settings"], 1, 0.01)),
         "attacks": [aa, {"name": "fmn-linf", "eps": [2 / 255, 0.031], "steps": 2}],
     }
     spec = load_study_spec(STUDIES / "apb-cifar10-resnet18.yaml", overrides)

@@ -40,7 +40,9 @@ def nonzero_fraction(model: nn.Module) -> float:
     return sum(int(torch.count_nonzero(m.weight)) for m in layers) / sum(m.weight.numel() for m in layers)
 
 
-FAST = {"pgd_steps": 1}
+FAST = {"pgd_steps": 1, "update_every": 1, "update_every_late": 1}
+"""Tiny budgets: one attack step; Flying Bird(+) update their topology every step (at the default 900 steps a
+budget of a few steps is refused before any work: their mechanism would not act)."""
 
 
 def fast_settings(name: str) -> dict:

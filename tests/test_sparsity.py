@@ -110,6 +110,20 @@ def test_achieved_fraction(group, scope, score, keep):
             n = v.numel()
             assert int(v.sum()) == num_keep(n, keep)
             assert abs(int(v.sum()) - keep * n) <= 1
+    elif group != "unstructured":
+        # structured, global: the budget counts groups (round(keep * G) of all G groups), a layer left empty getting
+        # back its best group; budget counted in weights: within one group of keep * all weights
+        groups = sum(v.numel() for v in gm.values())
+        topped = sum(1 for v in gm.values() if int(v.sum()) == 1)
+        assert math.floor(keep * groups + 0.5) <= sum(int(v.sum()) for v in gm.values()) \
+            <= math.floor(keep * groups + 0.5) + topped
+        by_weight = group_masks(compute_masks(model, group=group, score=score, scope=scope, keep=keep,
+                                              generator=gen(1), count="weights"), model, group)
+        total = sum(m.weight.numel() for m in layers.values())
+        kept = sum(int(v.sum()) * group_view(layers[n].weight, group).shape[1] for n, v in by_weight.items())
+        sizes = {n: group_view(layers[n].weight, group).shape[1] for n in layers}
+        forced = sum(sizes[n] for n, v in by_weight.items() if int(v.sum()) == 1)
+        assert abs(kept - keep * total) <= max(sizes.values()) + forced
     else:
         total = sum(m.weight.numel() for m in layers.values())
         kept = masks.kept()
@@ -117,7 +131,7 @@ def test_achieved_fraction(group, scope, score, keep):
         # within one group overall, plus one group for each layer that may have been topped up
         forced = sum(sizes[n] for n, v in gm.items() if int(v.sum()) == 1)
         assert abs(kept - keep * total) <= max(sizes.values()) + forced
-        if group == "unstructured" and forced == 0:
+        if forced == 0:
             assert kept == math.floor(keep * total + 0.5)
 
 
@@ -169,8 +183,12 @@ def test_global_keeps_more_of_the_big_layer(group):
         assert lf["5"] < keep and lf["7"] < keep
     # ... and it takes nearly all the budget (or nearly all of itself)
     assert int(glob["2"].sum()) > 0.8 * min(glob.kept(), glob["2"].numel())
-    # total is still ~keep
-    assert abs(glob.keep_fraction() - keep) < 0.05
+    # total is still ~keep: of the groups (structured: the rate counts filters / kernels / columns), or of the
+    # weights (unstructured, or a structured budget counted in weights)
+    gm = group_masks(glob, model, group)
+    assert abs(sum(int(v.sum()) for v in gm.values()) / sum(v.numel() for v in gm.values()) - keep) < 0.05
+    by_weight = compute_masks(model, group=group, score="magnitude", scope="global", keep=keep, count="weights")
+    assert abs(by_weight.keep_fraction() - keep) < 0.05
 
 
 def test_global_structured_normalises_by_group_size():
@@ -312,6 +330,10 @@ def test_iterative_never_revives(group, scope, score):
         if scope == "local":  # already-pruned groups count toward the pruned
             for name, v in group_masks(masks, model, group).items():
                 assert int(v.sum()) == num_keep(v.numel(), keep)
+        elif group != "unstructured":  # the budget counts groups; pruned ones count toward the pruned
+            gm = group_masks(masks, model, group)
+            groups = sum(v.numel() for v in gm.values())
+            assert abs(sum(int(v.sum()) for v in gm.values()) - keep * groups) <= 1 + len(masks)
         else:
             total = masks.numel()
             sizes = max(group_view(m.weight, group).shape[1] for m in prunable_layers(model, group).values())

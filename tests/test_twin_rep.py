@@ -175,15 +175,26 @@ def test_filter_variant_removes_whole_filters_and_the_result_slims():
     assert res.group == "filter" and set(res.masks.names()) == {"0", "3"}
     filters = {k: m.flatten(1).any(1) for k, m in res.masks.masks.items()}
     assert all(bool((m.flatten(1).all(1) == filters[k]).all()) for k, m in res.masks.masks.items())
-    # 8 filters of 9 weights and 8 of 72: filters are taken until the kept weights are closest to 1/2 of 648
-    kept_w = sum(int(res.masks[k].sum()) for k in filters)
-    assert abs(kept_w - 324) <= 36 and all(bool(f.any()) for f in filters.values())
+    # 8 filters of 9 weights and 8 of 72: the rate counts filters (the reference's round(ratio * n_filters)), so
+    # 8 of the 16 are kept, whatever their sizes (a layer left empty would get its best filter back)
     n_kept = sum(int(f.sum()) for f in filters.values())
+    assert n_kept == 8 and all(bool(f.any()) for f in filters.values())
+    assert res.settings["budget"] == "groups"
     assert not any(isinstance(m, (TwinConv2d, TwinLinear)) for m in net.modules())
     net.eval()
     out = slim_model(net, masks=res.masks, example=x[:16])
     assert sum(k for k, _t in out.units.values()) == n_kept < 16
     torch.testing.assert_close(out.model.eval()(x[:16]), net(x[:16]), rtol=1e-5, atol=1e-5)
+
+
+def test_filter_budget_counted_in_weights_keeps_half_of_the_conv_weights_instead():
+    x, y = blobs(96)
+    net = _bn_net()
+    res = robustprune.prune(net, "twin-rep-filter", rate=2, data=(x, y), eps=0.1, epochs=1, pgd_steps=1,
+                            budget="weights")
+    # 8 filters of 9 weights and 8 of 72: filters are taken until the kept weights are closest to 1/2 of 648
+    kept_w = sum(int(res.masks[k].sum()) for k in res.masks.names())
+    assert abs(kept_w - 324) <= 36
 
 
 def test_fold_leaves_a_plain_model_with_the_same_logits_and_parameters():

@@ -81,10 +81,15 @@ def admm_rate(method: Any, model: Any, rate: float, settings: ADMMSettings) -> A
 def admm_task_result(method: Any, model: Any, task: PruneTask, rate: float, settings: ADMMSettings, result: Any,
                      admm_cfg: TrainConfig, retrain_cfg: TrainConfig) -> Any:
     """The :class:`PruneResult` of an ADMM run (``result``: :class:`ADMMResult`)."""
-    from robustprune.methods.interface import history_of, steps_of
+    from robustprune.methods.interface import history_of, mechanism, steps_of
 
     conv = dict(result.extras.get("convergence", {}))
     conv["tolerance"] = settings.converge_tol
+    updates = int(conv.get("updates") or 0)
+    mech = mechanism("ADMM: gradient steps of the ADMM phase and at least one Z/U update, so that the residual "
+                     "||W - Z|| / ||W|| before the hard prune measures an ADMM phase (else the hard prune is a "
+                     "one-shot magnitude projection)", steps_of(result.admm) > 0 and updates > 0,
+                     admm_steps=steps_of(result.admm), zu_updates=updates, primal_rel=conv.get("primal_rel"))
     return method.result(
         model, result.masks, rate, settings,
         history={"admm": history_of(result.admm), "retrain": history_of(result.retrain),
@@ -92,4 +97,4 @@ def admm_task_result(method: Any, model: Any, task: PruneTask, rate: float, sett
         times=dict(result.times), convergence=conv, converged=settings.converged(conv),
         steps=steps_of(result.admm) + steps_of(result.retrain),
         epochs=float(admm_cfg.epochs + retrain_cfg.epochs),
-        extras={k: v for k, v in result.extras.items() if k != "convergence"})
+        extras={k: v for k, v in result.extras.items() if k != "convergence"}, mechanism=mech)

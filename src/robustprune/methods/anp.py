@@ -14,7 +14,8 @@ from torch import nn
 
 from robustprune.methods.bayesian import bayesian_prune, fold_gates
 from robustprune.methods.interface import PAPERS, MethodSettings, PhaseSettings, PruneResult, PruneTask
-from robustprune.methods.interface import PruningMethod, history_of, phase, register_method, setting, steps_of
+from robustprune.methods.interface import PruningMethod, history_of, mechanism, phase, register_method, setting
+from robustprune.methods.interface import steps_of
 from robustprune.sparsity import MaskSet
 
 
@@ -101,7 +102,11 @@ class BayesianMethod(PruningMethod):
         history = {name: history_of(r) for name, r in res.phases.items()}
         epochs = float(sum(r.history[-1].get("epoch", len(r.history)) if r.history else 0
                            for r in res.phases.values()))
-        return self.result(folded, MaskSet(fmasks), None, settings, history=history,
+        gate_steps = sum(steps_of(r) for k, r in res.phases.items() if k != "at")
+        mech = mechanism("learned rate: gradient steps that train the gates (else the masks are their "
+                         "initialisation and the rate is not learned)", gate_steps > 0, gate_steps=gate_steps,
+                         gates_moved_fraction=moved)
+        return self.result(folded, MaskSet(fmasks), None, settings, history=history, mechanism=mech,
                            times={"train": t_train, "fold": time.perf_counter() - t0 - t_train},
                            convergence=stats, converged=converged,
                            steps=sum(steps_of(r) for r in res.phases.values()), epochs=epochs,

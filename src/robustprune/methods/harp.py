@@ -88,7 +88,8 @@ from robustprune.errors import ConfigError
 from robustprune.methods.hydra import ScoredConv2d, ScoredLinear, _Scored, attach_scores, current_masks, topk_mask
 from robustprune.methods.hydra import _objective, resolve_keep
 from robustprune.methods.interface import PAPERS, MethodSettings, PhaseSettings, PruneResult, PruneTask
-from robustprune.methods.interface import PruningMethod, history_of, phase, register_method, setting, steps_of
+from robustprune.methods.interface import PruningMethod, history_of, mechanism, phase, register_method, setting
+from robustprune.methods.interface import steps_of
 from robustprune.sparsity import MaskSet, check_keep, sparsity_report
 from robustprune.train import Hook, TrainConfig, TrainResult, fit
 from robustprune.train.loop import evaluate_split
@@ -597,13 +598,32 @@ class HarpMethod(PruningMethod):
             "layer_keep_learned": res.layer_keep_learned, "layer_keep": res.layer_keep,
         }
         converged = None if not churn else bool(res.target_reached and churn[-1] <= settings.converge_tol)
+        init_keep = max(float(settings.rate_init), res.keep)
+        rates_moved = sum(abs(k - init_keep) > 1e-6 for k in res.layer_keep_learned.values())
+        scores_trained = bool(settings.train_scores)
+        rates_trained = settings.rate_lr_factor > 0
+        mech = mechanism("HARP: pruning-phase gradient steps > 0 with the importance scores or the per-layer rates "
+                         "trained (else the export is a fixed initial allocation, not a learned one)",
+                         res.score_steps > 0 and (scores_trained or rates_trained), pruning_steps=res.score_steps,
+                         scores_trained=scores_trained, rates_trained=rates_trained,
+                         layers_whose_rate_moved=int(rates_moved), layers=len(res.layer_keep_learned))
         extras = {"layer_keep": res.layer_keep, "layer_keep_learned": res.layer_keep_learned,
                   "layer_counts": res.layer_counts, "budget": res.budget}
         return self.result(model, res.masks, rate, settings,
                            history={"prune": history_of(res.prune), "finetune": history_of(res.finetune)},
                            times=dict(res.times), convergence=conv, converged=converged, extras=extras,
                            steps=steps_of(res.prune) + steps_of(res.finetune),
-                           epochs=float(prune_cfg.epochs + ft_cfg.epochs))
+                           epochs=float(prune_cfg.epochs + ft_cfg.epochs), mechanism=mech)
+
+    def check_budget(self, settings: HarpSettings, *, epochs: float, n_train: int) -> None:
+        """Besides the phases' budgets: refuse settings under which nothing is learned (scores not trained and the
+        rates' learning rate 0) before any work. A pruning phase of 0 epochs is allowed (the export of the initial
+        allocation, e.g. as a control) but its result is flagged ``mechanism-did-not-act``."""
+        super().check_budget(settings, epochs=epochs, n_train=n_train)
+        if not settings.train_scores and settings.rate_lr_factor == 0:
+            raise ConfigError("harp with train_scores=false and rate_lr_factor=0 learns nothing (neither the scores "
+                              "nor the per-layer rates): set rate_lr_factor > 0 (--set rate_lr_factor=1) or "
+                              "train_scores=true")
 
 
 register_method(HarpMethod())

@@ -5,7 +5,9 @@ Phases (after pre-training, which is the caller's model):
 1. **Score initialisation** -- every prunable layer (Conv2d + Linear, as HYDRA prunes all layers) gets an
    importance score per weight. HYDRA's *scaled* initialisation:
    ``s = sqrt(6 / fan_in) * w / max|w|`` -- proportional to the weight, so the first mask is the magnitude mask.
-2. **Score optimisation** -- the weights (and every other parameter) are frozen; the network computes with
+2. **Score optimisation** -- the weights and biases are frozen, the BatchNorm affine terms train with the scores
+   (``freeze_bn=False``, as the reference: ``utils/model.py`` ``freeze_vars`` skips BatchNorm layers unless
+   ``--freeze-bn``, which is off by default; HARP's code borrows the same function); the network computes with
    ``w * m`` where ``m`` keeps the top-``k`` entries of ``|s|`` in each layer (``k = round(keep * n)``), and the
    scores are trained on an adversarial objective (PGD-AT or TRADES) with a straight-through gradient
    (``d/ds = d/dm * sign(s)``, HYDRA's ``GetSubnet`` backward).
@@ -34,7 +36,8 @@ from torch import Tensor, nn
 from robustprune.data import Split
 from robustprune.errors import ConfigError
 from robustprune.methods.interface import PAPERS, MethodSettings, PhaseSettings, PruneResult, PruneTask
-from robustprune.methods.interface import PruningMethod, history_of, phase, register_method, setting, steps_of
+from robustprune.methods.interface import PruningMethod, history_of, mechanism, phase, register_method, setting
+from robustprune.methods.interface import steps_of
 from robustprune.objectives import PGDAT, TRADES
 from robustprune.sparsity import MaskSet, check_keep, sparsity_report
 from robustprune.train import Hook, TrainConfig, TrainResult, fit
@@ -176,6 +179,8 @@ class HydraResult:
     score_steps: int
     sparsity: dict[str, Any] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)
+    trainable: list[str] = field(default_factory=list)
+    """Parameters the score optimisation trained (scores, and BatchNorm affine terms unless ``freeze_bn``)."""
 
 
 def _objective(loss: str, eps: float, steps: int, alpha: float | None, beta: float, method: str = "HYDRA"):
@@ -220,6 +225,7 @@ def hydra(
     augment: str | None = None,
     scheme: str | None = None,
     churn: list | None = None,
+    freeze_bn: bool = False,
 ) -> HydraResult:
     """HYDRA on ``model`` (in place): scaled score init, score optimisation (weights frozen) with ``prune_cfg``,
     then fine-tuning of the weights with the fixed mask with ``finetune_cfg``.
@@ -241,10 +247,7 @@ def hydra(
     frozen = [(p, p.requires_grad) for p in model.parameters()]
     t0 = time.perf_counter()
     attach_scores(model, keep, init=score_init, layers=layers)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for m in scored_layers(model).values():
-        m.popup_scores.requires_grad_(True)
+    trainable = score_phase_trainable(model, freeze_bn=freeze_bn)
     prune_res = None
     try:
         if prune_cfg.epochs > 0:
@@ -268,7 +271,25 @@ def hydra(
     times["finetune"] = time.perf_counter() - t0
     return HydraResult(masks=masks, keep=keep, layer_keep=masks.layer_keep_fractions(), prune=prune_res,
                        finetune=ft, topk_calls=calls, score_steps=prune_res.steps if prune_res else 0,
-                       sparsity=sparsity_report(model, masks), times=times)
+                       sparsity=sparsity_report(model, masks), times=times, trainable=trainable)
+
+
+def score_phase_trainable(model: nn.Module, *, freeze_bn: bool = False) -> list[str]:
+    """Set what the score optimisation trains (in place): every parameter frozen, then the scores and, unless
+    ``freeze_bn``, the affine weight and bias of every BatchNorm (HYDRA's ``freeze_vars`` skips BatchNorm layers).
+    Returns the names of the trainable parameters."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for m in scored_layers(model).values():
+        m.popup_scores.requires_grad_(True)
+    if not freeze_bn:
+        for m in model.modules():
+            if isinstance(m, _BatchNorm) and m.affine:
+                m.weight.requires_grad_(True)
+                m.bias.requires_grad_(True)
+    return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
 class ChurnHook(Hook):
@@ -299,6 +320,10 @@ class HydraSettings(MethodSettings):
                              "attack steps in training", ge=1)
     score_init: Literal["scaled", "magnitude", "kaiming"] = setting(
         "scaled", "Sehwag2020 §3 (scaled initialisation, proportional to the weights)", "importance-score init")
+    freeze_bn: bool = setting(False, "Sehwag2020 reference code (inspire-group/hydra args.py --freeze-bn, off by "
+                                     "default; utils/model.py freeze_vars skips BatchNorm unless it is set)",
+                              "freeze the BatchNorm affine terms during score optimisation (false: they train with "
+                              "the scores, as the reference)")
     converge_tol: float = setting(0.02, "robustprune convergence criterion",
                                   "score optimisation has converged when the last epoch's kept-set churn is at most "
                                   "this", gt=0, le=1)
@@ -327,16 +352,20 @@ class HydraMethod(PruningMethod):
         res = hydra(model, train=task.train, val=task.val, prune_cfg=prune_cfg, finetune_cfg=ft_cfg, eps=eps,
                     rate=rate, loss=settings.loss, steps=settings.pgd_steps, beta=settings.beta,
                     score_init=settings.score_init, val_eps=eps, augment=task.augment, churn=holder,
-                    layers=self.scope_layers(model, settings))
+                    layers=self.scope_layers(model, settings), freeze_bn=settings.freeze_bn)
         churn = holder[0].churn if holder else []
         conv = {"churn_per_epoch": churn, "last_churn": churn[-1] if churn else None,
-                "tolerance": settings.converge_tol, "score_steps": res.score_steps}
+                "tolerance": settings.converge_tol, "score_steps": res.score_steps,
+                "score_phase_trainable": res.trainable}
         return self.result(model, res.masks, rate, settings,
                            history={"prune": history_of(res.prune), "finetune": history_of(res.finetune)},
                            times=dict(res.times), convergence=conv,
                            converged=None if not churn else bool(churn[-1] <= settings.converge_tol),
                            steps=steps_of(res.prune) + steps_of(res.finetune),
-                           epochs=float(prune_cfg.epochs + ft_cfg.epochs))
+                           epochs=float(prune_cfg.epochs + ft_cfg.epochs),
+                           mechanism=mechanism("HYDRA: score-optimisation gradient steps > 0 (else the mask is the "
+                                               "scaled-magnitude initialisation's, i.e. layer-local magnitude "
+                                               "pruning)", res.score_steps > 0, score_steps=res.score_steps))
 
 
 register_method(HydraMethod())

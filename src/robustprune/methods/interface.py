@@ -254,17 +254,28 @@ class PruneResult:
     epochs: float = 0.0
     """Epochs trained (all phases)."""
     extras: dict[str, Any] = field(default_factory=dict)
+    mechanism: dict[str, Any] = field(default_factory=dict)
+    """What must have happened for this result to be the method's (:func:`mechanism`): ``{"requirement": str,
+    "acted": bool, "evidence": {...}}``; empty for a method that states no requirement (a one-shot cut always acts).
+    Also kept in ``convergence["mechanism"]`` (the study's database and the sidecar)."""
 
     def summary(self) -> dict[str, Any]:
         """JSON-able description (no tensors), as stored in checkpoints' sidecars and the database."""
         return {"method": self.method, "rate": self.rate, "rate_kind": self.rate_kind, "group": self.group,
                 "achieved_compression": self.achieved_compression, "settings": self.settings,
                 "times": self.times, "wall_time": self.wall_time, "convergence": self.convergence,
-                "converged": self.converged, "steps": self.steps, "epochs": self.epochs, "history": self.history}
+                "converged": self.converged, "steps": self.steps, "epochs": self.epochs, "history": self.history,
+                "mechanism": self.mechanism}
 
     @property
     def rate_label(self) -> str:
         return f"learned (x{self.achieved_compression:.3g})" if self.rate is None else f"{self.rate:g}"
+
+
+def mechanism(requirement: str, acted: bool, **evidence: Any) -> dict[str, Any]:
+    """A method's statement of what must have happened for its result to be that method's (``requirement``, one
+    sentence), whether it did (``acted``) and the counts that show it (``evidence``, JSON-able)."""
+    return {"requirement": requirement, "acted": bool(acted), "evidence": evidence}
 
 
 def result_flags(result: PruneResult, *, val_clean: float | None = None, num_classes: int | None = None,
@@ -272,7 +283,8 @@ def result_flags(result: PruneResult, *, val_clean: float | None = None, num_cla
     """What makes a pruned model suspect, as stored flags: ``chance-accuracy`` (validation clean accuracy within
     5 points of 1 / classes), ``accuracy-lost`` (it kept less than half of the base model's validation accuracy above
     chance), ``nothing-pruned`` (achieved compression not above the starting one), ``not-converged`` (the method's
-    own convergence signal says so)."""
+    own convergence signal says so), ``mechanism-did-not-act`` (what the method states must happen for its result to
+    be that method's, :attr:`PruneResult.mechanism`, did not happen)."""
     flags = []
     chance = 1.0 / num_classes if num_classes else 0.0
     if val_clean is not None and num_classes and val_clean <= chance + 0.05:
@@ -284,6 +296,8 @@ def result_flags(result: PruneResult, *, val_clean: float | None = None, num_cla
         flags.append("nothing-pruned")
     if result.converged is False:
         flags.append("not-converged")
+    if (result.mechanism or {}).get("acted") is False:
+        flags.append("mechanism-did-not-act")
     return flags
 
 
@@ -293,6 +307,8 @@ FLAG_TEXT = {
                      "settings and the budget before reading this as the method's behaviour",
     "nothing-pruned": "nothing was pruned (achieved compression not above the starting one)",
     "not-converged": "the method's convergence signal says it did not finish its job at this budget",
+    "mechanism-did-not-act": "what makes the result this method's did not happen at this budget (the sidecar's "
+                             "prune_result.mechanism says what and shows the counts): do not read it as the method",
 }
 
 
@@ -550,9 +566,12 @@ class PruningMethod:
                **fields: Any) -> PruneResult:
         """A :class:`PruneResult` with the common fields filled in (masks applied, achieved compression)."""
         masks.apply(model)
-        return PruneResult(model=model, masks=masks, method=self.name, rate=rate, rate_kind=self.rate_kind,
-                           group=self.group, achieved_compression=achieved_compression(model),
-                           settings=settings.model_dump(mode="json"), **fields)
+        res = PruneResult(model=model, masks=masks, method=self.name, rate=rate, rate_kind=self.rate_kind,
+                          group=self.group, achieved_compression=achieved_compression(model),
+                          settings=settings.model_dump(mode="json"), **fields)
+        if res.mechanism:
+            res.convergence = {**res.convergence, "mechanism": res.mechanism}
+        return res
 
     def describe(self) -> str:
         return f"{self.description} [{self.paper.key}]"

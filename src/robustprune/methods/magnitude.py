@@ -2,6 +2,8 @@
 
 The nine methods of Merkle2022 are {magnitude-local, magnitude-global, random-local} x {unstructured, kernel,
 filter}; they are registered as ``<score>-<group>-<scope>``, e.g. ``magnitude-unstructured-global``.
+For the structured ones the rate counts groups: ``--sparsity 0.5`` with ``magnitude-filter-global`` removes half of
+the filters of the scope (``budget: weights`` for half of the conv weights in whole filters instead).
 Fine-tuning between steps uses any objective (natural or adversarial) through the one training loop.
 """
 
@@ -31,6 +33,11 @@ class MagnitudeSettings(MethodSettings):
     schedule: Literal["iterative", "one-shot"] = setting(
         "iterative", "Merkle2022 §3.3 (each step removes half of the remaining weights, then fine-tunes)",
         "iterative: halve the remaining weights per step up to the target; one-shot: jump to the target")
+    budget: Literal["groups", "weights"] = setting(
+        "groups", "APB (pralab/AdversarialPruningBenchmark) structured cells and Li2023 reference train.py "
+        "structured_pruning: round(ratio * n_filters) filters removed",
+        "what a structured rate counts under global scope: groups (1/c of the filters / kernels remain, the field's "
+        "rule) or weights (1/c of the conv weights remain, in whole groups); the same for unstructured and local scope")
     finetune: PhaseSettings = phase(
         "robustprune default (Merkle2022 gives no fine-tuning optimiser): Adam lr 5e-4, cosine, batch 128",
         "fine-tuning after every pruning step, with the task's objective", optimizer="adam", lr=5e-4,
@@ -81,7 +88,8 @@ class MagnitudeMethod(PruningMethod):
         for step in iterative_prune(model, self, targets, objective=task.fine_tune_objective(), train=task.train,
                                     val=task.val, cfg=cfg, val_eps=task.eps, augment=task.augment,
                                     masks=task.masks, start_rate=task.start_rate, schedule=settings.schedule,
-                                    seed=task.seed, layers=self.scope_layers(model, settings)):
+                                    seed=task.seed, layers=self.scope_layers(model, settings),
+                                    count=settings.budget):
             history += [{**row, "rate": step.rate} for row in step.history]
             steps += step.finetune.steps if step.finetune is not None else 0
             if not step.is_target:
@@ -144,12 +152,15 @@ class PruneStep:
 
 
 def prune_once(model: nn.Module, spec: "MagnitudeMethod | str", rate: float, *, previous: MaskSet | None = None,
-               generator: torch.Generator | None = None, layers: Sequence[str] | None = None) -> MaskSet:
-    """Prune ``model`` in place to compression ``rate`` (1/rate of its prunable weights remain)."""
+               generator: torch.Generator | None = None, layers: Sequence[str] | None = None,
+               count: str = "groups") -> MaskSet:
+    """Prune ``model`` in place to compression ``rate``: 1/rate of its prunable groups remain (``count="groups"``:
+    filters for a filter method), or of the weights in them (``count="weights"``); see
+    :mod:`robustprune.sparsity.prune`."""
     if isinstance(spec, str):
         spec = get_method(spec)
     masks = compute_masks(model, group=spec.group, score=spec.score, scope=spec.scope, keep=1.0 / rate,
-                          previous=previous, generator=generator, layers=layers)
+                          previous=previous, generator=generator, layers=layers, count=count)
     masks.apply(model)
     return masks
 
@@ -170,6 +181,7 @@ def iterative_prune(
     schedule: str = "iterative",
     seed: int = 0,
     layers: Sequence[str] | None = None,
+    count: str = "groups",
 ) -> Iterator[PruneStep]:
     """Prune ``model`` in place towards each rate in ``rates``, fine-tuning with ``objective`` after each step.
 
@@ -191,7 +203,7 @@ def iterative_prune(
         # Seeds depend on the step's rate, not its position, so a chain resumed mid-way repeats a straight run.
         step_seed = _step_seed(seed, c)
         gen = torch.Generator().manual_seed(step_seed)
-        masks = prune_once(model, spec, c, previous=masks, generator=gen, layers=layers)
+        masks = prune_once(model, spec, c, previous=masks, generator=gen, layers=layers, count=count)
         step_cfg = cfg.model_copy(update={"seed": _step_seed(cfg.seed, c)})
         result = fit(model, objective, train, val, step_cfg, masks=masks, val_eps=val_eps, augment=augment,
                      desc=f"{spec.name} c={c:g}") if cfg.epochs > 0 else None

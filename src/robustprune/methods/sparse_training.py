@@ -6,10 +6,10 @@ Reference code: ``VITA-Group/Sparsity-Win-Robust-Generalization`` (``main_adv.py
 commit ``0aceb37``.
 
 ``flyingbird`` (FB): sparse PGD adversarial training from scratch. The prunable layers (``layers`` scope) start from
-random masks whose per-layer densities follow ERK (``layer_density="erk"``: density ∝ ``Σ shape / Π shape``, scaled
-to the global target, layers whose density would exceed 1 kept dense and the rest rescaled) or IGQ
-(``"igq"``: density ``1 / (1 + f·n_l)``), rounded to whole weights so that exactly ``round(N / rate)`` weights
-remain (largest-remainder rounding, at least one weight per layer). Every ``update_every`` optimiser steps
+random masks whose per-layer densities follow IGQ (``layer_density="igq"``, the default as in the runnable reference:
+density ``1 / (1 + f·n_l)``) or ERK (``"erk"``: density ∝ ``Σ shape / Π shape``, scaled to the global target, layers
+whose density would exceed 1 kept dense and the rest rescaled), rounded to whole weights so that exactly
+``round(N / rate)`` weights remain (largest-remainder rounding, at least one weight per layer). Every ``update_every`` optimiser steps
 (``update_every_late`` in the second half of the epochs, ``--dynamic_fre``) each sparse layer drops the
 ``ceil(d·k_l)`` kept weights of smallest magnitude and regrows as many at random among its dead positions (at zero,
 with their optimiser momentum zeroed); ``d`` follows the cosine decay ``d(t) = d_T + (d_0 − d_T)(1 + cos(πt/T))/2``
@@ -52,16 +52,21 @@ Deviations from the reference code (all stated):
 * A model that arrives already pruned (``task.masks``) is not kept at its masks: FB draws new random masks, RB's
   magnitude prune ranks its zeros last.
 * FB+'s extra growth never lifts the global count above the starting one (the reference can end denser than it
-  started); its gap and validation robust loss are measured on the validation split with the loop's validation
-  attack (the reference uses its validation loader too), once per epoch, in fp32.
+  started); its gap and validation robust loss are measured once per epoch, in fp32, on the first ``val_size`` points
+  of the validation split (the reference uses its whole validation loader) with the reference's test attack: PGD-20
+  at step 2/255 for ε 8/255 (``main_adv.py`` L56-59 ``--test_step 20 --test_gamma 2``, random start; settings
+  ``val_pgd_steps``, ``val_pgd_step_size`` as a fraction of ε), whatever attack the loop validates with.
 * Robust Bird's early-bird mask covers the prunable scope (Conv2d and Linear, as its prune) rather than the Conv2d
   weights only, and keeps exactly the prune's count (the reference thresholds at ``y[int(N·(1−density))]``).
 * Checkpoint selection is the loop's (best validation robust accuracy); the reference keeps the last epoch and
   reports the best. For the Flying Birds the selected epoch's own mask is returned with its weights.
 * Adversarial examples are crafted in eval mode by the library's PGD (the reference's advertorch attack runs the
   model in train mode).
-* The layer density default is ERK (``sparselearning/core.py`` ``fixed_ERK``); the reference's argparse default is
-  IGQ (``main_adv.py`` L64), selectable with ``layer_density="igq"``.
+* Mechanism checks (``PruneResult.mechanism``): a Flying Bird run counts as Flying Bird only if at least one
+  topology update ran; a budget with fewer optimiser steps than the first update needs (``update_every``) is refused
+  before any work, and a run that still made none is flagged ``mechanism-did-not-act``. Robust Bird counts when its
+  natural phase trained, so that the early-bird criterion was checked (met, or the documented fallback of pruning at
+  the end of the natural budget).
 """
 
 from __future__ import annotations
@@ -82,7 +87,8 @@ from robustprune.attacks import pgd_linf_last
 from robustprune.data import Split
 from robustprune.errors import ConfigError
 from robustprune.methods.interface import PAPERS, MethodSettings, PhaseSettings, PruneResult, PruneTask
-from robustprune.methods.interface import PruningMethod, history_of, phase, register_method, setting, steps_of
+from robustprune.methods.interface import PruningMethod, _epochs_and_steps, history_of, mechanism, phase
+from robustprune.methods.interface import register_method, setting, steps_of
 from robustprune.objectives import PGDAT, Natural, eval_mode
 from robustprune.precision import evaluation_precision
 from robustprune.sparsity import MaskSet, num_keep, prunable_layers
@@ -320,16 +326,16 @@ def dst_decision(gaps: Sequence[float], losses: Sequence[float], window: int,
 
 
 def robust_loss_accuracy(model: nn.Module, split: Split, *, n: int, eps: float, steps: int, seed: int,
-                         batch_size: int = 500) -> tuple[float, float]:
-    """Robust accuracy and mean cross-entropy on the last PGD iterate (ε/4 steps, random start) of the first ``n``
-    points of ``split``; eval mode, strict fp32."""
+                         batch_size: int = 500, alpha: float | None = None) -> tuple[float, float]:
+    """Robust accuracy and mean cross-entropy on the last PGD iterate (step ``alpha``, default ε/4; random start) of
+    the first ``n`` points of ``split``; eval mode, strict fp32."""
     x, y = split.x[:n], split.y[:n]
     g = make_generator(seed, x.device)
     correct, loss = 0, 0.0
     with evaluation_precision("fp32"), torch.autocast(x.device.type, enabled=False), eval_mode(model):
         for i in range(0, len(x), batch_size):
             xb, yb = x[i: i + batch_size], y[i: i + batch_size]
-            xa = pgd_linf_last(model, xb, yb, eps=eps, steps=steps, generator=g)
+            xa = pgd_linf_last(model, xb, yb, eps=eps, alpha=alpha, steps=steps, generator=g)
             with torch.no_grad():
                 logits = model(xa).float()
                 loss += float(F.cross_entropy(logits, yb, reduction="sum"))
@@ -517,6 +523,24 @@ def reinitialise(model: nn.Module, seed: int) -> None:
                 reset()
 
 
+def first_update_step(total_steps: int, steps_per_epoch: int, epochs: int, update_every: int,
+                      update_every_late: int) -> int | None:
+    """The optimiser step of :class:`FlyingBirdHook`'s first topology update over ``total_steps`` steps (None: no
+    update happens): ``update_every`` in the first half of the epochs, ``update_every_late`` after it, an update due
+    on an epoch's last step moved to the next step, none after the last step."""
+    pending = False  # the loop ends at the first update: at most about update_every + one epoch of steps
+    for step in range(1, total_steps + 1):
+        done = (step - 1) // max(steps_per_epoch, 1)  # epochs finished before this step
+        every = update_every_late if done > epochs / 2 else update_every
+        if not (step % every == 0 or pending):
+            continue
+        if steps_per_epoch > 1 and step % steps_per_epoch == 0:
+            pending = step < total_steps
+            continue
+        return step
+    return None
+
+
 def steps_per_epoch(n: int, cfg: TrainConfig) -> int:
     """Optimiser steps per epoch of :func:`fit` on ``n`` training points."""
     per = n // cfg.batch_size if n >= 2 * cfg.batch_size else math.ceil(n / cfg.batch_size)
@@ -560,8 +584,8 @@ class _AdversarialSettings(MethodSettings):
 
 class FlyingBirdSettings(_AdversarialSettings):
     layer_density: Literal["erk", "igq"] = setting(
-        "erk", f"{_CORE} L99-162 (fixed_ERK); the reference argparse default is igq ({_MAIN} L64)",
-        "per-layer densities of the random initial masks")
+        "igq", f"{_MAIN} L64 (--sparse_init igq; not overridden by scripts/fb.sh, fbp.sh or the README); erk: {_CORE} "
+               "L99-162 (fixed_ERK)", "per-layer densities of the random initial masks")
     death_rate: float = setting(0.5, f"{_MAIN} L69 (--death-rate 0.50)", "initial death rate d_0", gt=0, le=1)
     death_rate_final: float = setting(0.005, f"{_CORE} L16 (CosineDecay eta_min=0.005)",
                                       "death rate at the end of the cosine decay", ge=0, le=1)
@@ -600,6 +624,11 @@ class FlyingBirdPlusSettings(FlyingBirdSettings):
                                       "fraction of rising epoch pairs that triggers the rule", ge=0, le=1)
     dst_start: float = setting(0.5, f"{_MAIN} L71 (--dynamic_epoch 100 of --epochs 200)",
                                "the rule applies from this fraction of the epochs on", ge=0, le=1)
+    val_pgd_steps: int = setting(20, f"{_MAIN} L57 (--test_step 20: test_adv on the validation loader)",
+                                 "PGD steps of the validation attack that measures the gap and the robust loss",
+                                 ge=1, le=1000)
+    val_pgd_step_size: float = setting(0.25, f"{_MAIN} L55-58 (--test_gamma 2/255 at --test_eps 8/255, random start)",
+                                       "step of that attack as a fraction of eps", gt=0, le=2.5)
 
 
 class RobustBirdSettings(_AdversarialSettings):
@@ -645,8 +674,8 @@ class FlyingBirdMethod(PruningMethod):
         self.Settings = FlyingBirdPlusSettings if plus else FlyingBirdSettings
         self.description = ("Flying Bird+: sparse adversarial training, magnitude death / random growth, extra pruning "
                             "when the robust gap grows (rate = starting density)" if plus else
-                            "Flying Bird: sparse adversarial training from scratch, ERK random masks, magnitude "
-                            "death / random growth every dT steps")
+                            "Flying Bird: sparse adversarial training from scratch, IGQ (or ERK) random masks, "
+                            "magnitude death / random growth every dT steps")
 
     def run(self, model: nn.Module, task: PruneTask, rate: float | None, settings: FlyingBirdSettings) -> PruneResult:
         assert rate is not None
@@ -672,8 +701,8 @@ class FlyingBirdMethod(PruningMethod):
             evaluate = None
             if val is not None:
                 def evaluate(m: nn.Module) -> tuple[float, float]:
-                    return robust_loss_accuracy(m, val, n=cfg.val_size, eps=eps, steps=cfg.val_attack_steps,
-                                                seed=cfg.seed)
+                    return robust_loss_accuracy(m, val, n=cfg.val_size, eps=eps, steps=s.val_pgd_steps,
+                                                alpha=s.val_pgd_step_size * eps, seed=cfg.seed)
             plus = PlusRule(epoch_range=s.epoch_range, prune_ratio=s.prune_ratio, growth_ratio=s.growth_ratio,
                             threshold=s.update_threshold, start_epoch=s.dst_start * cfg.epochs, evaluate=evaluate)
         total_steps = steps_per_epoch(len(task.train), cfg) * cfg.epochs
@@ -712,17 +741,41 @@ class FlyingBirdMethod(PruningMethod):
             **robust_overfitting(history),
         }
         if self.plus:
-            conv.update({"gap_history": hook.gaps, "val_robust_loss_history": hook.losses,
+            conv.update({"val_attack": {"steps": s.val_pgd_steps, "step_size": s.val_pgd_step_size * eps,
+                                        "random_start": True, "points": cfg.val_size},
+                         "gap_history": hook.gaps, "val_robust_loss_history": hook.losses,
                          "val_robust_history": hook.val_robust,
                          "dynamic_density": "on" if plus is not None and plus.evaluate is not None
                          else "off: no validation split",
                          "dst_prune_updates": [u["step"] for u in hook.updates if u.get("dst_prune")],
                          "dst_grow_updates": [u["step"] for u in hook.updates if u.get("dst_grow")],
                          "start_compression": total / hook.start_kept, "final_compression": total / max(kept, 1)})
+        mech = mechanism(f"{'Flying Bird+' if self.plus else 'Flying Bird'}: at least one topology update (magnitude "
+                         "death and random regrowth) during training (else the result is a fixed random mask)",
+                         len(hook.updates) > 0, topology_updates=len(hook.updates), steps=steps_of(res),
+                         first_update_step=hook.updates[0]["step"] if hook.updates else None,
+                         update_every=settings.update_every, update_every_late=settings.update_every_late)
         return self.result(model, final, rate, settings, history={"train": history}, times=times, convergence=conv,
                            converged=None if churn is None else bool(churn <= settings.converge_tol),
-                           steps=steps_of(res), epochs=float(len(history)),
+                           steps=steps_of(res), epochs=float(len(history)), mechanism=mech,
                            extras={"start_density": hook.start_kept / total, "final_density": kept / total})
+
+    def check_budget(self, settings: FlyingBirdSettings, *, epochs: float, n_train: int) -> None:
+        """Besides the phase's budget: refuse, before any work, a budget whose optimiser steps cannot reach one
+        topology update (the mechanism would not act: a fixed random mask); the error names ``update_every``."""
+        super().check_budget(settings, epochs=epochs, n_train=n_train)
+        ph = settings.train
+        e = float(epochs if ph.epochs is None else ph.epochs)
+        whole, per = _epochs_and_steps(e, n_train, ph.batch_size)
+        full = n_train // ph.batch_size if n_train >= 2 * ph.batch_size else math.ceil(n_train / ph.batch_size)
+        spe = min(full, per) if per else full
+        total = spe * whole
+        if first_update_step(total, spe, whole, settings.update_every, settings.update_every_late) is None:
+            raise ConfigError(
+                f"{self.name}: {total} optimiser step(s) ({whole} epoch(s) of {spe}) reach no topology update "
+                f"(update_every={settings.update_every}, update_every_late={settings.update_every_late}), so "
+                f"{self.name}'s mechanism would not act: set update_every below {max(total, 2)} (--set "
+                "update_every=N) or give more epochs (train.epochs / --epochs)")
 
 
 class RobustBirdMethod(PruningMethod):
@@ -776,7 +829,14 @@ class RobustBirdMethod(PruningMethod):
                 "natural_epochs": len(history_of(nat)), "natural_budget": nat_cfg.epochs, "target_kept": target,
                 "kept": masks.kept(), "nonzero_kept": sum(int(torch.count_nonzero(m.weight)) for m in mods.values()),
                 **robust_overfitting(adv_history)}
-        return self.result(model, masks, rate, settings,
+        nat_steps = steps_of(nat)
+        mech = mechanism("Robust Bird: natural-training steps before the cut, so that the early-bird criterion was "
+                         "checked: met (the mask settled) or the documented fallback (pruned at the end of the "
+                         "natural budget); else the cut ranks the initial weights", nat_steps > 0,
+                         natural_steps=nat_steps, emerged_epoch=eb.emerged_epoch,
+                         how=("early bird" if eb.emerged_epoch is not None else
+                              "fallback: pruned at the end of the natural budget" if nat_steps > 0 else "no training"))
+        return self.result(model, masks, rate, settings, mechanism=mech,
                            history={"natural": history_of(nat), "adversarial": adv_history}, times=times,
                            convergence=conv, converged=eb.emerged_epoch is not None,
                            steps=steps_of(nat) + steps_of(adv), epochs=float(len(history_of(nat)) + len(adv_history)))

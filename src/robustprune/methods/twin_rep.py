@@ -11,7 +11,8 @@ Every prunable Conv2d / Linear weight is reparameterised as the element-wise pro
    fraction ``prune_at`` of the budget.
 3. **One-shot pruning** -- global magnitude pruning of the effective weight ``|W ⊙ U|`` to the target compression
    (``twin-rep``; keeps the ``round(n / rate)`` largest over all prunable layers), or, for ``twin-rep-filter``, of
-   whole convolution filters ranked globally by the L2 norm of their ``W ⊙ U`` (the reference's ``group_lasso``).
+   whole convolution filters ranked globally by the L2 norm of their ``W ⊙ U`` (the reference's ``group_lasso``),
+   keeping ``round(n_filters / rate)`` of them (the rate counts filters, as the reference's).
 4. **Training with the mask fixed** for the rest of the budget: both factors are masked (exact zeros), so the
    gradient *and* the weight decay of a pruned entry are exactly zero in both factors (``dL/dW = g ⊙ U``,
    ``dL/dU = g ⊙ W``) and nothing can revive it; the masks are also re-applied after every optimiser step.
@@ -33,10 +34,11 @@ Where this implementation deviates from the reference code:
   both factors an L1 penalty on the product (gradient flow conserves ``W² - U²``, zero here).
   ``init="ones"`` (``U = 1``, product = weight) and ``init="kaiming"`` (the reference's draw of ``U``; for a freshly
   initialised model this is the reference exactly) are available.
-* **Weight decay of the second factor** (``aux_decay``). The reference's HEAD (commit 7c09710) builds one SGD over
-  ``model.parameters()`` with ``--weight-decay 2e-4`` but still formats ``args.score_decay`` into its checkpoint name
-  after removing ``--score-decay`` from the parser, so it stops with an AttributeError before training (it also
-  imports a ``trades`` module the repository lacks). Its earlier commits (55ddaa0, add1a5c) define
+* **Weight decay of the second factor** (``aux_decay``). The reference's HEAD (commit b35cda3, whose train.py is
+  that of 7c09710) builds one SGD over ``model.parameters()`` with ``--weight-decay 2e-4`` but still formats
+  ``args.score_decay`` into its checkpoint name after removing ``--score-decay`` from the parser, so it stops with an
+  AttributeError before training. (Its ``--mode trades`` uses the repository's own ``trades.py``, present since the
+  first commit 55ddaa0.) Its earlier commits (55ddaa0, add1a5c) define
   ``--score-decay 2e-4`` but give it to parameters named ``popup_score``, which the Twin layers do not have (their
   factor is ``aux_weight``): in every runnable version the second factor decays at ``--weight-decay`` = 2e-4.
   ``aux_decay`` defaults to 2e-4 for that reason (same as the first factor).
@@ -47,11 +49,22 @@ Where this implementation deviates from the reference code:
   of the whole budget, are re-based onto the two phases so the lr changes at the same epochs as in one run. A cosine
   schedule cannot be split that way: the warm-up then runs at the base lr and the cosine anneals over the masked
   phase.
-* **Filter budget.** The reference removes ``round(ratio * n_filters)`` filters (a count of filters, at least one
-  kept per layer). Here the rate is the library's filter rate (as ``magnitude-filter-global``): filters are taken in
-  decreasing ``||W ⊙ U||_2`` until the kept convolution weights are closest to ``1 / rate`` of them; a layer is never
-  removed entirely. Only convolutions are filter-pruned; Linear layers are reparameterised but not pruned, as in the
-  reference.
+* **Filter budget.** As the reference (train.py ``structured_pruning``: ``thres_index = round(N * ratio) + 1``),
+  the rate counts filters: ``round(n_filters / rate)`` filters of all convolutions are kept, ranked globally by
+  ``||W ⊙ U||_2``, and a layer is never removed entirely (the reference caps the removal at ``n_l - 1`` per layer;
+  here the layer gets back its best filter, so a few more filters than the count can be kept). ``budget: weights``
+  keeps instead the filters whose convolution weights together are closest to ``1 / rate`` of them (the library's
+  rule before the counting was aligned with the benchmark). Only convolutions are filter-pruned; Linear layers are
+  reparameterised but not pruned, as in the reference.
+* **Bias and BatchNorm of a pruned filter.** The reference masks only the weights (models/layers.py: ``weight *
+  aux_weight * mask``), so a pruned filter still emits its bias and, after BatchNorm, the constant β (and ReLU(β)
+  downstream). Here, as for every method of the library, a filter whose weights are all masked is removed entirely:
+  its bias and the γ / β of the BatchNorm after it are held at zero (:class:`~robustprune.sparsity.MaskSet`).
+  Kept because the library's checkpoints, loader, slimming and FLOP counts all rely on that invariant (the loader
+  re-zeroes live terms of a fully masked unit), and because only then is a removed filter absent from the deployed
+  model; leaving β live would make "filters removed" a count of filters whose constant output the next layer still
+  reads. The function differs from the reference's by those constants: on a network with BatchNorm, the pruned
+  filters' β (learned until the cut) no longer feeds the next layer, which the masked training then adapts to.
 * **Attack start.** The reference starts PGD at ``x + 0.001 N(0, 1)``; here at ``x`` (``random_start=False``), or
   uniformly in the ball with ``random_start=True``.
 
@@ -77,7 +90,8 @@ from torch import Tensor, nn
 from robustprune.data import Split
 from robustprune.errors import ConfigError
 from robustprune.methods.interface import PAPERS, MethodSettings, PhaseSettings, PruneResult, PruneTask
-from robustprune.methods.interface import PruningMethod, history_of, phase, register_method, setting, steps_of
+from robustprune.methods.interface import PruningMethod, history_of, mechanism, phase, register_method, setting
+from robustprune.methods.interface import steps_of
 from robustprune.objectives import PGDAT, TRADES
 from robustprune.sparsity import MaskSet, check_keep, expand_groups, group_view, prunable_layers
 from robustprune.sparsity.prune import _select_global
@@ -191,10 +205,11 @@ def twin_param_groups(model: nn.Module, weight_decay: float, aux_decay: float) -
 
 # ---------------------------------------------------------------------------------------------------- the cut
 def select_masks(weights: dict[str, Tensor], keep: float, group: str, *,
-                 alive: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+                 alive: dict[str, Tensor] | None = None, count: str = "groups") -> dict[str, Tensor]:
     """Global magnitude selection on the given (effective) weights: ``unstructured`` keeps the weights of largest
-    ``|w|`` (``round(keep * n)`` of the ``n`` alive and dead ones together, ties by position), ``filter`` the filters
-    of largest L2 norm until the kept weights are closest to ``keep * n``; a layer is never removed entirely.
+    ``|w|`` (``round(keep * n)`` of the ``n`` alive and dead ones together, ties by position), ``filter`` the
+    ``round(keep * n_filters)`` filters of largest L2 norm (``count="weights"``: the filters whose weights are
+    closest to ``keep * n`` weights); a layer is never removed entirely.
     ``alive``: masks already present (pruned entries stay pruned and score last)."""
     keep = check_keep(keep)
     if group not in ("unstructured", "filter"):
@@ -208,7 +223,7 @@ def select_masks(weights: dict[str, Tensor], keep: float, group: str, *,
         s = rows.abs()[:, 0] if group == "unstructured" else rows.pow(2).sum(dim=1).sqrt()
         dead = ~group_view(alive_m[n], group).any(dim=1)
         scores[n] = s.masked_fill(dead, float("-inf"))
-    kept = _select_global(scores, alive_m, group, keep)
+    kept = _select_global(scores, alive_m, group, keep, count=count)
     return {n: expand_groups(kept[n], group, weights[n].shape) & alive_m[n] for n in weights}
 
 
@@ -247,14 +262,15 @@ class ChurnHook(Hook):
     selection at the target rate that were not kept one epoch earlier (the first epoch compares with the start)."""
 
     def __init__(self, model: nn.Module, names: Sequence[str], keep: float, group: str,
-                 alive: dict[str, Tensor] | None) -> None:
-        self.names, self.keep, self.group, self.alive = list(names), keep, group, alive
+                 alive: dict[str, Tensor] | None, count: str = "groups") -> None:
+        self.names, self.keep, self.group, self.alive, self.count = list(names), keep, group, alive, count
         self.previous = self._masks(model)
         self.churn: list[float] = []
 
     def _masks(self, model: nn.Module) -> dict[str, Tensor]:
         eff = effective_weights(model)
-        return select_masks({n: eff[n] for n in self.names}, self.keep, self.group, alive=self.alive)
+        return select_masks({n: eff[n] for n in self.names}, self.keep, self.group, alive=self.alive,
+                            count=self.count)
 
     def on_epoch_end(self, model: nn.Module, epoch: int, metrics: dict[str, float]) -> None:
         now = self._masks(model)
@@ -309,7 +325,8 @@ def twin_rep(model: nn.Module, *, train: Split, val: Split | None, warm_cfg: Tra
              objective: Any, rate: float, group: str = "unstructured", init: str = "balanced",
              aux_decay: float = 2e-4, prune_layers: Sequence[str] | None = None,
              twin_layers_: Sequence[str] | None = None, previous: MaskSet | None = None,
-             val_eps: float | None = None, augment: str | None = None, seed: int = 0) -> TwinRepResult:
+             val_eps: float | None = None, augment: str | None = None, seed: int = 0,
+             count: str = "groups") -> TwinRepResult:
     """Twin-Rep on ``model`` in place: reparameterise, warm up with ``warm_cfg``, cut to ``rate`` (global magnitude
     of ``W ⊙ U``, single weights or filters), train with the mask fixed with ``post_cfg``, fold. ``prune_layers``:
     the layers cut (None: every prunable layer of ``group``); ``twin_layers_``: the layers reparameterised (None:
@@ -331,7 +348,7 @@ def twin_rep(model: nn.Module, *, train: Split, val: Split | None, warm_cfg: Tra
     alive = {n: prev.masks[n] for n in names if prev is not None and n in prev.masks} or None
     try:
         warm = None
-        churn_hook = ChurnHook(model, names, keep, group, alive)
+        churn_hook = ChurnHook(model, names, keep, group, alive, count)
         if warm_cfg.epochs > 0:
             hooks: list[Hook] = [churn_hook] + ([AuxMaskHook(prev)] if prev is not None else [])
             warm = fit(model, objective, train, val, warm_cfg, masks=prev, hooks=hooks, val_eps=val_eps,
@@ -340,7 +357,7 @@ def twin_rep(model: nn.Module, *, train: Split, val: Split | None, warm_cfg: Tra
         times["warmup"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         eff = effective_weights(model)
-        cut = select_masks({n: eff[n] for n in names}, keep, group, alive=alive)
+        cut = select_masks({n: eff[n] for n in names}, keep, group, alive=alive, count=count)
         total = sum(float(eff[n].abs().sum()) for n in names)
         removed = sum(float(eff[n].abs().masked_fill(cut[n], 0).sum()) for n in names)
         masks = MaskSet(cut)
@@ -368,19 +385,23 @@ _REF = "Li2023 reference code UCAS-LCH/Twin-Rep"
 class TwinRepSettings(MethodSettings):
     loss: Literal["pgd-at", "trades"] = setting(
         "pgd-at", f"{_REF} train.py --mode adv (std_adv.py adv_loss: cross-entropy on PGD examples crafted in eval "
-                  "mode; its trades mode imports a trades.py the repository lacks)", "adversarial training loss")
+                  "mode; --mode trades uses its trades.py trades_loss)", "adversarial training loss")
     beta: float = setting(6.0, f"{_REF} train.py --beta 6.0", "TRADES trade-off (loss trades only)", ge=0)
     pgd_steps: int = setting(10, f"{_REF} train.py --num-steps 10", "attack steps in training", ge=1)
     pgd_step: float = setting(0.25, f"{_REF} train.py --step-size 0.0078 at --epsilon 0.031 (= eps/4 within 1 %)",
                               "attack step size as a fraction of eps", gt=0, le=1)
     random_start: bool = setting(False, f"{_REF} std_adv.py (starts at x + 0.001 N(0,1), practically at x)",
                                  "start PGD uniformly in the ball (False: at x)")
+    from_scratch: bool = setting(
+        False, f"robustprune (a pruning method receives a model); the reference trains from scratch ({_REF} train.py "
+               "builds a fresh model): from_scratch=true with init=kaiming is the reference's start exactly",
+        "re-initialise the given model's weights first (reset_parameters, seeded), then reparameterise")
     init: Literal["balanced", "ones", "kaiming"] = setting(
         "balanced", f"{_REF} models/layers.py draws both factors i.i.d. (kaiming_uniform, a=sqrt 5) from scratch; "
                     "robustprune: equal-magnitude factors whose product is the given weight (module docstring)",
         "second-factor init: balanced (W=sign(w)sqrt|w|, U=sqrt|w|), ones (U=1), kaiming (reference draw of U)")
     aux_decay: float = setting(
-        2e-4, f"{_REF} train.py: aux_weight always decays at --weight-decay 2e-4 (HEAD 7c09710 has one SGD group; "
+        2e-4, f"{_REF} train.py: aux_weight always decays at --weight-decay 2e-4 (HEAD b35cda3 has one SGD group; "
               "the older --score-decay 2e-4 group selects 'popup_score' parameters, which Twin layers lack)",
         "weight decay of the second factor U", ge=0, le=1)
     prune_at: float = setting(
@@ -392,6 +413,10 @@ class TwinRepSettings(MethodSettings):
         "step-schedule milestones as fractions of the whole budget")
     gamma: float = setting(0.1, f"{_REF} train.py adjust_learning_rate (x0.1, then x0.01)",
                            "lr factor at each milestone", gt=0, le=1)
+    budget: Literal["groups", "weights"] = setting(
+        "groups", f"{_REF} train.py structured_pruning (round(ratio * n_filters) filters removed, global)",
+        "twin-rep-filter: what the rate counts, filters (1/c of them remain) or the conv weights in whole filters; "
+        "the same for twin-rep")
     converge_tol: float = setting(0.02, "robustprune convergence criterion (as HYDRA's churn tolerance)",
                                   "converged when the last warm-up epoch's kept-set churn is at most this",
                                   gt=0, le=1)
@@ -441,10 +466,14 @@ class TwinRepMethod(PruningMethod):
         scope = self.scope_layers(model, settings)
         # reparameterised: every Conv2d / Linear (as the reference) unless the scope is restricted, then the scope
         reparam = None if settings.layers == "all" else scope
+        if settings.from_scratch:
+            from robustprune.methods.sparse_training import reinitialise
+
+            reinitialise(model, task.seed)
         res = twin_rep(model, train=task.train, val=task.val, warm_cfg=warm, post_cfg=post, objective=objective,
                        rate=rate, group=self.group, init=settings.init, aux_decay=settings.aux_decay,
                        prune_layers=scope, twin_layers_=reparam, previous=task.masks, val_eps=eps,
-                       augment=task.augment, seed=task.seed)
+                       augment=task.augment, seed=task.seed, count=settings.budget)
         churn = res.churn
         conv = {"churn_per_epoch": churn, "last_churn": churn[-1] if churn else None,
                 "tolerance": settings.converge_tol, "pruned_l1_mass": res.pruned_mass,
@@ -453,7 +482,11 @@ class TwinRepMethod(PruningMethod):
                            history={"warmup": history_of(res.warmup), "train": history_of(res.train)},
                            times=dict(res.times), convergence=conv,
                            converged=None if not churn else bool(churn[-1] <= settings.converge_tol),
-                           steps=steps_of(res.warmup) + steps_of(res.train), epochs=total)
+                           steps=steps_of(res.warmup) + steps_of(res.train), epochs=total,
+                           mechanism=mechanism("Twin-Rep: warm-up gradient steps of W ⊙ U (both factors decayed) "
+                                               "before the cut (else the cut ranks the given weights: plain "
+                                               "magnitude pruning)", steps_of(res.warmup) > 0,
+                                               warmup_steps=steps_of(res.warmup), masked_steps=steps_of(res.train)))
 
 
 register_method(TwinRepMethod("unstructured"))

@@ -30,15 +30,26 @@ from robustprune.sparsity.groups import (
 from robustprune.sparsity.masks import MaskSet
 from robustprune.sparsity.names import PruningSelection, parse_method
 from robustprune.sparsity.projection import project, project_mask
-from robustprune.sparsity.prune import SCOPES, SCORES, check_scope, check_score, compute_masks, group_scores
+from robustprune.sparsity.prune import (
+    COUNTS,
+    SCOPES,
+    SCORES,
+    check_count,
+    check_scope,
+    check_score,
+    compute_masks,
+    group_scores,
+)
 from robustprune.sparsity.report import sparsity_report
 
 __all__ = [
+    "COUNTS",
     "GROUPS",
     "SCORES",
     "SCOPES",
     "MaskSet",
     "PruningSelection",
+    "check_count",
     "check_group",
     "check_keep",
     "check_scope",

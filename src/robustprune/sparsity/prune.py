@@ -15,20 +15,33 @@ Scope:
 
 * ``local``: every layer keeps ``round(keep * n_groups)`` of its groups (at least 1);
 * ``global``: one threshold over all groups of all prunable layers: groups are taken in order of
-  decreasing score until the number of kept *weights* is as close as possible to
-  ``keep * total_prunable_weights`` (exact up to rounding for ``unstructured``, within one group
-  for structured groups); then every layer left with no group gets back its best group (a layer is
-  never removed entirely).
+  decreasing score until what is kept is as close as possible to ``keep`` of the whole, where the
+  whole is counted by ``count``:
+
+  - ``count="groups"`` (the default): the number of *groups*, i.e. ``round(keep * total_groups)``
+    groups are kept (for filters: ``round((1 - keep) * n_filters)`` filters removed, the rule of the
+    Adversarial Pruning Benchmark's structured cells and of Twin-Rep's reference code, train.py
+    ``structured_pruning``: ``thres_index = round(N * ratio) + 1``);
+  - ``count="weights"``: the number of *weights* in the kept groups is as close as possible to
+    ``keep * total_prunable_weights`` (within one group: groups of different layers have different
+    sizes, so this keeps a different fraction of the filters).
+
+  For ``unstructured`` the two are the same. Then every layer left with no group gets back its best
+  group (a layer is never removed entirely), which can keep a few groups more than the count.
+
+  With ``local`` scope all groups of one layer have the same size, so the kept fraction of a layer's
+  groups is also the kept fraction of its weights; ``count`` changes nothing.
 
 ``previous`` masks stay pruned: scores are computed on the masked weights, a group whose weights are
 all pruned already gets score ``-inf`` (ranked last) and counts toward the pruned, and the result is
-AND-ed with ``previous``. ``keep`` is always the fraction of *all* prunable weights that remains
-(``1 / compression``), not a fraction of what survived the previous round. Ties are broken by
+AND-ed with ``previous``. ``keep`` is always the fraction of *all* prunable groups (or weights) that
+remains (``1 / compression``), not a fraction of what survived the previous round. Ties are broken by
 position (model order, then index inside the layer; the earlier group is kept).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -47,6 +60,16 @@ from robustprune.sparsity.masks import MaskSet
 
 SCORES: tuple[str, ...] = ("magnitude", "random")
 SCOPES: tuple[str, ...] = ("local", "global")
+COUNTS: tuple[str, ...] = ("groups", "weights")
+"""What a structured budget counts under global scope (module docstring): whole groups, or the weights in them."""
+
+
+def check_count(count: str) -> str:
+    c = str(count).lower()
+    if c not in COUNTS:
+        raise ConfigError(f"unknown budget count {count!r}; choose one of: {', '.join(COUNTS)} (groups: the rate "
+                          "counts the filters / kernels / columns removed; weights: the weights in them)")
+    return c
 
 
 def check_score(score: str) -> str:
@@ -103,8 +126,10 @@ def compute_masks(
     previous: MaskSet | None = None,
     generator: torch.Generator | None = None,
     layers: Sequence[str] | None = None,
+    count: str = "groups",
 ) -> MaskSet:
-    """Masks that keep the fraction ``keep`` of the prunable weights of ``model``.
+    """Masks that keep the fraction ``keep`` of the prunable groups (``count="groups"``) or weights
+    (``count="weights"``) of ``model``; the two differ only for structured groups under global scope.
 
     See the module docstring for the definitions; the weights themselves are not changed
     (call ``masks.apply(model)``). ``layers``: prune only these prunable layers (the others get no mask and stay
@@ -114,6 +139,7 @@ def compute_masks(
     s = check_score(score)
     sc = check_scope(scope)
     k = check_keep(keep)
+    cnt = check_count(count)
     names = layers
     layers = prunable_layers(model, g)
     if names is not None:
@@ -143,7 +169,7 @@ def compute_masks(
         alive[name] = a if a is not None else torch.ones_like(w, dtype=torch.bool)
         scores[name] = group_scores(w, g, s, alive=alive[name], generator=generator)
 
-    keep_groups = _select_local(scores, k) if sc == "local" else _select_global(scores, alive, g, k)
+    keep_groups = _select_local(scores, k) if sc == "local" else _select_global(scores, alive, g, k, count=cnt)
 
     out: dict[str, Tensor] = {}
     for name, mod in layers.items():
@@ -167,26 +193,31 @@ def _select_local(scores: dict[str, Tensor], keep: float) -> dict[str, Tensor]:
 
 
 def _select_global(
-    scores: dict[str, Tensor], alive: dict[str, Tensor], group: str, keep: float
+    scores: dict[str, Tensor], alive: dict[str, Tensor], group: str, keep: float, *, count: str = "groups"
 ) -> dict[str, Tensor]:
     names = list(scores)
     device = next(iter(scores.values())).device
     all_scores = torch.cat([scores[n].to(device) for n in names])
     # size of a group = its alive weights (already-pruned weights are not kept again)
     sizes = torch.cat([group_view(alive[n], group).sum(dim=1).to(device) for n in names]).to(torch.float64)
-    total = float(sum(a.numel() for a in alive.values()))
-    target = keep * total
-
     order = torch.sort(all_scores, descending=True, stable=True).indices
-    cum = torch.cumsum(sizes[order], dim=0)
-    # number of groups n in [0, G] whose cumulative kept weights are closest to target; a tie
-    # between one below and one above rounds up (like round-half-up per layer), and among equal
-    # sums (zero-size, fully pruned groups) the fewest groups are taken
-    cum0 = torch.cat([torch.zeros(1, dtype=cum.dtype, device=device), cum])
-    dist = (cum0 - target).abs()
-    cand = torch.nonzero(dist <= dist.min() + 1e-9).flatten()
-    above = cand[cum0[cand] >= target]
-    n_take = int(above.min()) if above.numel() else int(cand.min())
+
+    if check_count(count) == "groups" and group != "unstructured":
+        # round(keep * G) groups of all G (alive and already pruned: a pruned group counts toward the pruned, and
+        # ranks last); halves round up, as num_keep per layer
+        n_take = int(math.floor(keep * all_scores.shape[0] + 0.5))
+    else:
+        total = float(sum(a.numel() for a in alive.values()))
+        target = keep * total
+        cum = torch.cumsum(sizes[order], dim=0)
+        # number of groups n in [0, G] whose cumulative kept weights are closest to target; a tie
+        # between one below and one above rounds up (like round-half-up per layer), and among equal
+        # sums (zero-size, fully pruned groups) the fewest groups are taken
+        cum0 = torch.cat([torch.zeros(1, dtype=cum.dtype, device=device), cum])
+        dist = (cum0 - target).abs()
+        cand = torch.nonzero(dist <= dist.min() + 1e-9).flatten()
+        above = cand[cum0[cand] >= target]
+        n_take = int(above.min()) if above.numel() else int(cand.min())
     flat = torch.zeros(all_scores.shape[0], dtype=torch.bool, device=device)
     flat[order[:n_take]] = True
 

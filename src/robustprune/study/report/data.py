@@ -263,6 +263,20 @@ class Entry:
             return "learned"
         return sparsity_percent(self.rate if self.rate is not None else 1.0)
 
+    @property
+    def rate_counts(self) -> str:
+        """What the target rate (and the target sparsity 1 - 1/c) counts: ``weights`` (unstructured; or a structured
+        method with ``budget: weights``), ``filters`` / ``kernels`` / ``columns`` (a structured method: the fraction
+        of its groups removed, per its scope), ``learned`` or ``none`` (unpruned)."""
+        if self.unpruned:
+            return "none"
+        if self.learned:
+            return "learned"
+        group = self.group or "unstructured"
+        if group == "unstructured" or (self.settings or {}).get("budget") == "weights":
+            return "weights"
+        return {"filter": "filters", "kernel": "kernels", "column": "columns"}.get(group, group)
+
     def sort_rate(self) -> tuple[int, float]:
         return (1, self.x) if self.learned else (0, self.rate or 1.0)
 

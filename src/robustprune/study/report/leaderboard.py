@@ -43,6 +43,13 @@ def published_name(pub: dict[str, Any], method: str, structure: str) -> str | No
     return None
 
 
+def published_counts(pub: dict[str, Any], structure: str) -> str:
+    """What a published cell's sparsity counts: ``weights`` for unstructured cells, ``filters`` for structured ones
+    (APB's S cells: ``round(ratio * n_filters)`` filters removed, the rule of Twin-Rep's reference), unless the
+    published file says otherwise (``counts``)."""
+    return (pub.get("counts") or {}).get(structure, "weights" if structure == "unstructured" else "filters")
+
+
 def published_cell(pub: dict[str, Any], dataset: str, architecture: str, structure: str, sparsity: float,
                    name: str) -> dict[str, Any] | None:
     """The published cell (``clean``, ``autoattack`` in %) of a method at a sparsity (%), or None."""
@@ -88,22 +95,26 @@ def leaderboard_tables(data: ReportData, marks: Marks) -> list[Table]:
     for g in data.groups:
         col, col_note = _our_column(g, pub)
         ours_robust = f"ours: {col.label} (%)" if col is not None else "ours: AutoAttack (%)"
-        header = ["structure", "sparsity (%)", "method", f"{short} name", "c", "achieved sparsity (%)",
-                  "filters removed (%)", "n", "seeds", "ours: clean (%)", ours_robust,
+        header = ["structure", "sparsity (%)", "method", f"{short} name", "c", "target counts",
+                  "achieved sparsity (% of Conv2d + Linear weights)", "filters removed (% of conv filters)", "n",
+                  "seeds", "ours: clean (%)", ours_robust,
                   f"{short} published: clean (%)", f"{short} published: AutoAttack (%)"]
         entries = sorted(g.entries, key=lambda e: (not e.unpruned, structure_of(e) != "unstructured",
                                                    e.learned, e.rate or 1.0, e.method, e.variant, e.n_eval))
-        rows, matched = [], 0
+        rows, matched, unmatched_counts = [], 0, []
         for e in entries:
             structure = "none" if e.unpruned else structure_of(e)
             sparsity = None if e.learned else round(100.0 * (1.0 - 1.0 / (e.rate or 1.0)), 4)
             ref = published_name(pub, e.method, structure) if not e.unpruned else None
             cell = (published_cell(pub, g.dataset, g.architecture, structure, sparsity, ref)
                     if ref is not None and sparsity is not None else None)
+            if cell is not None and e.rate_counts != published_counts(pub, structure):
+                unmatched_counts.append(f"{e.name} at {e.sparsity_text()} % ({e.rate_counts})")
+                cell = None  # the same number of a different thing: never set beside each other
             matched += cell is not None
             rows.append([
                 Cell(structure if not e.unpruned else "unpruned", left=True), Cell(e.sparsity_text()),
-                method_cell(e, marks), Cell(ref or "", left=True), Cell(e.rate_text()),
+                method_cell(e, marks), Cell(ref or "", left=True), Cell(e.rate_text()), Cell(e.rate_counts, left=True),
                 Cell(e.sparsity.text()), Cell(e.filters_removed.text()), Cell(str(e.n_eval)), Cell(str(len(e.seeds))),
                 Cell(e.clean.text(digits=2)), Cell(e.cell(col).text(digits=2)),
                 Cell(_pct(cell["clean"]) if cell else "", title=f"{short} published" if cell else None),
@@ -116,9 +127,16 @@ def leaderboard_tables(data: ReportData, marks: Marks) -> list[Table]:
                  "with, or put in a column of, the numbers this study measured.",
                  f"{matched} of {len(rows)} rows have a published cell (same dataset, architecture, structure, "
                  "sparsity and method); an empty published cell means the benchmark has none for it.",
-                 "sparsity: the target 1 - 1/c in the method's own group (structured methods: of the filters / "
-                 "kernels / columns they remove); achieved sparsity counts zeros over every Conv2d and Linear "
-                 "weight, filters removed the conv filters gone, one way for every method."]
+                 f"sparsity: the target 1 - 1/c of what 'target counts' says (unstructured methods: weights; "
+                 f"structured methods: the filters of their scope removed, as {short} counts; 'weights' for a "
+                 "structured method run with budget: weights). A row is matched to a published cell only when both "
+                 f"count the same thing ({short} unstructured cells: "
+                 f"{published_counts(pub, 'unstructured')}; structured cells: {published_counts(pub, 'structured')}). "
+                 "Achieved sparsity counts zeros over every Conv2d and Linear weight, filters removed the conv "
+                 "filters gone (all-zero or cut), one way for every method: both are stored for every row."]
+        if unmatched_counts:
+            notes.append("Not matched because the target counts something else than the published cell: "
+                         + "; ".join(unmatched_counts) + ".")
         if col_note:
             notes.append(col_note)
         out.append(Table(f"{g.title}: {short} leaderboard format", header, rows, notes + marks.notes(entries),

@@ -56,7 +56,9 @@ class Table:
 # ---- flags ---------------------------------------------------------------------------------------------------
 SYMBOLS = ("†", "‡", "§", "¶", "‖", "#", "◊", "※")
 FLAG_WORDS = {FLAG_NOT_CONVERGED: "did not converge", FLAG_CHANCE: "accuracy at chance level (collapsed)",
-              "nothing-pruned": "nothing was pruned"}
+              "nothing-pruned": "nothing was pruned",
+              "mechanism-did-not-act": "the method's mechanism did not act at this budget (not the method's result: "
+                                       "see the model's convergence.mechanism)"}
 
 
 class Marks:
@@ -175,13 +177,17 @@ def headline_tables(data: ReportData, marks: Marks) -> list[Table]:
                     cells.append(Cell(st.text() + " *", "flag", "PGD above APGD by more than 3 points"))
                 else:
                     cells.append(Cell(st.text()))
-            rows.append([method_cell(e, marks), Cell(e.rate_text()), Cell(e.sparsity_text()), Cell(e.achieved_text()),
+            counts = e.rate_counts
+            sp = e.sparsity_text() + (f" ({counts})" if counts not in ("weights", "none", "learned") else "")
+            rows.append([method_cell(e, marks), Cell(e.rate_text()), Cell(sp), Cell(e.achieved_text()),
                          Cell(str(e.n_eval)), Cell(str(len(e.seeds))), Cell(e.clean.text())] + cells)
         lead = "APGD-CE + APGD-T" if apgd_at else "PGD"
         notes = [f"White-box accuracy (%) on {n_text(data)}; the headline attack is {lead}"
                  + ("" if lead != "PGD" else " (no APGD rows in this database)") + ". c: the target compression "
-                 "rate; sparsity: the same target in the field's words, 1 - 1/c; achieved: the overall compression "
-                 "actually reached (prunable weights / non-zero prunable weights)."]
+                 "rate; sparsity: the same target in the field's words, 1 - 1/c, of the weights for unstructured "
+                 "methods and of the filters (kernels, columns) of the method's scope for structured ones, marked "
+                 "'(filters)'; achieved: the overall compression actually reached (all Conv2d + Linear weights / "
+                 "non-zero ones)."]
         if overstated:
             notes.append("* PGD exceeds APGD at the same ε by more than 3 points: PGD overstates this model's "
                          "robustness (read the APGD column).")
@@ -589,7 +595,8 @@ def models_table(data: ReportData, marks: Marks) -> Table:
         target = e.sparsity_text() if e else ("learned" if rate is None else sparsity_percent(rate))
         row = [Cell(m["model_id"], left=True), Cell(role, left=True),
                method_cell(e, marks) if e else Cell(m.get("method") or "", left=True),
-               Cell(c), Cell(target), Cell(str(m.get("seed"))), Cell(conv)]
+               Cell(c), Cell(target), Cell(e.rate_counts if e else "", left=True), Cell(str(m.get("seed"))),
+               Cell(conv)]
         row += [Cell(_percent(_model_value(m, measured, k))) for k in ("achieved_sparsity", "filters_removed",
                                                                       "flops_removed")]
         if show_status:
@@ -599,10 +606,14 @@ def models_table(data: ReportData, marks: Marks) -> Table:
             row.append(Cell(" / ".join(_precisions(m))))
         row += [Cell(m.get("checkpoint") or "", left=True), Cell((m.get("checkpoint_sha256") or "")[:12])]
         rows.append(row)
-    header = ["model id", "role", "method", "c", "sparsity (%)", "seed", "converged", "achieved sparsity (%)",
-              "filters removed (%)", "FLOPs removed (%)"] + (["status"] if show_status else []) \
+    header = ["model id", "role", "method", "c", "target sparsity (%)", "target counts", "seed", "converged",
+              "achieved sparsity (% of Conv2d + Linear weights)", "filters removed (% of conv filters)",
+              "FLOPs removed (%)"] + (["status"] if show_status else []) \
         + (["precision (train / eval)"] if show_precision else []) + ["checkpoint", "sha256"]
-    notes = ["sparsity: the target, 1 - 1/c. Measured on each model, one way for every method: achieved sparsity = "
+    notes = ["target sparsity: 1 - 1/c of what 'target counts' says: weights for unstructured methods (and for a "
+             "structured method with budget: weights), filters (kernels, columns) for structured methods, i.e. the "
+             "fraction of the filters of the method's scope removed, as the Adversarial Pruning Benchmark counts. "
+             "Measured on each model, one way for every method: achieved sparsity = "
              "zeros among the weights of every Conv2d and Linear layer (first layer, shortcuts and classifier "
              "included; biases and BatchNorm not); filters removed = conv filters (output channels) of the unpruned "
              "architecture that are gone, cut out physically or left with all-zero weights; FLOPs removed = 1 - "
