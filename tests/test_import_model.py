@@ -61,13 +61,15 @@ def usernets(tmp_path, monkeypatch):
     return MyNet
 
 
-def _train_briefly(net, seed=0):
-    """60 steps of FGSM-RS adversarial training (eps 0.1) on 3,000 Fashion-MNIST training images (~1 s)."""
+def _train_briefly(make, seed=0):
+    """A ``make()`` model (seeded) after 60 steps of FGSM-RS adversarial training (eps 0.1) on 3,000 Fashion-MNIST
+    training images (~1 s)."""
     from robustprune.data import load_splits
 
     s = load_splits("fashion-mnist", val_size=5000)
     x, y = s.train.x[:3000], s.train.y[:3000]
     torch.manual_seed(seed)
+    net = make()
     opt = torch.optim.Adam(net.parameters(), 2e-3)
     for i in range(0, len(x), 50):
         xb, yb = x[i:i + 50], y[i:i + 50]
@@ -93,7 +95,7 @@ def test_the_readme_state_dict_saved_three_ways_imports_and_prunes_from_the_cli(
                                                                                 capsys):
     from robustprune.checkpoint import load_checkpoint
 
-    net = _train_briefly(usernets())
+    net = _train_briefly(usernets)
     sd = net.state_dict()
     files = {"plain": tmp_path / "plain.pt", "dataparallel": tmp_path / "dp.pth", "wrapped": tmp_path / "wrapped.pt"}
     torch.save(sd, files["plain"])
@@ -137,7 +139,7 @@ def test_the_readme_state_dict_saved_three_ways_imports_and_prunes_from_the_cli(
 def test_the_python_api_imports_an_instance(tmp_path, usernets, fmnist_available):
     import robustprune
 
-    net = _train_briefly(usernets(), seed=1)
+    net = _train_briefly(usernets, seed=1)
     torch.save({"model": {f"_orig_mod.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "c.pt")
     res = robustprune.import_model(tmp_path / "c.pt", model=usernets(), dataset="fashion-mnist",
                                    out=tmp_path / "c.safetensors", n_check=300, n_attack=50, attack_steps=5)
