@@ -106,8 +106,9 @@ for _depth, _widen in ((28, 10), (34, 10), (34, 20), (70, 16)):
 
 @MODELS.register("dm-preact-resnet18")
 def dm_preact_resnet18(*, num_classes=10, in_channels=3, input_size=32, width=1.0, mean=(0.0,), std=(1.0,)) -> Net:
-    """DeepMind's PreActResNet-18 as RobustBench runs it (DMPreActResNet, Swish, SAME padding, 3x3 projection
-    shortcuts on the block input); loads its checkpoints (e.g. Rebuffi2021Fixing_R18, Gowal2021Improving_R18)."""
+    """DeepMind's PreActResNet-18 as RobustBench runs it (DMPreActResNet, Swish, SAME padding).
+
+    3x3 projection shortcuts on the block input; loads its checkpoints (e.g. Rebuffi2021Fixing_R18)."""
     del input_size
     return _dm_net(stem=scaled(64, width), stages=[scaled(c, width) for c in (64, 128, 256, 512)], blocks=2,
                    wide=False, num_classes=num_classes, in_channels=in_channels, mean=mean, std=std)

@@ -84,8 +84,9 @@ def _imagenet_resnet(bottleneck: bool, blocks: tuple[int, ...], *, num_classes: 
 
 @MODELS.register("resnet18-tv")
 def resnet18_tv(*, num_classes=10, in_channels=3, input_size=224, width=1.0, mean=(0.0,), std=(1.0,)) -> Net:
-    """ResNet-18 in torchvision's ImageNet layout (7x7/2 stem + max-pool, [2,2,2,2] basic blocks of 64..512, FC);
-    loads ``torchvision.models.resnet18`` state dicts. ``width`` scales every channel count."""
+    """ResNet-18 in torchvision's ImageNet layout (7x7/2 stem + max-pool); loads torchvision resnet18 weights.
+
+    [2,2,2,2] basic blocks of 64..512 channels, FC. ``width`` scales every channel count."""
     del input_size
     return _imagenet_resnet(False, (2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels, width=width,
                             mean=mean, std=std)
@@ -93,8 +94,9 @@ def resnet18_tv(*, num_classes=10, in_channels=3, input_size=224, width=1.0, mea
 
 @MODELS.register("resnet50-tv")
 def resnet50_tv(*, num_classes=10, in_channels=3, input_size=224, width=1.0, mean=(0.0,), std=(1.0,)) -> Net:
-    """ResNet-50 in torchvision's ImageNet layout (7x7/2 stem + max-pool, [3,4,6,3] bottlenecks, 2048-d FC);
-    loads ``torchvision.models.resnet50`` state dicts. ``width`` scales every channel count."""
+    """ResNet-50 in torchvision's ImageNet layout (7x7/2 stem + max-pool); loads torchvision resnet50 weights.
+
+    [3,4,6,3] bottlenecks (stride in the 3x3 conv), 2048-d FC. ``width`` scales every channel count."""
     del input_size
     return _imagenet_resnet(True, (3, 4, 6, 3), num_classes=num_classes, in_channels=in_channels, width=width,
                             mean=mean, std=std)

@@ -266,8 +266,10 @@ def wrn_34_10(
 def preact_resnet18_rb(
     *, num_classes=10, in_channels=1, input_size=28, width=1.0, mean=(0.0,), std=(1.0,)
 ) -> Net:
-    """RobustBench's ``PreActResNet18()`` (Wong2020Fast): as ``preact-resnet18`` but the 1x1 projection shortcuts take
-    the block's raw input and there is no BN-ReLU before the pool. ``width`` scales every channel count.
+    """RobustBench's PreActResNet18() (Wong2020Fast): shortcuts on the block input, no BN before the pool.
+
+    As ``preact-resnet18`` but the 1x1 projection shortcuts take the block's raw input and there is no BN-ReLU before
+    the pool. ``width`` scales every channel count.
     """
     del input_size
     return _resnet(
@@ -288,8 +290,9 @@ def preact_resnet18_rb(
 def wrn_28_10(
     *, num_classes=10, in_channels=1, input_size=28, width=1.0, mean=(0.0,), std=(1.0,)
 ) -> Net:
-    """WideResNet-28-10: 16 stem, 3 stages x 4 pre-act blocks of 160/320/640 channels, dropout 0 (RobustBench's
-    ``WideResNet(depth=28, widen_factor=10)``, the most common CIFAR-10 L-inf entry)."""
+    """WideResNet-28-10: 16 stem, 3 stages x 4 pre-act blocks of 160/320/640 channels, dropout 0.
+
+    RobustBench's ``WideResNet(depth=28, widen_factor=10)``, the most common CIFAR-10 L-inf entry."""
     return wide_resnet(
         28, 10, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
         width=width, mean=mean, std=std,
@@ -300,8 +303,9 @@ def wrn_28_10(
 def wrn_70_16(
     *, num_classes=10, in_channels=1, input_size=28, width=1.0, mean=(0.0,), std=(1.0,)
 ) -> Net:
-    """WideResNet-70-16: 16 stem, 3 stages x 11 pre-act blocks of 256/512/1024 channels, dropout 0 (RobustBench's
-    ``WideResNet(depth=70, widen_factor=16)``, e.g. Jia2022LAS-AT_70_16)."""
+    """WideResNet-70-16: 16 stem, 3 stages x 11 pre-act blocks of 256/512/1024 channels, dropout 0.
+
+    RobustBench's ``WideResNet(depth=70, widen_factor=16)``, e.g. Jia2022LAS-AT_70_16."""
     return wide_resnet(
         70, 16, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
         width=width, mean=mean, std=std,
