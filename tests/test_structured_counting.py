@@ -308,3 +308,21 @@ def test_twin_rep_robust_bird_and_admm_state_their_mechanism():
     ad0 = robustprune.prune(TinyConvNet(), "admm-irregular", rate=2, data=(x, y), eps=0.1, epochs=1, pgd_steps=1,
                             admm={"epochs": 0}, retrain={"batch_size": 64})
     assert ad0.mechanism["acted"] is False and "mechanism-did-not-act" in result_flags(ad0)
+
+
+def test_twin_rep_from_scratch_reinitialises_the_given_weights_seeded():
+    x, y = blobs(96)
+    outs = []
+    for given in (0, 1):
+        torch.manual_seed(given)  # two different given models ...
+        net = TinyConvNet()
+        robustprune.prune(net, "twin-rep-filter", rate=2, data=(x, y), eps=0.1, epochs=0, pgd_steps=1,
+                          from_scratch=True, init="ones", seed=3)
+        outs.append(net[1].weight.detach().clone())
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)  # ... the same start: the seed's, not the model's
+    torch.manual_seed(0)
+    net = TinyConvNet()
+    w = net[1].weight.detach().clone()
+    robustprune.prune(net, "twin-rep-filter", rate=2, data=(x, y), eps=0.1, epochs=0, pgd_steps=1, init="ones")
+    kept = net[1].weight.detach() != 0
+    torch.testing.assert_close(net[1].weight.detach()[kept], w[kept], rtol=0, atol=0)  # default: the given weights
