@@ -26,6 +26,13 @@ W4_ATVS_LARGE = ("lenet-mnist-w", 4.0, "at-vs lam=0.1")  # post-hoc sensitivity:
 
 Key = tuple  # (family, method, rate, seed)
 
+# Issue 29's reruns of the leaders' claims (studies/reproduce/*-reference-epochs, *-from-scratch-equal-filters,
+# *-overfitting-budget): their own families, so that they never mix with the first runs.
+PREACT_FAST_AT = ("preact-resnet8", 1.0, "fast-at")
+PREACT_PGD_AT = ("preact-resnet8", 1.0, "pgd-at")
+SEPARATE_FAMILIES = {"chen2022-flyingbird-overfitting-budget": "overfitting-budget"}
+PGD_AT_LENET_1000 = ("lenet5-caffe", 1.0, "pgd-at", "overfitting-budget")
+
 
 def load(db: str) -> dict[Key, dict]:
     """Every model with at least 1,000 evaluated test points: clean, APGD and PGD accuracy at 0.1, white-box latent
@@ -33,6 +40,9 @@ def load(db: str) -> dict[Key, dict]:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     con.row_factory = sqlite3.Row
     models = {r["model_id"]: dict(r) for r in con.execute("SELECT * FROM models")}
+    spec = con.execute("SELECT value FROM meta WHERE key = 'spec'").fetchone()
+    study = (json.loads(spec["value"]) or {}).get("name") if spec else None
+    tag = SEPARATE_FAMILIES.get(study)  # a rerun whose family would collide with its first run's
 
     def objective(mid: str) -> str:
         m = models[mid]
@@ -45,7 +55,7 @@ def load(db: str) -> dict[Key, dict]:
     for r in con.execute("SELECT * FROM results WHERE n_eval >= 1000 AND (eps_str = '0.1' OR attack = 'clean')"):
         if r["model_id"] not in models:
             continue
-        fam = (r["architecture"], float(r["width"] or 1.0), objective(r["model_id"]))
+        fam = (r["architecture"], float(r["width"] or 1.0), objective(r["model_id"])) + ((tag,) if tag else ())
         key = (fam, r["method"], r["rate"], r["seed"])
         e = out.setdefault(key, {"model_id": r["model_id"], "flags": json.loads(r["flags"] or "[]"),
                                  "converged": r["converged"], "achieved": r["achieved_compression"],
@@ -118,10 +128,14 @@ def significant(d: list[float], sign: int) -> bool:
 
 
 def caveat(t: dict, *keys: tuple) -> str:
-    """`` (caveat: ... did not converge)`` when any model of ``keys`` carries the ``not-converged`` flag: a verdict
-    resting on such a model describes the budget as much as the method."""
-    bad = [k[1] for k in keys if any("not-converged" in e["flags"] for kk, e in t.items() if kk[:3] == k)]
-    return f" (caveat: {', '.join(dict.fromkeys(bad))} did not converge)" if bad else ""
+    """`` (caveat: ... did not converge)`` when any model of ``keys`` carries the ``not-converged`` flag, and
+    `` (caveat: ... mechanism did not act)`` for ``mechanism-did-not-act``: a verdict resting on such a model describes
+    the budget as much as the method."""
+    out = ""
+    for flag, words in (("not-converged", "did not converge"), ("mechanism-did-not-act", "mechanism did not act")):
+        bad = [k[1] for k in keys if any(flag in e["flags"] for kk, e in t.items() if kk[:3] == k)]
+        out += f" (caveat: {', '.join(dict.fromkeys(bad))} {words})" if bad else ""
+    return out
 
 
 def row(claim: str, comparison: str, levels: str, diff: str, verdict: str) -> None:
@@ -336,6 +350,79 @@ def li2023(t: dict) -> None:
                     effect(paired(t, tr, mag, "filters")), "")
 
 
+def zhao2023_rerun(t: dict) -> None:
+    """zhao2023-harp-vs-hydra-reference-epochs.yaml: 391-step epochs, preact-resnet8, the body layers pruned."""
+    hydra, harp = ((PREACT_FAST_AT, m, 100.0) for m in ("hydra", "harp"))
+    dr = paired(t, harp, hydra)
+    if not dr:
+        return
+    dc = paired(t, harp, hydra, "clean")
+    v = ("reproduced" if significant(dr, +1) and significant(dc, +1) else
+         "partly reproduced (more robust, not more accurate)" if significant(dr, +1) else
+         "partly reproduced (more accurate, not more robust)" if significant(dc, +1) else
+         "opposite" if significant(dr, -1) else "not reproduced")
+    v += caveat(t, harp, hydra)
+    conv = [e["convergence"] for k, e in t.items() if k[:3] == harp]
+    reached = sum(bool(c.get("target_reached")) for c in conv)
+    rescale = [c["rescale"] for c in conv if c.get("rescale") is not None]
+    v += (f" (HARP reached its density on {reached} of {len(conv)} seeds"
+          + (f"; export rescale {min(rescale):.2f}-{max(rescale):.2f}" if rescale else "") + ")")
+    chance = [k[1] for k in (harp, hydra) if any("chance-accuracy" in e["flags"] for kk, e in t.items() if kk[:3] == k)]
+    if chance:
+        v += f" (caveat: {', '.join(chance)} at chance: a collapse, not an allocation, decides it)"
+    row("Zhao2023 Table 2 (rerun, issue 29): HARP beats HYDRA at 99 % with 391-step epochs on a ResNet",
+        "HARP vs HYDRA at 100x on preact-resnet8's body: APGD", f"{level(t, harp)} vs {level(t, hydra)}", effect(dr), v)
+    row("(same)", "HARP vs HYDRA at 100x: clean", f"{level(t, harp, 'clean')} vs {level(t, hydra, 'clean')}",
+        effect(dc), "")
+
+
+def li2023_rerun(t: dict) -> None:
+    """li2023-twin-rep-from-scratch-equal-filters.yaml: from scratch, equal filter fractions, the same lr per step."""
+    found = []
+    for c in (2.0, 10.0):
+        tr, mag = (PREACT_PGD_AT, "twin-rep-filter", c), (PREACT_PGD_AT, "magnitude-filter-global@same-schedule", c)
+        if paired(t, tr, mag):
+            found.append((c, tr, mag, paired(t, tr, mag)))
+    if not found:
+        return
+    wins = [significant(d, +1) for *_x, d in found]
+    v = ("reproduced" if all(wins) else "partly reproduced" if any(wins) else
+         "opposite" if all(significant(d, -1) for *_x, d in found) else "not reproduced")
+    v += caveat(t, *[k for _c, a, b, _d in found for k in (a, b)])
+    for i, (c, tr, mag, d) in enumerate(found):
+        row("Li2023 Tables 2-3 (rerun, issue 29): from scratch, at equal filter fractions, Twin-Rep beats magnitude "
+            "filter pruning" if i == 0 else "(same)", f"Twin-Rep vs magnitude filter at {100 - 100 / c:g} % of the "
+            "filters: APGD", f"{level(t, tr)} vs {level(t, mag)}", effect(d), v if i == 0 else "")
+        row("(same)", f"at {100 - 100 / c:g} % of the filters: clean",
+            f"{level(t, tr, 'clean')} vs {level(t, mag, 'clean')}", effect(paired(t, tr, mag, "clean")), "")
+        if values(t, *tr, "filters") and values(t, *mag, "filters"):
+            row("(same)", f"at {100 - 100 / c:g} % of the filters: filters removed (should be equal); FLOPs removed "
+                f"{level(t, tr, 'flops')} vs {level(t, mag, 'flops')}",
+                f"{level(t, tr, 'filters')} vs {level(t, mag, 'filters')}", effect(paired(t, tr, mag, "filters")), "")
+
+
+def chen2022_rerun(t: dict) -> None:
+    """chen2022-flyingbird-overfitting-budget.yaml: 100 epochs of 1,000 images."""
+    dense, fb = (PGD_AT_LENET_1000, "unpruned", 1.0), (PGD_AT_LENET_1000, "flyingbird", 10.0)
+    d = paired(t, fb, dense, "overfit")
+    if not d:
+        return
+    drop = [100 * v for v in values(t, *dense, "overfit").values()]
+    overfits = stats(drop)[0] > 0.5 and significant(drop, +1)
+    v = ("reproduced" if significant(d, -1) else "opposite" if significant(d, +1) else "not reproduced")
+    if not overfits:
+        v = ("not testable on this budget either (100 epochs of 1,000 images: the dense run's drop is within noise "
+             "of 0)")
+    v += caveat(t, fb, dense)
+    row("Chen2022 Figs. 1, 4 (rerun, issue 29): Flying Bird overfits less than dense AT, on a budget meant to overfit",
+        "Flying Bird 90 % vs dense PGD-AT, 100 epochs of 1,000 images from scratch: drop in points",
+        f"{level(t, fb, 'overfit')} vs {level(t, dense, 'overfit')}", effect(d), v)
+    row("(same)", "Flying Bird 90 % vs dense: APGD of the selected models", f"{level(t, fb)} vs {level(t, dense)}",
+        effect(paired(t, fb, dense)), "")
+    row("(same)", "Flying Bird 90 % vs dense: clean", f"{level(t, fb, 'clean')} vs {level(t, dense, 'clean')}",
+        effect(paired(t, fb, dense, "clean")), "")
+
+
 def main(*dbs: str) -> None:
     t: dict = {}
     for db in dbs:
@@ -351,6 +438,9 @@ def main(*dbs: str) -> None:
     zhao2023(t)
     chen2022(t)
     li2023(t)
+    zhao2023_rerun(t)
+    li2023_rerun(t)
+    chen2022_rerun(t)
 
 
 if __name__ == "__main__":
