@@ -297,7 +297,7 @@ def study_work(runner: Any, sizes: dict[str, tuple[int, int, int]], store: Any =
                 base_id = config_hash(runner._base_cfg(ds.name, arch, seed))
                 bw = UnitWork(Unit(d, arch, seed))
                 rec = get(base_id)
-                if rec is None:
+                if rec is None and runner.given_base(ds.name, arch, seed) is None:  # a given base is not trained
                     bw.phases.append(Phase(f"train|{base_id}", "base training", "train", base_train))
                 if rec is None or rec.get("status") != STATUS_DONE:
                     bw.phases.append(Phase(f"eval|{base_id}", "evaluation", "eval", base_eval))

@@ -125,7 +125,6 @@ def run_study_ray(spec: StudySpec, out_dir: str | Path, *, address: str | None =
         if gpt > 0:
             opts["num_gpus"] = gpt
         target = runner.storage or StorageLocation(out)
-        ship = runner.storage is None
         spec_json = spec.model_dump(mode="json")
         with ResultsStore(runner.outcome.db_path) as store:
             _decide_layouts(ray, runner, store, spec_json, opts, dev, n_threads)
@@ -137,22 +136,10 @@ def run_study_ray(spec: StudySpec, out_dir: str | Path, *, address: str | None =
             pending: dict[Any, Unit] = {}
             base_refs: dict[Unit, Any] = {}
             for b in bases:
-                base_ids = runner.unit_ids(b)
-                rows, arts = _inputs(store, base_ids, target, base_ids if ship else None)
-                chains = [Unit(b.dataset, b.arch, b.seed, m) for m in spec.methods]
-                chain_ids = {c: runner.unit_ids(c) for c in chains}
-                craft = bool(spec.transfer and chains and any(
-                    (rec := store.get_model(i)) is None or rec.get("status") != STATUS_DONE
-                    for ids in chain_ids.values() for i in ids[1:]))
-                payload = {"spec": spec_json, "unit": [b.dataset, b.arch, b.seed, None], "rows": rows,
-                           "artifacts": arts, "device": dev, "threads": n_threads, "layouts": runner.layouts,
-                           "storage": spec.storage, "craft_transfer": craft}
+                payload, chains = unit_payloads(runner, store, b, target, device=dev, threads=n_threads)
                 base_ref = task.remote(payload, None)
                 pending[base_ref], base_refs[b] = b, base_ref
-                for c in chains:  # the base's checkpoint comes with the base task's result, not from here
-                    crow, carts = _inputs(store, chain_ids[c], target, chain_ids[c][1:] if ship else None)
-                    cpay = {**payload, "unit": [c.dataset, c.arch, c.seed, c.method], "rows": crow,
-                            "artifacts": carts, "craft_transfer": False}
+                for c, cpay in chains:  # each starts when its base task's result (rows, checkpoint) exists
                     pending[task.remote(cpay, base_ref)] = c
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
@@ -185,6 +172,50 @@ def run_study_ray(spec: StudySpec, out_dir: str | Path, *, address: str | None =
         if started_here:
             ray.shutdown()
     return runner._finish(t_start)
+
+
+def unit_payloads(runner: StudyRunner, store: ResultsStore, base: Unit, target: StorageLocation, *, device: str,
+                  threads: int) -> tuple[dict[str, Any], list[tuple[Unit, dict[str, Any]]]]:
+    """What the tasks of one base unit and of its method chains get (everything they need, nothing of the driver's
+    disk): the spec, the rows of their models, the bytes of the checkpoints those rows name (without ``storage``),
+    the given base checkpoint (``base_models``), the layouts, and whether the base task crafts the transfer
+    examples (when some chain cell still needs them)."""
+    spec = runner.spec
+    ship = runner.storage is None
+    base_ids = runner.unit_ids(base)
+    rows, arts = _inputs(store, base_ids, target, base_ids if ship else None)
+    given = runner.given_base(base.dataset, base.arch, base.seed)
+    if given is not None and store.get_model(base_ids[0]) is None:  # the checkpoint to start from
+        _ship_given(given, arts if ship else None, runner.storage)
+    chains = [Unit(base.dataset, base.arch, base.seed, m) for m in spec.methods]
+    chain_ids = {c: runner.unit_ids(c) for c in chains}
+    craft = bool(spec.transfer and chains and any(
+        (rec := store.get_model(i)) is None or rec.get("status") != STATUS_DONE
+        for ids in chain_ids.values() for i in ids[1:]))
+    payload = {"spec": spec.model_dump(mode="json"), "unit": [base.dataset, base.arch, base.seed, None],
+               "rows": rows, "artifacts": arts, "device": device, "threads": threads, "layouts": runner.layouts,
+               "storage": spec.storage, "craft_transfer": craft, "given": runner.given}
+    out = []
+    for c in chains:  # the base's checkpoint comes with the base task's result, not from here
+        crow, carts = _inputs(store, chain_ids[c], target, chain_ids[c][1:] if ship else None)
+        out.append((c, {**payload, "unit": [c.dataset, c.arch, c.seed, c.method], "rows": crow, "artifacts": carts,
+                        "craft_transfer": False}))
+    return payload, out
+
+
+def _ship_given(given: dict[str, Any], artifacts: list[dict[str, Any]] | None,
+                storage: StorageLocation | None) -> None:
+    """A ``base_models`` checkpoint for the task that loads it: its bytes with the task's inputs, or into the
+    study's storage (once)."""
+    path = Path(given["path"])
+    side = path.with_suffix(".json")
+    rel_side = given["rel"][: -len(".safetensors")] + ".json"
+    if artifacts is not None:
+        artifacts.append({"rel": given["rel"], "sha256": given["sha256"], "data": path.read_bytes(),
+                          "sidecar": side.read_bytes()})
+    elif storage is not None and not storage.exists(given["rel"]):
+        storage.put(side, rel_side)
+        storage.put(path, given["rel"])
 
 
 def _failed(ray: Any, ref: Any) -> bool:

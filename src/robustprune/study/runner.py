@@ -250,6 +250,8 @@ class StudyRunner:
         """Where checkpoints go (the study key ``storage``); None: the study folder."""
         self.scratch: Path = self.out
         """The running unit's scratch folder: its checkpoints are written there, then committed."""
+        self.given: dict[tuple[str, str, int], dict[str, Any] | None] = {}
+        """The study key ``base_models``' checkpoints, by (dataset, architecture, seed) (see :meth:`given_base`)."""
         self.layout_device: str | None = None
         """The device type the layouts are decided for (None: this runner's; a Ray driver sets its tasks')."""
         self.read_out = True
@@ -520,6 +522,9 @@ class StudyRunner:
             self._sizes[ds.name] = (len(sp.train), len(sp.val), len(sp.test))
             for m, settings in methods:  # a phase that would take 0 gradient steps on this data: refused now
                 m.check_budget(settings, epochs=spec.prune_epochs, n_train=len(sp.train))
+            for arch in spec.architectures:  # a given base model exists and fits, before any work
+                for seed in spec.seeds:
+                    self._check_given(ds.name, arch, seed)
 
     def _start(self) -> None:
         self._check_out()
@@ -744,11 +749,53 @@ class StudyRunner:
         only when it is not the default (fp32, no compile), so earlier studies' models keep their ids."""
         spec = self.spec
         name, width = self._arch(arch)
+        given = self.given_base(dataset, arch, seed)
+        if given is not None:  # a checkpoint to start from: its content hash is its identity (a changed file is new)
+            return {"kind": "base", "dataset": dataset, "architecture": name, "width": width, "seed": seed,
+                    "train_limit": spec.train_limit, "val_size": spec.val_size, "given_sha256": given["sha256"]}
         return {
             "kind": "base", "dataset": dataset, "architecture": name, "width": width, "seed": seed,
             "train_limit": spec.train_limit, "val_size": spec.val_size,
             "objective": spec.base_objective.record(), "train": _train_cfg_dict(self._base_train()),
         }
+
+    def given_base(self, dataset: str, arch: str, seed: int) -> dict[str, Any] | None:
+        """The study key ``base_models``' checkpoint for this base model: ``{"path", "file", "sha256", "rel"}``
+        (``rel``: where a Ray task finds its copy), None when the base model is trained. A file that does not exist
+        or does not fit is a one-line error (checked before any work by :meth:`_check_inputs`)."""
+        key = (get_spec(dataset).name, arch, seed)
+        if key not in self.given:
+            path = self.spec.given_base(dataset, arch, seed)
+            if path is None:
+                self.given[key] = None
+            else:
+                p = Path(path).expanduser().resolve()
+                if not p.is_file():
+                    raise ConfigError(f"base_models: checkpoint {path} for {dataset}/{arch} not found"
+                                      + (" (it is a folder)" if p.is_dir() else "")
+                                      + "; give a .safetensors file (`robustprune import` makes one from a .pt)")
+                sha = file_sha256(p)
+                self.given[key] = {"path": str(p), "file": p.name, "sha256": sha,
+                                   "rel": f"given/{sha[:16]}.safetensors"}
+        return self.given[key]
+
+    def _check_given(self, dataset: str, arch: str, seed: int) -> None:
+        """A given base checkpoint must be of this architecture (and width) and dataset: else a one-line error."""
+        from robustprune.checkpoint import read_meta
+
+        given = self.given_base(dataset, arch, seed)
+        if given is None:
+            return
+        meta = read_meta(given["path"])
+        name, width = self._arch(arch)
+        ds = get_spec(dataset)
+        where = f"base_models: {given['path']} (for {dataset}/{arch}"
+        if meta.get("architecture") != name or float(meta.get("width") or 1.0) != float(width):
+            raise ConfigError(f"{where}) is a {meta.get('architecture')} of width {meta.get('width') or 1}, not "
+                              f"{name} of width {width:g}; give a checkpoint of that architecture")
+        if meta.get("dataset") not in (None, ds.name) or int(meta.get("num_classes") or ds.num_classes) != ds.num_classes:
+            raise ConfigError(f"{where}) was made for {meta.get('dataset')} ({meta.get('num_classes')} classes), not "
+                              f"{ds.name}; give a checkpoint of that dataset")
 
     def _save(self, store: ResultsStore, model_id: str, model: nn.Module, meta: dict[str, Any], masks: Any,
               record: dict[str, Any]) -> None:
@@ -781,6 +828,32 @@ class StudyRunner:
             train_precision = record.get("train_precision")
             self.outcome.models_reused += 1
             self.log(f"[{splits.spec.name}/{arch}/seed {seed}] base model {base_id}: reused")
+        elif self.given_base(splits.spec.name, arch, seed) is not None:
+            given = self.given_base(splits.spec.name, arch, seed)
+            step = "loading the given base model"
+            try:
+                path = self._find(given["rel"]) or Path(given["path"])
+                model, meta, _ = load_checkpoint(path, self.device)
+                train_wall, train_epochs, train_steps = 0.0, 0.0, 0
+                train_precision = (meta.get("precision") or {}).get("train")
+                source = {"file": given["file"], "path": given["path"], "sha256": given["sha256"],
+                          "provenance": meta.get("source") or meta.get("provenance")}
+                self.log(f"[{splits.spec.name}/{arch}/seed {seed}] base model {base_id}: the given checkpoint "
+                         f"{given['file']} (sha256 {given['sha256'][:12]}), not trained")
+                step = "saving the base model"
+                self._save(store, base_id, model,
+                           self._meta(splits, arch, {"config": base_cfg, "given": source}),
+                           None, {"kind": "base", "dataset": splits.spec.name, "architecture": self._arch(arch)[0],
+                                  "method": "unpruned", "rate": 1.0, "rate_kind": "none", "group": "none",
+                                  "settings": {}, "model_key": model_key, "seed": seed,
+                                  "metrics": {"given": source, "epochs": 0.0, "steps": 0}, "config": base_cfg,
+                                  "wall_time": 0.0, "converged": None, "flags": [], "convergence": {},
+                                  "train_epochs": 0.0, "train_steps": 0})
+            except Exception as exc:  # noqa: BLE001  (stored; the cells that need this base are not run)
+                self._failed(store, self._failure_cell(splits.spec.name, arch, seed, "unpruned", 1.0, base_id), step,
+                             exc)
+                return None
+            self.outcome.models_reused += 1
         else:
             self.log(f"[{splits.spec.name}/{arch}/seed {seed}] training base model {base_id} "
                      f"({spec.base_objective.name}, {spec.base_train.epochs} epochs, {len(splits.train)} images"

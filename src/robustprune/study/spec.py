@@ -200,6 +200,11 @@ class StudySpec(BaseModel):
     Ray's object store); a folder or an fsspec URI (``s3://bucket/study``; ``s3fs`` installed) that every node can
     reach, written by the tasks themselves (``robustprune.study.storage``). The database stays in the study folder,
     written by the driver only."""
+    base_models: dict[str, str] = Field(default_factory=dict)
+    """Checkpoints to start from instead of training a base model: ``DATASET/ARCHITECTURE`` (every seed) or
+    ``DATASET/ARCHITECTURE/SEED`` (one seed; it wins) -> a robustprune checkpoint (``robustprune import`` turns a
+    PyTorch or RobustBench file into one). The file's sha256 is part of the base model's identity: a changed file is a
+    new base. Each must match the architecture (and width) and dataset it is given for."""
     eval_precision: Literal["fp32", "tf32"] = "fp32"
     """Precision of every measurement (attacks, checks): strict fp32 with TF32 off by default, so a robust accuracy
     does not depend on the chip."""
@@ -414,6 +419,45 @@ class StudySpec(BaseModel):
         _check_as_run(self)
         self._warnings = tuple(no_effect_warnings(self))
         return self
+
+    @model_validator(mode="after")
+    def _base_models(self) -> "StudySpec":
+        from robustprune.data import get_spec
+
+        datasets = {get_spec(d).name: d for d in self.datasets}
+        for key in self.base_models:
+            parts = key.split("/")
+            if len(parts) not in (2, 3) or not all(p.strip() for p in parts):
+                raise ConfigError(f"base_models key {key!r} is not DATASET/ARCHITECTURE or DATASET/ARCHITECTURE/SEED "
+                                  f"(e.g. {self.datasets[0]}/{self.architectures[0]}: path/to/model.safetensors)")
+            if parts[0] not in datasets and parts[0] not in datasets.values():
+                raise ConfigError(f"base_models key {key!r} names dataset {parts[0]!r}, which datasets does not list "
+                                  f"({', '.join(self.datasets)})")
+            if parts[1] not in self.architectures:
+                raise ConfigError(f"base_models key {key!r} names architecture {parts[1]!r}, which architectures does "
+                                  f"not list ({', '.join(self.architectures)})")
+            if len(parts) == 3:
+                try:
+                    seed = int(parts[2])
+                except ValueError:
+                    raise ConfigError(f"base_models key {key!r}: the seed {parts[2]!r} is not an integer") from None
+                if seed not in self.seeds:
+                    raise ConfigError(f"base_models key {key!r} names seed {seed}, which seeds does not list "
+                                      f"({', '.join(map(str, self.seeds))})")
+        return self
+
+    def given_base(self, dataset: str, arch: str, seed: int) -> str | None:
+        """The checkpoint ``base_models`` gives for this base model (the seed's own entry first), else None."""
+        from robustprune.data import get_spec
+
+        names = {dataset, get_spec(dataset).name}
+        for n in names:
+            if f"{n}/{arch}/{seed}" in self.base_models:
+                return self.base_models[f"{n}/{arch}/{seed}"]
+        for n in names:
+            if f"{n}/{arch}" in self.base_models:
+                return self.base_models[f"{n}/{arch}"]
+        return None
 
     _warnings: tuple[str, ...] = PrivateAttr(default=())
 

@@ -233,6 +233,7 @@ def run_unit_task(payload: dict[str, Any], base_out: UnitOutput | None = None) -
         spec = StudySpec.model_validate(payload["spec"])
         runner = StudyRunner(spec, scratch, device=payload.get("device"), log=lines.append, progress=False)
         runner.layouts = dict(payload.get("layouts") or {})
+        runner.given = dict(payload.get("given") or {})
         runner.storage = storage
         store = JournalStore(scratch / "unit.sqlite")
         try:

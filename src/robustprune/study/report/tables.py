@@ -589,6 +589,9 @@ def models_table(data: ReportData, marks: Marks) -> Table:
         es = data.entry_of_model.get(m["model_id"])
         e = es[0] if es else None
         role = "unpruned base" if m.get("kind") == "base" else f"pruned from {str(m.get('parent_id') or '?')[:10]}"
+        given = (m.get("metrics") or {}).get("given") if m.get("kind") == "base" else None
+        if given:  # the study key base_models: where the base came from
+            role += f" (given: {given.get('file')}, sha256 {str(given.get('sha256'))[:12]}; not trained here)"
         conv = {1: "yes", 0: "NO", None: ""}.get(m.get("converged"), str(m.get("converged")))
         rate = m.get("rate")
         c = e.rate_text() if e else ("learned" if rate is None else f"{float(rate):g}")
