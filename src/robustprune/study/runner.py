@@ -537,6 +537,7 @@ class StudyRunner:
             store.set_meta("spec", self.spec.model_dump(mode="json"))
             store.set_meta("command", list(self.command) if self.command is not None else list(sys.argv))
             store.set_meta("started_at", time.time())
+            store.set_meta("spec_warnings", list(self.spec.warnings))  # settings with no effect, said when read
             done = len(store.results())
             failed = len(store.failures())
         for m, settings in self._method_settings():  # a generic option a method does not use is said, not dropped
