@@ -3,7 +3,7 @@
 #   bash scripts/gpu-check.sh            # tests with CUDA present, the main job on the GPU (default and bf16), the bench
 #   bash scripts/gpu-check.sh --quick    # tests and the bench only (no main jobs)
 # with PyTorch's default settings (TF32 on for cuDNN convolutions). About 6-8 minutes on one H200. It installs the
-# package (pip install -e ".[test]") unless robustprune is importable already, needs the Fashion-MNIST IDX files
+# package with the test extras of `scripts/setup.sh --test` unless they are importable already, needs the Fashion-MNIST IDX files
 # (apt-get install -y dataset-fashion-mnist) and writes
 # everything under runs/gpu-check/. It ends with a summary: tests passed / failed, main-job wall times and APGD
 # accuracy per precision, PGD-10 training images/s per precision (ResNet-18, batch 512) and the library / bare ratio.
@@ -22,9 +22,14 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
   echo "error: no CUDA device visible to PyTorch ($("$PY" -c 'import torch; print(torch.__version__)' 2>&1)); run this on a CUDA machine" >&2
   exit 2
 fi
-if ! "$PY" -c "import robustprune, pytest" >/dev/null 2>&1; then
-  "$PY" -m pip install -q -e ".[test]" || { echo "error: could not install robustprune (pip install -e .[test])" >&2; exit 2; }
+# the same set as `scripts/setup.sh --test` (its TEST_EXTRAS, and foolbox where it installs), so the export, SVHN and
+# cross-check tests run here too instead of skipping
+EXTRAS=$(sed -n 's/^TEST_EXTRAS="\(.*\)"$/\1/p' scripts/setup.sh)
+if ! "$PY" -c "import robustprune, pytest, onnxruntime, pyautoattack, scipy" >/dev/null 2>&1; then
+  "$PY" -m pip install -q -e ".[${EXTRAS}]" || { echo "error: could not install robustprune (pip install -e .[${EXTRAS}])" >&2; exit 2; }
 fi
+"$PY" -c "import foolbox, numba" >/dev/null 2>&1 || "$PY" -m pip install -q -e ".[foolbox]" \
+  || echo "note: foolbox / numba did not install here; the Foolbox cross-checks will skip" >&2
 "$PY" - <<'EOF' | tee "$OUT/device.txt"
 import torch
 from robustprune.precision import tf32_enabled

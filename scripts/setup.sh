@@ -27,6 +27,14 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
 fi
 extras=""
 # --test: the test tools, the `export` extra (onnx, onnxruntime, onnxscript) and the `ray` extra, so that the export
-# tests and the real-cluster tests (tests/test_study_cluster.py) run
-if [ "${1:-}" = "--test" ]; then extras="[test,export,ray]"; fi
+# tests and the real-cluster tests (tests/test_study_cluster.py) run; `autoattack` (pyautoattack) and `svhn` (scipy)
+# for the cross-checks against the official AutoAttack and the SVHN loader
+TEST_EXTRAS="test,export,ray,autoattack,svhn"
+if [ "${1:-}" = "--test" ]; then extras="[${TEST_EXTRAS}]"; fi
 "$PY" -m pip install -q -e ".${extras}"
+# foolbox (with numba) for the Foolbox cross-checks, where it installs (it has no wheel for every Python / platform):
+# a failure is said, and only those tests skip
+if [ "${1:-}" = "--test" ]; then
+  "$PY" -m pip install -q -e ".[foolbox]" \
+    || echo "note: foolbox / numba did not install here; the Foolbox cross-checks (tests/test_attacks_crosscheck.py) will skip" >&2
+fi

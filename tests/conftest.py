@@ -155,3 +155,48 @@ def write_learnable_mnist(folder, n_train: int = 400, n_test: int = 60):
     for name, a in zip(MNIST_IDX, (x, y, xt, yt)):
         write_idx(folder / name, a)
     return folder
+
+
+# ------------------------------------------------------------------------------------------ work tripwire
+class WorkStarted(AssertionError):
+    """Raised by the tripwire: work began (a training step, an attack's input gradient, a batch, a file written)."""
+
+
+@pytest.fixture
+def work_tripwire(monkeypatch) -> list[str]:
+    """:func:`install_work_tripwire` for one test; the list of what tripped."""
+    return install_work_tripwire(monkeypatch)
+
+
+def install_work_tripwire(monkeypatch) -> list[str]:
+    """One tripwire at the level all work passes through, whatever entry point or name binding led there: the
+    training loop (``train.loop._fit``, behind every ``fit``), the attack loop (``torch.autograd.grad``: every
+    attack's input gradient), the data loader (``Batches.__iter__``: every mini-batch of training and evaluation),
+    the checkpoint writer (``checkpoint._atomic_write_bytes``), the export writer (``deploy.export._write_artifact``)
+    and the report writer (its figures, drawn once the database was read). Returns the list of what tripped (a study stores a cell's exception as a failed cell, so
+    the list, not only the exception, is the evidence)."""
+    import importlib
+
+    import robustprune.checkpoint as checkpoint
+    import robustprune.data.batches as batches
+    import torch
+
+    deploy_export = importlib.import_module("robustprune.deploy.export")  # the package's `export` is the function
+    loop = importlib.import_module("robustprune.train.loop")
+
+    tripped: list[str] = []
+
+    def wire(what: str):
+        def boom(*a, **k):
+            tripped.append(what)
+            raise WorkStarted(f"work started: {what}")
+        return boom
+
+    monkeypatch.setattr(loop, "_fit", wire("training loop"))
+    monkeypatch.setattr(torch.autograd, "grad", wire("attack loop (input gradient)"))
+    monkeypatch.setattr(batches.Batches, "__iter__", wire("data loader (mini-batches)"))
+    monkeypatch.setattr(checkpoint, "_atomic_write_bytes", wire("checkpoint writer"))
+    monkeypatch.setattr(deploy_export, "_write_artifact", wire("export writer"))
+    report = importlib.import_module("robustprune.study.report")
+    monkeypatch.setattr(report, "robust_vs_compression_png", wire("report writer (figures)"))
+    return tripped

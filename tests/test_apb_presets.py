@@ -35,8 +35,28 @@ def _missing_leaders() -> list[str]:
     return [m for m in LEADERS if m not in names]
 
 
-needs_leaders = pytest.mark.skipif(bool(_missing_leaders()),
-                                   reason=f"leader method(s) not registered yet: {', '.join(_missing_leaders())}")
+def _check_leaders() -> None:
+    missing = _missing_leaders()
+    assert not missing, f"leader method(s) not registered: {', '.join(missing)}"
+
+
+@pytest.fixture
+def leaders_registered() -> None:
+    """A leader method that is not registered fails every test that needs it (it never turns into skips)."""
+    _check_leaders()
+
+
+needs_leaders = pytest.mark.usefixtures("leaders_registered")
+
+
+def test_a_deregistered_leader_fails_instead_of_skipping(monkeypatch):
+    import robustprune.methods as methods
+
+    real = methods.method_names
+    monkeypatch.setattr(methods, "method_names", lambda: [m for m in real() if m != "harp"])
+    with pytest.raises(AssertionError, match="not registered: harp"):
+        _check_leaders()
+    assert needs_leaders.mark.name == "usefixtures" and needs_leaders.mark.args == ("leaders_registered",)
 
 
 # ------------------------------------------------------------------------------------------------ the files
@@ -90,8 +110,16 @@ def test_apb_files_are_shipped_and_state_their_cost():
 def test_published_numbers_are_apb_readme_verbatim():
     from robustprune.study.report.leaderboard import load_published, published_cell
 
+    from robustprune.study.report import leaderboard
+
     pub = load_published("apb")
-    assert pub == json.loads(PUBLISHED.read_text())
+    # the loader reads the file of this source tree (not an installed copy elsewhere) ...
+    assert (leaderboard.PUBLISHED_DIR / "apb_published.json").resolve() == PUBLISHED.resolve()
+    # ... and every cell is a README percentage as printed: two decimals, AutoAttack accuracy within clean accuracy
+    for c in pub["cells"]:
+        for k in ("clean", "autoattack"):
+            assert 0 < c[k] < 100 and round(c[k], 2) == c[k], c
+        assert c["autoattack"] < c["clean"], c
     src = pub["source"]
     assert src["repository"] == "pralab/AdversarialPruningBenchmark" and src["file"] == "README.md"
     assert len(src["commit"]) == 40 and pub["eps"] == 0.031 and pub["attack"] == "autoattack"

@@ -117,6 +117,9 @@ def prune(
             raise ConfigError("sparsity= takes one value, e.g. sparsity=0.99 (prune once per sparsity)")
         rate = merge_rates(None if rate is None else [rate], [sparsity], rate_what="rate=",
                            sparsity_what="sparsity=", example="sparsity=0.99 (rate=100)")[0]
+        if rate is not None and rate <= 1:
+            raise ConfigError(f"sparsity={sparsity!r} removes no weight (compression rate 1, the unpruned model); give "
+                              "a sparsity above 0, e.g. sparsity=0.5")
     train = _as_split(data, "data")
     val_split = _as_split(val, "val") if val is not None else None
     if val_split is None:

@@ -186,7 +186,10 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     _refuse_folder(Path(path))
     side = sidecar_path(path)
     if not side.exists():
-        raise CheckpointError(f"checkpoint sidecar {side} not found; a checkpoint is a .safetensors file with a .json beside it")
+        what = f"checkpoint {path}: its sidecar {side.name}" if Path(path).suffix != ".json" else \
+            f"checkpoint sidecar {side}"
+        raise CheckpointError(f"{what} not found; a checkpoint is a .safetensors file with a .json beside it "
+                              "(written by `robustprune train`, `prune` or `import`)")
     try:
         meta = json.loads(side.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

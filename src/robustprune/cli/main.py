@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import sys
 import warnings
 from enum import Enum
@@ -268,10 +269,16 @@ def train(
     if obj_name != "natural":
         obj_kw.setdefault("eps", spec.eps_linf)
     obj = build_objective(obj_name, **obj_kw)
-    cfg = validated(TrainConfig, dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-                                      weight_decay=weight_decay, schedule=schedule, seed=seed, progress=not quiet,
-                                      precision=precision, compile=compile_),
-                    "training settings")
+    try:
+        cfg = validated(TrainConfig, dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+                                          weight_decay=weight_decay, schedule=schedule, seed=seed,
+                                          progress=not quiet, precision=precision, compile=compile_),
+                        "training settings")
+    except ConfigError as exc:  # name the options as typed (--batch-size), not the settings' fields (batch_size)
+        msg = str(exc).replace("invalid training settings: ", "invalid ")
+        for field in ("batch_size", "weight_decay", "optimizer", "schedule", "epochs", "lr", "seed"):
+            msg = re.sub(rf"(?<![\w-]){field}:", f"--{field.replace('_', '-')}:", msg)
+        raise ConfigError(msg) from None
     check_writable_file(out, "--out checkpoint")
     check_writable_file(_sidecar(out), "--out checkpoint's sidecar")
     dev = default_device(device)
@@ -804,6 +811,12 @@ def study(
             _echo(line)
         return
     check_writable_dir(out, "--out folder")
+    if spec.storage and "://" not in spec.storage:  # a local checkpoint folder: writable before any work
+        check_writable_dir(spec.storage, "--storage folder" if storage else "storage folder (study key storage)")
+    if ray_address is not None and ray_address not in ("auto", "local") and not re.fullmatch(
+            r"(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d+", ray_address):
+        raise ConfigError(f"--ray-address {ray_address!r} is not a Ray address: give auto, HOST:PORT (e.g. "
+                          "10.0.0.5:6379) or ray://HOST:10001")
     from robustprune.data import get_spec
     from robustprune.data.formats import resolve_folder
 

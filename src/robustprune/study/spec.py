@@ -640,11 +640,12 @@ def load_study_spec(path: str | Path | None = None, overrides: dict[str, Any] | 
             for twin in SAME_QUANTITY.get(k, ()):  # an override of the rates in one word replaces them in the other
                 data.pop(twin, None)
             data[k] = v
+    what = "study spec" if path is None else f"study file {path}"  # the file the user typed, then the key
     try:  # the sparsity words first, so that their errors read as one plain line
         data = StudySpec._sparsity_words(data)
     except (ConfigError, TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid study spec: {exc}") from None
-    spec = validated(StudySpec, data, "study spec")
+        raise ConfigError(f"invalid {what}: {exc}") from None
+    spec = validated(StudySpec, data, what)
     if spec.warnings:
         import warnings
 

@@ -72,9 +72,9 @@ def validated(model_cls, data: dict, what: str):
 def format_validation_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "value"
+        loc = ".".join(str(p) for p in err.get("loc", ()))
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         inp = err.get("input")
-        shown = "" if isinstance(inp, dict) else f" (got {inp!r})"
-        parts.append(f"{loc}: {msg}{shown}")
+        shown = "" if isinstance(inp, dict) or f"{inp!r}" in msg else f" (got {inp!r})"
+        parts.append(f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}")  # a whole-model check names its keys itself
     return "; ".join(parts)
