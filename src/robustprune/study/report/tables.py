@@ -336,8 +336,9 @@ def comparison_tables(data: ReportData, marks: Marks) -> list[Table]:
     out = []
     for g in data.groups:
         cols = g.attack_columns()
-        header = (["c", "method", "achieved", "n", "seeds", "sparsity (%)", "non-zero params", "eff. FLOPs (%)",
-                   "natural (%)"] + [f"{c.label} (%)" for c in cols]
+        header = (["c", "method", "target counts", "achieved", "n", "seeds",
+                   "achieved sparsity (% of Conv2d + Linear weights)", "filters removed (% of conv filters)",
+                   "non-zero params", "eff. FLOPs (%)", "natural (%)"] + [f"{c.label} (%)" for c in cols]
                   + ["train time (s)", "train epochs", "train steps", "eval time (s)"])
         rows = []
         entries = g.sorted_by_rate()
@@ -353,14 +354,15 @@ def comparison_tables(data: ReportData, marks: Marks) -> list[Table]:
                     return Cell(st.text(), "gain" if i in best[k] else None,
                                 "best at this rate beyond 2 std" if i in best[k] else None)
 
-                rows.append([Cell(rate_txt, left=True), method_cell(e, marks), Cell(e.achieved_text()),
-                             Cell(str(e.n_eval)), Cell(str(len(e.seeds))), Cell(e.sparsity.text()),
-                             Cell(e.params_nonzero.text(1, 0)), Cell(e.flops_ratio.text()), acc(e.clean, "clean")]
+                rows.append([Cell(rate_txt, left=True), method_cell(e, marks), Cell(e.rate_counts, left=True),
+                             Cell(e.achieved_text()), Cell(str(e.n_eval)), Cell(str(len(e.seeds))),
+                             Cell(e.sparsity.text()), Cell(e.filters_removed.text()), Cell(e.params_nonzero.text(1, 0)), Cell(e.flops_ratio.text()), acc(e.clean, "clean")]
                             + [acc(e.cell(c), c.key) for c in cols]
                             + [Cell(e.train_time.text(1, 1)), Cell(e.train_epochs.text(1, 2)),
                                Cell(e.train_steps.text(1, 0)), Cell(e.eval_time.text(1, 1))])
         notes = ["Methods side by side at equal target c (sorted by c; learned rates last, with the achieved "
-                 "compression). Training budget: seconds, epochs over the training split and gradient steps (for "
+                 "compression). The same c counts what 'target counts' says: weights for unstructured methods, the "
+                 "filters of their scope for filter methods; the measured columns count one way for every method. Training budget: seconds, epochs over the training split and gradient steps (for "
                  "iterative chains, the whole chain up to this rate). Bold: the best of a column within a rate, only "
                  "when it beats every other beyond 2 std over seeds.", noise_note(entries)]
         out.append(Table(g.title, header, rows, notes + marks.notes(entries), left_columns=2))
