@@ -6,6 +6,7 @@ import importlib.util
 import os
 
 import pytest
+import torch
 
 from robustprune.study import ResultsStore, load_study_spec, run_study
 
@@ -46,8 +47,10 @@ def test_ray_runner_gives_the_in_process_rows(tmp_path, monkeypatch):
              runtime_env={"env_vars": {"ROBUSTPRUNE_DEVICE": os.environ.get("ROBUSTPRUNE_DEVICE", "cpu"),
                                        "OMP_NUM_THREADS": "1"}})
     try:
-        remote = run_study_ray(spec, tmp_path / "ray", log=lambda m: None)
-        again = run_study_ray(spec, tmp_path / "ray", log=lambda m: None)
+        # torch's thread count changes CPU float reductions: the tasks use the in-process run's (--cpus-per-task)
+        threads = torch.get_num_threads()
+        remote = run_study_ray(spec, tmp_path / "ray", log=lambda m: None, threads=threads)
+        again = run_study_ray(spec, tmp_path / "ray", log=lambda m: None, threads=threads)
     finally:
         ray.shutdown()
     n_models = 1 + 2
@@ -78,3 +81,40 @@ def test_ray_missing_is_a_one_line_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_ray)
     with pytest.raises(ConfigError, match=r"\[ray\]"):
         ray_runner._import_ray()
+
+
+@needs_ray
+@pytest.mark.usefixtures("fmnist_available")
+def test_a_python_error_in_a_cell_is_stored_once_not_retried_and_the_study_goes_on(tmp_path, monkeypatch):
+    """A cell that fails deterministically (a Python error in one method's pruning, put into every Ray worker by a
+    setup hook) is stored once as that cell's failure with one attempt, on Ray as in-process; the other method's
+    cells finish."""
+    from pathlib import Path
+
+    import ray
+
+    import ray_failing_cell
+    from robustprune.methods import get_method
+    from robustprune.study.ray_runner import run_study_ray
+
+    monkeypatch.setenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    cls = type(get_method(ray_failing_cell.FAILING))
+    monkeypatch.setattr(cls, "prune_many", cls.prune_many)  # both restored after the test
+    monkeypatch.setattr(cls, "_rp_failing", False, raising=False)
+    ray_failing_cell.install()
+    spec = load_study_spec(None, TINY)
+    local = run_study(spec, tmp_path / "local", log=lambda m: None)
+    tests = str(Path(__file__).parent)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"ROBUSTPRUNE_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": tests},
+                          "worker_process_setup_hook": "ray_failing_cell.install"})
+    try:
+        remote = run_study_ray(spec, tmp_path / "ray", log=lambda m: None)
+    finally:
+        ray.shutdown()
+    for out, res in ((tmp_path / "local", local), (tmp_path / "ray", remote)):
+        assert [(f["method"], f["step"]) for f in res.failures] == [("random-filter-local", "pruning")]
+        with ResultsStore(out / "results.sqlite") as store:
+            (f,) = store.failures()
+            assert f["attempts"] == 1 and f["error"] == "ValueError" and "on purpose" in f["message"]
+            assert {m["method"] for m in store.models()} == {"unpruned", "magnitude-unstructured-global"}
