@@ -627,7 +627,7 @@ class FlyingBirdPlusSettings(FlyingBirdSettings):
     val_pgd_steps: int = setting(20, f"{_MAIN} L57 (--test_step 20: test_adv on the validation loader)",
                                  "PGD steps of the validation attack that measures the gap and the robust loss",
                                  ge=1, le=1000)
-    val_pgd_step_size: float = setting(0.25, f"{_MAIN} L55-58 (--test_gamma 2/255 at --test_eps 8/255, random start)",
+    val_pgd_step_size: float = setting(0.25, f"{_MAIN} L56-59 (--test_gamma 2/255 at --test_eps 8/255, random start)",
                                        "step of that attack as a fraction of eps", gt=0, le=2.5)
 
 
