@@ -118,3 +118,17 @@ def test_a_python_error_in_a_cell_is_stored_once_not_retried_and_the_study_goes_
             (f,) = store.failures()
             assert f["attempts"] == 1 and f["error"] == "ValueError" and "on purpose" in f["message"]
             assert {m["method"] for m in store.models()} == {"unpruned", "magnitude-unstructured-global"}
+
+
+def test_a_cluster_that_cannot_run_one_task_is_a_one_line_error():
+    from robustprune.errors import ConfigError
+    from robustprune.study.ray_runner import check_resources
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 2.0}}, {"Alive": True, "Resources": {"CPU": 4.0, "GPU": 1.0}},
+             {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}]
+    assert check_resources(nodes, cpus_per_task=4, gpus_per_task=0.25) == "2 node(s), 6 CPUs, 1 GPUs"
+    with pytest.raises(ConfigError, match=r"no node of the Ray cluster can run a task of 1 CPU\(s\) and 2 GPU\(s\) "
+                                          r"\(the cluster has 2 node\(s\), 6 CPUs and 1 GPUs.*--gpus-per-task"):
+        check_resources(nodes, cpus_per_task=1, gpus_per_task=2)
+    with pytest.raises(ConfigError, match=r"task of 8 CPU\(s\).*largest node 4 CPUs.*lower --cpus-per-task"):
+        check_resources(nodes, cpus_per_task=8, gpus_per_task=0)
