@@ -520,8 +520,9 @@ class StudyRunner:
             sp = load_splits(d, data_dir=spec.data_dir, val_size=spec.val_size, seed=spec.seeds[0], device="cpu",
                              train_limit=spec.train_limit, test_limit=spec.eval_n)
             self._sizes[ds.name] = (len(sp.train), len(sp.val), len(sp.test))
-            for m, settings in methods:  # a phase that would take 0 gradient steps on this data: refused now
-                m.check_budget(settings, epochs=spec.prune_epochs, n_train=len(sp.train))
+            n_prune = len(sp.train) if spec.finetune_limit is None else min(spec.finetune_limit, len(sp.train))
+            for m, settings in methods:  # a phase that would take 0 gradient steps on the pruning split: refused now
+                m.check_budget(settings, epochs=spec.prune_epochs, n_train=n_prune)
             for arch in spec.architectures:  # a given base model exists and fits, before any work
                 for seed in spec.seeds:
                     self._check_given(ds.name, arch, seed)
