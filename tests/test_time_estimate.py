@@ -143,3 +143,18 @@ def test_plan_and_running_estimate_count_the_same_phases(tmp_path):
     planned = {p.key: p.passes for u in study_work(runner, runner._sizes) for p in u.phases}
     assert planned == {k: p.passes for k, p in runner.clock.phases.items()}
     assert len(planned) == 2 * (2 + 2 * 2 * 2)  # per seed: base train + eval, 2 methods x 2 rates x (train + eval)
+
+
+def test_plan_refuses_what_the_run_would_refuse_before_any_work():
+    """A Flying Bird budget that reaches no topology update is refused by `--plan` as by the run."""
+    from robustprune.errors import ConfigError
+    from robustprune.study import load_study_spec
+    from robustprune.study.plan import plan_lines
+
+    spec = load_study_spec(None, {"methods": ["flyingbird"], "train_limit": 3000, "prune_epochs": 2,
+                                  "compression": [2]})
+    with pytest.raises(ConfigError, match="reach no topology update.*update_every"):
+        plan_lines(spec)
+    ok = load_study_spec(None, {"methods": ["flyingbird"], "train_limit": 3000, "prune_epochs": 2,
+                                "compression": [2], "method_settings": {"flyingbird": {"update_every": 10}}})
+    assert any("flyingbird" in ln for ln in plan_lines(ok))

@@ -125,6 +125,11 @@ def study_plan(spec: StudySpec) -> StudyPlan:
             n_train = min(n_train, spec.train_limit)
         n_prune = n_train if spec.finetune_limit is None else min(n_train, spec.finetune_limit)
         images[d] = {"train": n_train, "prune": n_prune, "test": min(spec.eval_n, ds.sizes[1])}
+        from robustprune.methods import get_method
+
+        for name in spec.methods:  # what the run refuses before any work (a phase of 0 steps, Flying Bird with no
+            m = get_method(method_of(name))  # topology update): refused by --plan too
+            m.check_budget(m.settings(spec.method_settings.get(name, {})), epochs=spec.prune_epochs, n_train=n_prune)
         if image_epochs is not None and base_image_epochs is not None:
             base = per_dataset * spec.base_train.epochs * n_train
             base_image_epochs += base
