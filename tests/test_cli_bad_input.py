@@ -278,10 +278,15 @@ def test_every_option_has_help_and_every_command_takes_quiet():
     from robustprune.cli.main import app
 
     group = typer.main.get_command(app)
-    missing = [f"{name} {p.name}" for name, cmd in group.commands.items() for p in cmd.params
+    commands = {}  # a command group (`data`) counts by its subcommands (`data fetch`)
+    for name, cmd in group.commands.items():
+        subs = getattr(cmd, "commands", None)
+        commands.update({f"{name} {s}": c for s, c in subs.items()} if subs else {name: cmd})
+    assert "data fetch" in commands and "study" in commands
+    missing = [f"{name} {p.name}" for name, cmd in commands.items() for p in cmd.params
                if not getattr(p, "help", None)]
     assert missing == []
-    no_quiet = [name for name, cmd in group.commands.items() if name != "list"
+    no_quiet = [name for name, cmd in commands.items() if name != "list"
                 and "--quiet" not in [o for p in cmd.params for o in getattr(p, "opts", [])]]
     assert no_quiet == []
     schedule = next(p for p in group.commands["train"].params if p.name == "schedule")
