@@ -16,7 +16,7 @@ LAYER = {
     "attacks": 2,
     "objectives": 3, "sparsity": 3, "metrics": 3, "checkpoint": 3,
     "train": 4, "evaluation": 4,
-    "methods": 5, "analysis": 5, "deploy": 5,
+    "methods": 5, "analysis": 5, "deploy": 5, "checkpoint_import": 5,
     "study": 6,
     "api": 7, "cli": 7, "__init__": 7, "__main__": 7,
 }

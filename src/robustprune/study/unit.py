@@ -254,8 +254,9 @@ def run_unit_task(payload: dict[str, Any], base_out: UnitOutput | None = None) -
         try:
             import ray
 
-            out.node = ray.get_runtime_context().get_node_id()
-        except Exception:  # noqa: BLE001 - outside Ray (a test calling the task function directly)
+            # is_initialized first: get_runtime_context() would start a Ray instance outside a task
+            out.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        except ImportError:  # outside Ray (the task function called directly)
             out.node = None
         return out
     finally:
