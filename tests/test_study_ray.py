@@ -33,6 +33,7 @@ def _rows(out):
 
 
 @needs_ray
+@pytest.mark.cluster  # starts Ray: with the real-cluster tests, as their own step
 @pytest.mark.usefixtures("fmnist_available")
 def test_ray_runner_gives_the_in_process_rows(tmp_path, monkeypatch):
     import ray
@@ -84,6 +85,7 @@ def test_ray_missing_is_a_one_line_error(monkeypatch):
 
 
 @needs_ray
+@pytest.mark.cluster
 @pytest.mark.usefixtures("fmnist_available")
 def test_a_python_error_in_a_cell_is_stored_once_not_retried_and_the_study_goes_on(tmp_path, monkeypatch):
     """A cell that fails deterministically (a Python error in one method's pruning, put into every Ray worker by a
