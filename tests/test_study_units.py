@@ -114,3 +114,21 @@ def test_the_layout_is_decided_once_per_study_and_reused_by_every_rerun(tmp_path
         kept = {(r["model_id"], r["attack"]): r["robust_acc"] for r in store.results() if r["eps_str"] != "0.2"}
     assert kept == rows
     assert "Memory layout" in (out / "report.md").read_text()
+
+
+@pytest.mark.usefixtures("fmnist_available", "one_thread")
+def test_a_study_with_storage_keeps_its_checkpoints_there_and_still_exports(tmp_path):
+    """``storage``: the checkpoints are written there, not into the study folder; a rerun reuses them from there;
+    exporting fetches them first."""
+    from robustprune.study.exports import export_study
+
+    spec = load_study_spec(None, {**TINY, "storage": str(tmp_path / "bucket"), "channels_last": False})
+    out = tmp_path / "study"
+    first = run_study(spec, out, log=lambda m: None)
+    assert first.ok and first.models_trained == 2
+    assert len(list((tmp_path / "bucket" / "checkpoints").glob("*.safetensors"))) == 2
+    assert not list(out.glob("checkpoints/*.safetensors"))
+    again = run_study(spec, out, log=lambda m: None)
+    assert again.models_trained == 0 and again.models_reused == 2
+    counts = export_study(out, ["torchscript"], n=20, log=lambda m: None)
+    assert counts == {"exported": 2, "reused": 0, "failed": 0}

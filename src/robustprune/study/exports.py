@@ -288,6 +288,17 @@ def _unpruned_ancestor(path: Path, meta: dict[str, Any]) -> Path | None:
     return None
 
 
+def _fetched(out: Path, rel: str, storage: Any) -> Path:
+    """The study folder's copy of the checkpoint ``rel`` (and its sidecar), fetched from the study's ``storage``
+    when it is only there."""
+    path = out / rel
+    if not path.is_file() and storage is not None and storage.exists(rel):
+        side = rel[: -len(".safetensors")] + ".json" if rel.endswith(".safetensors") else rel + ".json"
+        storage.get(side, out / side)
+        storage.get(rel, path)
+    return path
+
+
 def export_study(out_dir: str | Path, formats: Sequence[str], *, n: int | None = None, data_dir: str | None = None,
                  sparse: bool = False, latency_time: float = 0.3, model_ids: Sequence[str] | None = None,
                  log: Callable[[str], None] = print) -> dict[str, int]:
@@ -313,9 +324,17 @@ def export_study(out_dir: str | Path, formats: Sequence[str], *, n: int | None =
         by_id = {m["model_id"]: m for m in store.models()}
         (out / "exports").mkdir(parents=True, exist_ok=True)
         splits_cache: dict[str, Any] = {}
+        storage = None
+        if spec.get("storage"):  # checkpoints kept in the study's storage: fetched into the study folder first
+            from robustprune.study.storage import StorageLocation
+
+            storage = StorageLocation(spec["storage"])
         for rec in models:
             mid = rec["model_id"]
-            ckpt = out / rec["checkpoint"]
+            ckpt = _fetched(out, rec["checkpoint"], storage)
+            parent = by_id.get(rec.get("parent_id") or "")
+            if parent is not None and parent.get("checkpoint"):
+                _fetched(out, parent["checkpoint"], storage)  # the card compares with it
             # the file itself, hashed now: an export is reused only while the checkpoint it came from is unchanged
             # (a truncated or deleted checkpoint is re-exported, which fails that row with the checkpoint's error)
             ckpt_hash = file_sha256(ckpt) if ckpt.is_file() else None
