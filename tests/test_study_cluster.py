@@ -37,6 +37,9 @@ SPEC = {
                         for m in ("magnitude-unstructured-global", "random-filter-local")},
     "finetune_limit": 300, "methods": ["magnitude-unstructured-global", "random-filter-local"],
     "prune_epochs": 2, "compression": [1, 2, 4], "attacks": [{"name": "pgd", "eps": [0.1], "steps": 3}],
+    # one layout for the in-process reference and every cluster run: each study folder would otherwise decide its
+    # own by timing (stored and reused within a study: tests/test_study_units.py)
+    "channels_last": True,
 }
 N_MODELS = 2 * (1 + 2 * 2)  # 2 seeds x (base + 2 methods x 2 rates)
 KEY = ("model_id", "method", "rate", "attack", "eps_str", "seed")
@@ -213,8 +216,6 @@ def test_no_shared_file_system_gives_the_in_process_rows(cluster, in_process_row
     with ResultsStore(out / "results.sqlite", readonly=True) as store:
         for rec in store.models():
             assert (out / rec["checkpoint"]).is_file()  # every checkpoint reached the driver's disk
-        layouts = store.get_meta("layouts")
-    assert list(layouts) == ["cpu|fashion-mnist|lenet-mnist-w*4"]
     again = _run(cluster, out)
     assert f"0 models trained, {N_MODELS} reused, 0 result rows written" in again
 

@@ -22,6 +22,7 @@ TINY = {
     "method_rates": {},
     "finetune_limit": 300, "methods": ["magnitude-unstructured-global", "random-filter-local"],
     "compression": [1, 2], "attacks": [{"name": "pgd", "eps": [0.1], "steps": 3}],
+    "channels_last": True,  # one layout for both runs (each study folder would decide its own by timing)
 }
 KEY = ("model_id", "method", "rate", "attack", "eps_str", "seed")
 VALUES = ("robust_acc", "clean_acc", "achieved_sparsity", "params_nonzero", "flops_effective", "n_eval")
@@ -104,7 +105,7 @@ def test_a_python_error_in_a_cell_is_stored_once_not_retried_and_the_study_goes_
     monkeypatch.setattr(cls, "prune_many", cls.prune_many)  # both restored after the test
     monkeypatch.setattr(cls, "_rp_failing", False, raising=False)
     ray_failing_cell.install()
-    spec = load_study_spec(None, TINY)
+    spec = load_study_spec(None, {**TINY, "channels_last": None})  # the layout decided by a probe task, stored
     local = run_study(spec, tmp_path / "local", log=lambda m: None)
     tests = str(Path(__file__).parent)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
@@ -120,6 +121,7 @@ def test_a_python_error_in_a_cell_is_stored_once_not_retried_and_the_study_goes_
             (f,) = store.failures()
             assert f["attempts"] == 1 and f["error"] == "ValueError" and "on purpose" in f["message"]
             assert {m["method"] for m in store.models()} == {"unpruned", "magnitude-unstructured-global"}
+            assert list(store.get_meta("layouts")) == ["cpu|fashion-mnist|lenet-mnist-w*4"]
 
 
 def test_a_cluster_that_cannot_run_one_task_is_a_one_line_error():
