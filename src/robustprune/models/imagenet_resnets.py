@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from robustprune.models.base import MODELS, Net, Normalize, init_resnet_, scaled
-from robustprune.models.resnets import BasicBlock
+from robustprune.models.resnets import BasicBlock, projection_shortcut
 
 
 class Bottleneck(nn.Module):
@@ -38,12 +38,7 @@ class Bottleneck(nn.Module):
         self.relu2 = nn.ReLU()
         self.conv3 = nn.Conv2d(planes, c_out, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(c_out)
-        if stride != 1 or c_in != c_out:
-            self.shortcut: nn.Module = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
-            )
-        else:
-            self.shortcut = nn.Identity()
+        self.shortcut: nn.Module = projection_shortcut(c_in, c_out, stride)
         self.relu3 = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

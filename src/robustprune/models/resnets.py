@@ -27,6 +27,14 @@ def _conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
 
 
+def projection_shortcut(c_in: int, c_out: int, stride: int) -> nn.Module:
+    """A residual block's shortcut: 1x1 conv + BatchNorm when the shape changes, else the identity (the names
+    ``shortcut.0`` / ``shortcut.1`` are what checkpoints and the key maps expect)."""
+    if stride != 1 or c_in != c_out:
+        return nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+    return nn.Identity()
+
+
 class BasicBlock(nn.Module):
     """Post-activation basic block (He et al. 2016a): conv-BN-ReLU-conv-BN (+ shortcut) -ReLU."""
 
@@ -37,12 +45,7 @@ class BasicBlock(nn.Module):
         self.relu1 = nn.ReLU()
         self.conv2 = _conv3x3(c_out, c_out)
         self.bn2 = nn.BatchNorm2d(c_out)
-        if stride != 1 or c_in != c_out:
-            self.shortcut: nn.Module = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
-            )
-        else:
-            self.shortcut = nn.Identity()
+        self.shortcut: nn.Module = projection_shortcut(c_in, c_out, stride)
         self.relu2 = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
