@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,23 @@ def install_work_tripwire(monkeypatch) -> list[str]:
     report = importlib.import_module("robustprune.study.report")
     monkeypatch.setattr(report, "robust_vs_compression_png", wire("report writer (figures)"))
     return tripped
+
+
+# The README's own model as a user's module file (`--model usernets.mynet:MyNet`).
+README_NET = textwrap.dedent('''
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+
+    class MyNet(nn.Module):                       # the README's own model: float NCHW inputs in [0, 1], logits
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(1, 16, 5), nn.Conv2d(16, 32, 5)
+            self.fc1, self.fc2 = nn.Linear(32 * 4 * 4, 128), nn.Linear(128, 10)
+
+        def forward(self, x):
+            x = F.max_pool2d(torch.relu(self.conv1((x - 0.286) / 0.353)), 2)
+            x = F.max_pool2d(torch.relu(self.conv2(x)), 2)
+            return self.fc2(torch.relu(self.fc1(x.view(x.size(0), -1))))
+''')

@@ -11,31 +11,14 @@ from __future__ import annotations
 
 import json
 import sys
-import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import README_NET as MYNET
 from conftest import cli
 
-MYNET = textwrap.dedent('''
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-
-    class MyNet(nn.Module):  # the README's model
-        def __init__(self):
-            super().__init__()
-            self.conv1, self.conv2 = nn.Conv2d(1, 16, 5), nn.Conv2d(16, 32, 5)
-            self.fc1, self.fc2 = nn.Linear(32 * 4 * 4, 128), nn.Linear(128, 10)
-
-        def forward(self, x):
-            x = F.max_pool2d(torch.relu(self.conv1((x - 0.286) / 0.353)), 2)
-            x = F.max_pool2d(torch.relu(self.conv2(x)), 2)
-            return self.fc2(torch.relu(self.fc1(x.view(x.size(0), -1))))
-''')
 
 CHECK = ["--n-check", "500", "--n-attack", "100", "--attack-steps", "10"]
 
