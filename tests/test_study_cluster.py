@@ -117,17 +117,22 @@ class Cluster:
         return ns
 
     def python(self, code: str) -> str:
-        """Run ``code`` in a driver process connected to the cluster; its last line of output."""
+        """Run ``code`` in a driver process connected to the cluster; what it passed to ``result(...)``. Ray's
+        own messages (e.g. "raylet has lagging heartbeats" on a loaded machine) go to the same stdout, so the
+        value is marked rather than taken from the last line."""
+        mark = "@@result "
         r = subprocess.run([sys.executable, "-c", f"import ray\nray.init(address={self.address!r}, "
-                            f"log_to_driver=False)\n{code}"], env=self.env, capture_output=True, text=True,
-                           timeout=120)
+                            f"log_to_driver=False)\ndef result(v):\n    print({mark!r} + str(v), flush=True)\n"
+                            f"{code}"], env=self.env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
-        return r.stdout.strip().splitlines()[-1]
+        values = [line[len(mark):] for line in r.stdout.splitlines() if line.startswith(mark)]
+        assert len(values) == 1, f"expected one result line, got: {r.stdout[-2000:]}"
+        return values[0]
 
     def alive_nodes(self) -> int:
-        return int(self.python("print(sum(1 for n in ray.nodes() if n['Alive']))"))
+        return int(self.python("result(sum(1 for n in ray.nodes() if n['Alive']))"))
 
-    def wait_nodes(self, n: int, timeout: float = 60) -> None:
+    def wait_nodes(self, n: int, timeout: float = 120) -> None:
         end = time.time() + timeout
         while self.alive_nodes() != n:
             if time.time() > end:
@@ -206,7 +211,7 @@ def test_no_shared_file_system_gives_the_in_process_rows(cluster, in_process_row
     out.mkdir()
     (out / "marker").write_text("driver's disk")
     seen = cluster.python("import os\n@ray.remote(num_cpus=0, resources={'worker1': 0.01})\ndef sees(p):\n"
-                          f"    return os.path.exists(p)\nprint(ray.get(sees.remote({str(out / 'marker')!r})))")
+                          f"    return os.path.exists(p)\nresult(ray.get(sees.remote({str(out / 'marker')!r})))")
     assert seen == "False", "the worker node must not see the driver's folder"
     (out / "marker").unlink()
     text = _run(cluster, out)
