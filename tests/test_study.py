@@ -270,3 +270,17 @@ def test_an_objective_setting_the_objective_does_not_take_fails_at_load_time():
         load_study_spec(None, {**TINY, "base_objective": {"name": "pgd-at", "lam": 0.1}})
     with pytest.raises(ConfigError, match="lam"):
         load_study_spec(None, {**TINY, "finetune_objective": {"name": "at-vs", "lam": -1}})
+
+
+def test_prune_epochs_is_warned_about_only_when_the_study_sets_it():
+    """`prune_epochs` means nothing to a method whose every phase has its own epochs (HARP here): a study file that
+    sets it hears so; one that leaves the default does not (the reproduction files printed a warning about a value
+    they never wrote)."""
+    from robustprune.study.runner import StudyRunner
+
+    base = {"methods": ["harp", "magnitude-unstructured-global"], "compression": [1, 4],
+            "method_settings": {"harp": {"prune": {"epochs": 2}, "finetune": {"epochs": 1}}}}
+    assert StudyRunner(load_study_spec(None, base), "/nonexistent").unused_option_warnings() == []
+    said = StudyRunner(load_study_spec(None, {**base, "prune_epochs": 3}), "/nonexistent").unused_option_warnings()
+    assert len(said) == 1 and said[0].startswith("prune_epochs: epochs 3 is not used by harp")
+    assert "(method_settings: prune.epochs=N)" in said[0]

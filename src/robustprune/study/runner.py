@@ -444,6 +444,16 @@ class StudyRunner:
                 for seed in spec.seeds:
                     self._check_given(ds.name, arch, seed)
 
+    def unused_option_warnings(self) -> list[str]:
+        """A generic option the study file sets and a listed method does not use, one sentence each (said, not
+        dropped). Only what the file sets: the default ``prune_epochs`` of a study whose methods all have their own
+        phase epochs is not the user's choice and is not warned about."""
+        if "prune_epochs" not in self.spec.model_fields_set:
+            return []
+        return [f"prune_epochs: {why.replace('(--set ', '(method_settings: ')}"
+                for m, settings in self._method_settings()
+                for why in m.unused_options(settings, epochs=self.spec.prune_epochs)]
+
     def _start(self) -> None:
         self._check_out()
         if self.storage is not None:
@@ -458,9 +468,8 @@ class StudyRunner:
             store.set_meta("spec_warnings", list(self.spec.warnings))  # settings with no effect, said when read
             done = len(store.results())
             failed = len(store.failures())
-        for m, settings in self._method_settings():  # a generic option a method does not use is said, not dropped
-            for why in m.unused_options(settings, epochs=self.spec.prune_epochs):
-                self.log(f"  warning: prune_epochs: {why.replace('(--set ', '(method_settings: ')}")
+        for why in self.unused_option_warnings():
+            self.log(f"  warning: {why}")
         plan = self.plan()
         self.outcome.models_planned = plan["models"]
         self.log(f"study {self.spec.name}: {plan['models']} models ({plan['base_models']} base), {plan['rows']} result "
