@@ -17,7 +17,6 @@ the fraction of points an attack runs on (the clean-correct ones) and the fracti
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from robustprune.checkpoint import sidecar_path
 from robustprune.errors import ConfigError, RobustPruneError
 from robustprune.provenance import file_sha256
 from robustprune.study.store import STATUS_DONE, ResultsStore
@@ -293,7 +294,7 @@ def _fetched(out: Path, rel: str, storage: Any) -> Path:
     when it is only there."""
     path = out / rel
     if not path.is_file() and storage is not None and storage.exists(rel):
-        side = rel[: -len(".safetensors")] + ".json" if rel.endswith(".safetensors") else rel + ".json"
+        side = sidecar_path(rel).as_posix()
         storage.get(side, out / side)
         storage.get(rel, path)
     return path

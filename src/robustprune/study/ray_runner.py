@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from robustprune.checkpoint import sidecar_path
 from robustprune.errors import ConfigError
 from robustprune.study.runner import Log, StudyOutcome, StudyRunner
 from robustprune.study.spec import StudySpec
@@ -81,7 +82,7 @@ def _inputs(store: ResultsStore, ids: list[str], target: StorageLocation, ship: 
                 continue
             rel = m.get("checkpoint")
             path = target.path(rel) if rel else None
-            side = target.path(rel[: -len(".safetensors")] + ".json") if rel else None
+            side = target.path(sidecar_path(rel).as_posix()) if rel else None
             if path is not None and path.is_file() and side is not None and side.is_file():
                 artifacts.append({"rel": rel, "sha256": m.get("checkpoint_sha256"), "data": path.read_bytes(),
                                   "sidecar": side.read_bytes()})
@@ -208,8 +209,8 @@ def _ship_given(given: dict[str, Any], artifacts: list[dict[str, Any]] | None,
     """A ``base_models`` checkpoint for the task that loads it: its bytes with the task's inputs, or into the
     study's storage (once)."""
     path = Path(given["path"])
-    side = path.with_suffix(".json")
-    rel_side = given["rel"][: -len(".safetensors")] + ".json"
+    side = sidecar_path(path)
+    rel_side = sidecar_path(given["rel"]).as_posix()
     if artifacts is not None:
         artifacts.append({"rel": given["rel"], "sha256": given["sha256"], "data": path.read_bytes(),
                           "sidecar": side.read_bytes()})

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustprune.checkpoint import load_checkpoint, save_checkpoint
+from robustprune.checkpoint import load_checkpoint, save_checkpoint, sidecar_path
 from robustprune.data import DatasetSpec, Split, Splits, get_spec, load_splits
 from robustprune.errors import CheckpointError, ConfigError, DivergenceError, RobustPruneError
 from robustprune.methods import PruneResult, PruneTask, PruningMethod, get_method
@@ -222,7 +222,7 @@ class StudyRunner:
             if (root / rel).exists():
                 return root / rel
         if self.storage is not None and self.storage.get(rel, self.scratch / rel):
-            side = rel[: -len(".safetensors")] + ".json" if rel.endswith(".safetensors") else rel + ".json"
+            side = sidecar_path(rel).as_posix()
             self.storage.get(side, self.scratch / side)
             return self.scratch / rel
         return None

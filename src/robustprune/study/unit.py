@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from robustprune.checkpoint import sidecar_path
 from robustprune.study.storage import StorageLocation
 from robustprune.study.store import ResultsStore
 
@@ -108,7 +109,8 @@ class UnitOutput:
 
 
 def _sidecar(rel: str) -> str:
-    return rel[: -len(".safetensors")] + ".json" if rel.endswith(".safetensors") else rel + ".json"
+    """The sidecar of the checkpoint ``rel`` (a path relative to the study folder or storage), as a string."""
+    return sidecar_path(rel).as_posix()
 
 
 def artifacts_of(ops: list[tuple[str, tuple, dict]]) -> list[tuple[str, str]]:
