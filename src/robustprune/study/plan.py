@@ -108,7 +108,9 @@ def study_plan(spec: StudySpec) -> StudyPlan:
     from robustprune.data import get_spec
     from robustprune.study.runner import StudyRunner
 
-    counts = StudyRunner(spec, "/nonexistent-plan-only").plan()
+    runner = StudyRunner(spec, "/nonexistent-plan-only")
+    counts = runner.plan()
+    method_settings = runner.method_settings()  # every method's settings, validated as the run validates them
     methods = [method_plan(spec, m) for m in spec.methods]
     images: dict[str, dict[str, int | None]] = {}
     image_epochs: float | None = 0.0
@@ -125,11 +127,8 @@ def study_plan(spec: StudySpec) -> StudyPlan:
             n_train = min(n_train, spec.train_limit)
         n_prune = n_train if spec.finetune_limit is None else min(n_train, spec.finetune_limit)
         images[d] = {"train": n_train, "prune": n_prune, "test": min(spec.eval_n, ds.sizes[1])}
-        from robustprune.methods import get_method
-
-        for name in spec.methods:  # what the run refuses before any work (a phase of 0 steps, Flying Bird with no
-            m = get_method(method_of(name))  # topology update): refused by --plan too
-            m.check_budget(m.settings(spec.method_settings.get(name, {})), epochs=spec.prune_epochs, n_train=n_prune)
+        for m, settings in method_settings:  # what the run refuses before any work (a phase of 0 steps, Flying
+            m.check_budget(settings, epochs=spec.prune_epochs, n_train=n_prune)  # Bird with no topology update)
         if image_epochs is not None and base_image_epochs is not None:
             base = per_dataset * spec.base_train.epochs * n_train
             base_image_epochs += base

@@ -411,7 +411,7 @@ class StudyRunner:
             raise ConfigError(f"cannot write to the study folder {self.out} ({exc.strerror or exc}); choose a "
                               "writable folder with --out") from None
 
-    def _method_settings(self) -> list[tuple[Any, Any]]:
+    def method_settings(self) -> list[tuple[Any, Any]]:
         """(method, its validated settings) for every entry of ``methods`` (a variant ``name@label`` with its own)."""
         return [(m, m.settings(self.spec.method_settings.get(name, {})))
                 for name in self.spec.methods for m in [get_method(method_of(name))]]
@@ -424,7 +424,7 @@ class StudyRunner:
         if spec.compile and not hasattr(nn.Module, "compile"):
             raise ConfigError(f"compile needs torch >= 2.2 with nn.Module.compile (this is torch "
                               f"{torch.__version__}); drop compile")
-        methods = self._method_settings()  # every method's settings validated here, once
+        methods = self.method_settings()  # every method's settings validated here, once
         if spec.export:
             from robustprune.deploy.formats import check_format_available
 
@@ -451,7 +451,7 @@ class StudyRunner:
         if "prune_epochs" not in self.spec.model_fields_set:
             return []
         return [f"prune_epochs: {why.replace('(--set ', '(method_settings: ')}"
-                for m, settings in self._method_settings()
+                for m, settings in self.method_settings()
                 for why in m.unused_options(settings, epochs=self.spec.prune_epochs)]
 
     def _start(self) -> None:
