@@ -284,3 +284,19 @@ def test_prune_epochs_is_warned_about_only_when_the_study_sets_it():
     said = StudyRunner(load_study_spec(None, {**base, "prune_epochs": 3}), "/nonexistent").unused_option_warnings()
     assert len(said) == 1 and said[0].startswith("prune_epochs: epochs 3 is not used by harp")
     assert "(method_settings: prune.epochs=N)" in said[0]
+
+
+def test_plan_says_the_unused_prune_epochs_too(tmp_path, monkeypatch, capsys):
+    """`--plan` is the look before any work: it says what the run would warn about (prune_epochs unused by a method
+    whose every phase has its own epochs), and nothing when the file does not set it."""
+    from conftest import cli
+
+    f = tmp_path / "s.yaml"
+    harp = "methods: [harp]\nmethod_settings: {harp: {prune: {epochs: 1}, finetune: {epochs: 1}}}\n"
+    f.write_text("prune_epochs: 3\n" + harp)
+    code, out, err = cli(monkeypatch, capsys, "study", str(f), "--plan")
+    assert code == 0 and "plan of study" in out
+    assert "warning: prune_epochs: epochs 3 is not used by harp" in err
+    f.write_text(harp)
+    code, out, err = cli(monkeypatch, capsys, "study", str(f), "--plan")
+    assert code == 0 and "prune_epochs" not in err

@@ -806,9 +806,12 @@ def study(
     spec = load_study_spec(spec_file, overrides)
     if plan:
         from robustprune.study.plan import plan_lines
+        from robustprune.study.runner import StudyRunner
 
         for line in plan_lines(spec, workers=workers):
             _echo(line)
+        for why in StudyRunner(spec, out).unused_option_warnings():  # said by --plan as by the run
+            _warn(why)
         return
     check_writable_dir(out, "--out folder")
     if spec.storage and "://" not in spec.storage:  # a local checkpoint folder: writable before any work
